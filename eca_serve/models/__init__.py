@@ -1,0 +1,19 @@
+"""Architectures, the model registry, configs and checkpoint loading."""
+
+from eca_serve.models import zoo as _zoo  # noqa: F401  (registers the classifiers)
+from eca_serve.models._config import ModelConfig, PreprocessConfig
+from eca_serve.models._registry import get_entry, list_models, register_model
+from eca_serve.models.checkpoint import Checkpoint, load_checkpoint, read_checkpoint
+from eca_serve.models.factory import create_model
+
+__all__ = [
+    "Checkpoint",
+    "ModelConfig",
+    "PreprocessConfig",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "load_checkpoint",
+    "read_checkpoint",
+    "register_model",
+]
