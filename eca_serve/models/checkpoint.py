@@ -63,10 +63,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"refused to load {path.name}: it needs objects outside torch's weights-only allowlist "
-            f"(arbitrary code is never unpickled). Detail: {_first_line(exc)}"
-        ) from None
+        raise CheckpointError(_unpickling_message(path.name, str(exc))) from None
     except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
         raise CheckpointError(f"cannot read checkpoint {path.name}: {_first_line(exc)}") from None
     state, meta = _split_container(obj, path.name)
@@ -184,6 +181,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> Checkpoint:
     ckpt = read_checkpoint(path)
     load_state_dict_strict(model, ckpt.state_dict, source=Path(path).name)
     return ckpt
+
+
+def _unpickling_message(name: str, text: str) -> str:
+    blocked = next((line.strip() for line in text.splitlines() if "GLOBAL" in line), None)
+    if blocked:
+        return (f"refused to load {name}: it needs objects outside torch's weights-only allowlist "
+                f"and arbitrary code is never unpickled ({blocked})")
+    return f"cannot read checkpoint {name}: not a valid torch checkpoint"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -143,7 +143,7 @@ class EcaMobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
         _init_weights(self)
-        self.attention_layers: list[str] = attention_layer_names(self)
+        self.attention_layers = attention_layer_names(self)
 
     def head(self, x: Tensor) -> Tensor:
         """Features [B, C, h, w] -> logits [B, num_classes]."""

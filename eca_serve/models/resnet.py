@@ -206,7 +206,7 @@ class ResNet(nn.Module):
         self.num_features = widths[3] * block.expansion
         self.fc = nn.Linear(self.num_features, num_classes)
         _init_weights(self, zero_init_last)
-        self.attention_layers: list[str] = attention_layer_names(self)
+        self.attention_layers = attention_layer_names(self)
 
     def _make_layer(
         self, block: Any, planes: int, depth: int, stride: int, attn_layer: str | None, attn_kwargs: dict

@@ -1,0 +1,125 @@
+"""``models``, ``inspect`` and ``profile``: what the zoo holds and what a model costs."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from eca_serve.cli._output import print_json, print_table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the zoo commands to the ``eca-serve`` sub-parsers."""
+    p = sub.add_parser("models", help="list registered architectures")
+    p.add_argument("--task", choices=["classification", "detection", "instance_segmentation"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("inspect", help="detect a checkpoint's architecture, load it strictly, report its cost")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs (default 224)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("profile", help="parameters, FLOPs and measured CPU/GPU latency of a registered model")
+    p.add_argument("name")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from eca_serve.models import get_entry, list_models
+
+    rows = [get_entry(n) for n in list_models(task=args.task)]
+    data = [{"name": e.name, "task": e.task, "attention": e.attention, "doc": (e.builder.__doc__ or "").split("\n")[0]} for e in rows]
+    if args.json:
+        print_json(data)
+    else:
+        print_table("eca-serve models", ["name", "task", "attention", "description"], [list(d.values()) for d in data])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from eca_serve.introspect import attention_layers
+    from eca_serve.models import create_model, read_checkpoint
+    from eca_serve.models.arch_detect import detect_architecture
+    from eca_serve.models.profile import measure
+
+    ckpt = read_checkpoint(args.checkpoint)
+    name, kwargs = detect_architecture(ckpt.state_dict)
+    model = create_model(name, weights=args.checkpoint, **kwargs)
+    cost = measure(model, (args.input_size, args.input_size))
+    layers = attention_layers(model)
+    report = {
+        "checkpoint": str(args.checkpoint),
+        "architecture": name,
+        "arch_field_in_file": ckpt.meta.get("arch"),
+        "num_classes": model.config.num_classes,
+        "eca_kernel_sizes": model.config.extra.get("k_size"),
+        "attention_layers": len(layers),
+        **_cost_fields(cost),
+        "loaded": "strict",
+    }
+    _print_report(args, f"inspect {args.checkpoint.name}", report)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from eca_serve.models import create_model
+    from eca_serve.models.profile import measure
+
+    model = create_model(args.name)
+    report: dict[str, Any] = {"model": args.name, **_cost_fields(measure(model, (args.input_size, args.input_size)))}
+    report.update(_time_forward(model, args))
+    _print_report(args, f"profile {args.name}", report)
+    return 0
+
+
+def _cost_fields(cost: Any) -> dict[str, Any]:
+    return {
+        "params": cost.params,
+        "params_M_2^20": round(cost.params_m, 2),
+        "eca_params": cost.attention_params,
+        "input_size": list(cost.input_size),
+        "macs": cost.macs,
+        "GFLOPs_macs_2^30": round(cost.gflops, 3),
+    }
+
+
+def _time_forward(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    device = torch.device(args.device)
+    model = model.to(device)
+    x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+    call = (lambda: model([img for img in x])) if model.config.task != "classification" else (lambda: model(x))
+    with torch.inference_mode():
+        call()  # warm-up: allocator, kernels
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.iters):
+            call()
+        _sync(device)
+    seconds = (time.perf_counter() - start) / args.iters
+    return {"device": str(device), "batch_size": args.batch_size, "latency_ms": round(seconds * 1e3, 2),
+            "images_per_s": round(args.batch_size / seconds, 1), "threads": torch.get_num_threads()}
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _print_report(args: argparse.Namespace, title: str, report: dict[str, Any]) -> None:
+    if args.json:
+        print_json(report)
+    else:
+        print_table(title, ["field", "value"], [(k, v) for k, v in report.items()])

@@ -1,0 +1,73 @@
+"""Read-out of per-layer channel attention through the models' explicit ``forward_with_attention``.
+
+Forward hooks are not used: they break ``torch.jit.script`` and ``torch.jit.trace``. Every model in
+the zoo computes its logits and attention weights in one pass instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from eca_serve.layers import EcaModule, SEModule
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One channel-attention module.
+
+    Attributes:
+        name: Module path as in ``forward_with_attention``'s output, e.g. ``layer3.2.eca``.
+        kind: ``"eca"`` or ``"se"``.
+        channels: Channels C it weights; its weights have shape [B, C].
+        k_size: ECA 1-D kernel size (None for SE).
+    """
+
+    name: str
+    kind: str
+    channels: int
+    k_size: int | None
+
+
+def attention_layers(model: nn.Module) -> list[AttentionLayer]:
+    """Attention modules of ``model`` in the order ``forward_with_attention`` returns them.
+
+    Detectors name their backbone layers like classifiers (``layer1.0.eca``), so a ``body.`` or
+    ``backbone.body.`` prefix is dropped.
+    """
+    found = []
+    for path, module in model.named_modules():
+        if isinstance(module, EcaModule):
+            found.append(AttentionLayer(_short(path), "eca", module.channels, module.k_size))
+        elif isinstance(module, SEModule):
+            found.append(AttentionLayer(_short(path), "se", module.channels, None))
+    return found
+
+
+def _short(path: str) -> str:
+    for prefix in ("backbone.body.", "body."):
+        if path.startswith(prefix):
+            return path[len(prefix):]
+    return path
+
+
+class AttentionOutputs(nn.Module):
+    """Wraps a classifier so that ``forward`` returns logits and every attention layer's weights.
+
+    Used for export: the ONNX graph gets ``logits`` [B, num_classes] followed by one output
+    [B, C_i] per layer, in ``names`` order.
+
+    Args:
+        model: A classifier with ``forward_with_attention(x) -> (logits, {name: weights})``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(model.attention_layers)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        """(logits [B, K], weights_1 [B, C_1], ..., weights_L [B, C_L]) for images [B, 3, H, W]."""
+        logits, weights = self.model.forward_with_attention(x)
+        return (logits, *[weights[name] for name in self.names])

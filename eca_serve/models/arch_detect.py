@@ -1,0 +1,58 @@
+"""Recognise a classifier architecture from the keys and shapes of its state dict."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from torch import Tensor
+
+from eca_serve.errors import CheckpointError
+from eca_serve.models.zoo import RESNET_LAYOUTS
+
+_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    """Registry name and builder arguments that produce a model with this state dict's layout.
+
+    Kernel sizes and ``num_classes`` are left to `create_model`, which reads them from the weights.
+    The ``arch`` entry of a checkpoint is not used: the authors' files are known to carry wrong ones.
+
+    Raises:
+        CheckpointError: the layout is not one of the zoo's.
+    """
+    if "features.0.0.weight" in state and "classifier.1.weight" in state:
+        return "eca_mobilenet_v2", {}
+    if "conv1.weight" in state and "fc.weight" in state:
+        return _detect_resnet(state)
+    raise CheckpointError(
+        "unrecognised layout: expected a ResNet (conv1/layer1..4/fc) or ECA-MobileNetV2 (features/classifier) "
+        f"state dict; first keys: {list(state)[:5]}"
+    )
+
+
+def _detect_resnet(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    blocks = [0, 0, 0, 0]
+    for key in state:
+        match = _BLOCK.match(key)
+        if match:
+            stage = int(match.group(1)) - 1
+            blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
+    bottleneck = "layer1.0.conv3.weight" in state
+    depth = next(
+        (d for d, (block, layers) in RESNET_LAYOUTS.items()
+         if list(layers) == blocks and (block.expansion == 4) == bottleneck),
+        None,
+    )
+    if depth is None:
+        raise CheckpointError(f"ResNet with blocks per stage {blocks} (bottleneck={bottleneck}) is not in the zoo")
+    prefix = "eca_" if any(".eca." in k for k in state) else "se_" if any(".se." in k for k in state) else ""
+    kwargs: dict[str, Any] = {}
+    widths = tuple(int(state[f"layer{i}.0.conv1.weight"].shape[0]) for i in range(1, 5))
+    if widths != (64, 128, 256, 512):
+        kwargs["widths"] = widths
+    stem = int(state["conv1.weight"].shape[0])
+    if stem != 64:
+        kwargs["stem_width"] = stem
+    return f"{prefix}resnet{depth}", kwargs
