@@ -53,3 +53,20 @@ def authors_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, t
         state = random_state_dict(load_reference(arch), seed=i)
         out[arch] = (save_authors_format(state, root / f"{arch}.pth.tar"), state)
     return out
+
+
+def calm_state_dict(reference: dict[str, Any], seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+    """Like `random_state_dict` but numerically calm: He-scaled weights, positive BN variances."""
+    state = random_state_dict(reference, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for name, tensor in state.items():
+        if name.endswith("running_var"):
+            state[name] = torch.rand(tensor.shape, generator=gen) + 0.5
+        elif name.endswith(("running_mean", "bias")):
+            state[name] = tensor * 0.1
+        elif tensor.dim() == 1 and name.endswith("weight"):  # BN scale
+            state[name] = 1.0 + 0.1 * tensor
+        elif tensor.dim() > 1:
+            fan_in = tensor[0].numel()
+            state[name] = tensor * (2.0 / fan_in) ** 0.5
+    return state

@@ -51,6 +51,7 @@ def create_model(
                 kwargs["k_size"] = k_size_from_checkpoint(name, kernels)
         stored = ckpt.config or {}
         categories = categories if categories is not None else stored.get("categories")
+        kwargs = {**_stored_build_args(stored, name), **kwargs}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = entry.builder(**kwargs)
@@ -61,11 +62,20 @@ def create_model(
     return model.eval()
 
 
+def _stored_build_args(stored: dict[str, Any], name: str) -> dict[str, Any]:
+    """Architecture arguments our own exports record in the weights' metadata (same model name only)."""
+    if stored.get("name") != name:
+        return {}
+    return {k: v for k, v in (stored.get("extra") or {}).items() if k != "k_size"}
+
+
 def _num_classes_from(entry: ModelEntry, ckpt: Checkpoint, requested: int | None) -> int | None:
     head = ckpt.state_dict.get(f"{entry.head}.weight")
     if head is None:
         raise CheckpointError(f"checkpoint has no '{entry.head}.weight'; is it a {entry.name} checkpoint?")
-    found = int(head.shape[0])
+    # NOTE: a head with several rows per class (RetinaNet: one per anchor) comes with its own reader.
+    reader = getattr(entry.builder, "num_classes_from_state", None)
+    found = int(reader(ckpt.state_dict)) if reader is not None else int(head.shape[0])
     if requested is not None and requested != found:
         raise ConfigError(f"num_classes={requested} conflicts with the checkpoint's {found} classes")
     return found

@@ -55,7 +55,7 @@ def build_resnet(
     kernels = None
     if attention == "eca":
         kernels = [stage[0].eca.k_size for stage in (model.layer1, model.layer2, model.layer3, model.layer4)]
-    model.config = _classifier_config(name, "resnet", attention, num_classes, depth=depth, k_size=kernels, **kwargs)
+    model.config = _classifier_config(name, "resnet", attention, num_classes, k_size=kernels, **kwargs)
     return model
 
 
@@ -97,17 +97,24 @@ def k_size_from_checkpoint(name: str, kernels: dict[str, int]) -> list[int]:
     """Builder ``k_size`` argument equivalent to per-module kernels read from a checkpoint.
 
     ResNets take one kernel per stage (all blocks of a stage must agree); MobileNetV2 one per block.
+    Detector paths (``backbone.body.layer1.0.eca``) are grouped like classifier paths (``layer1.0.eca``).
     """
     ordered = sorted(kernels.items(), key=lambda kv: _path_order(kv[0]))
     if name == "eca_mobilenet_v2":
         return [k for _, k in ordered]
     per_stage: dict[str, set[int]] = {}
     for path, k in ordered:
-        per_stage.setdefault(path.split(".")[0], set()).add(k)
+        per_stage.setdefault(_stage_of(path), set()).add(k)
     uneven = {stage: sorted(ks) for stage, ks in per_stage.items() if len(ks) > 1}
     if uneven:
         raise ConfigError(f"checkpoint ECA kernels differ within a stage: {uneven}")
     return [next(iter(per_stage[s])) for s in sorted(per_stage)]
+
+
+def _stage_of(path: str) -> str:
+    """``layerN`` of an ECA module path, with a detector's ``backbone.body.`` prefix removed."""
+    prefix = "backbone.body."
+    return (path[len(prefix):] if path.startswith(prefix) else path).split(".")[0]
 
 
 def _path_order(path: str) -> tuple:

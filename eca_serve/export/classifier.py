@@ -1,0 +1,88 @@
+"""Classifier export: TorchScript (forward + forward_with_attention) and ONNX with attention outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eca_serve.export import formats, parity
+from eca_serve.export.exporter import ExportOptions, Progress, WEIGHTS_FILE, finish_entry, save_weights
+from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
+
+
+def export_classifier(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
+    """Export a classifier; see `eca_serve.export.export_model`."""
+    inputs = _check_inputs(model, options)
+    artifacts: dict[str, Any] = {}
+    progress("weights")
+    save_weights(model, out_dir / WEIGHTS_FILE)
+    artifacts["weights"] = artifact_spec(out_dir / WEIGHTS_FILE, "safetensors")
+    backends: dict[str, Any] = {}
+    if "torchscript" in options.formats:
+        progress("torchscript")
+        backends.update(_torchscript_backends(model, out_dir / "model.pt"))
+        artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
+    if "onnx" in options.formats:
+        progress("onnx")
+        backends["onnxruntime"] = _onnx_backend(model, out_dir / "model.onnx", inputs[0])
+        artifacts["onnx"] = artifact_spec(out_dir / "model.onnx", "onnx")
+    progress("parity")
+    report = _parity(model, backends, inputs, options.tolerance)
+    return finish_entry(model, out_dir, options, report, input_spec(model), output_specs(model), artifacts)
+
+
+def _check_inputs(model: nn.Module, options: ExportOptions) -> list[Tensor]:
+    h, w = model.config.preprocess.input_size
+    shapes = options.check_inputs or [(1, h, w), (3, h + 32, w + 32)]
+    gen = torch.Generator().manual_seed(options.seed)
+    return [torch.randn(b, 3, hh, ww, generator=gen) for b, hh, ww in shapes]
+
+
+def _torchscript_backends(model: nn.Module, path: Path) -> dict[str, Any]:
+    scripted = formats.export_torchscript(model, path)
+    reloaded = torch.jit.load(str(path), map_location="cpu")
+    frozen = formats.freeze_torchscript(torch.jit.load(str(path), map_location="cpu"))
+    return {
+        "torchscript": scripted.forward_with_attention,
+        "torchscript_reloaded": reloaded.forward_with_attention,
+        "torchscript_frozen": frozen.forward_with_attention,
+    }
+
+
+def _onnx_backend(model: nn.Module, path: Path, example: Tensor) -> Any:
+    import onnxruntime as ort
+
+    names = formats.export_classifier_onnx(model, path, example)
+    formats.check_onnx(path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: parity.run_onnx_classifier(session, x, names, model.attention_layers)
+
+
+def _parity(model: nn.Module, backends: dict[str, Any], inputs: list[Tensor], tol: parity.Tolerance) -> parity.ParityReport:
+    rows = []
+    for x in inputs:
+        reference = parity.run_torch_classifier(model.forward_with_attention, x)
+        for name, backend in backends.items():
+            run = backend(x) if name == "onnxruntime" else parity.run_torch_classifier(backend, x)
+            rows.append(parity.compare_classifier(name, x, reference, run, tol))
+    return parity.ParityReport(rows, tol)
+
+
+def input_spec(model: nn.Module) -> InputSpec:
+    """Input description of a classifier from its preprocessing config."""
+    pre = model.config.preprocess
+    return InputSpec(layout="NCHW", size=tuple(pre.input_size), resize=pre.resize, crop=pre.crop,
+                     interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
+
+
+def output_specs(model: nn.Module) -> list[OutputSpec]:
+    """``logits`` [-1, K] then ``attention/<layer>`` [-1, C] per layer."""
+    from eca_serve.introspect import attention_layers
+
+    specs = [OutputSpec(name="logits", shape=[-1, model.config.num_classes], dtype="float32")]
+    specs += [OutputSpec(name=formats.attention_output_name(a.name), shape=[-1, a.channels], dtype="float32")
+              for a in attention_layers(model)]
+    return specs

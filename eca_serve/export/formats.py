@@ -1,0 +1,69 @@
+"""Writing TorchScript and ONNX artifacts of classifiers and detectors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from eca_serve.introspect import AttentionOutputs
+
+ONNX_OPSET = 17
+INPUT_NAME = "input"
+
+
+def attention_output_name(layer: str) -> str:
+    """Graph output name carrying a layer's attention weights, e.g. ``attention/layer1.0.eca``."""
+    return f"attention/{layer}"
+
+
+def export_torchscript(model: nn.Module, path: Path) -> torch.jit.ScriptModule:
+    """Script ``model`` (``forward`` and ``forward_with_attention``) and save it to ``path``.
+
+    The saved module is not frozen: a frozen module bakes its weights in as constants on the export
+    device, so the runtime freezes it after loading it onto the serving device instead.
+    """
+    scripted = torch.jit.script(model)
+    scripted.save(str(path))
+    return scripted
+
+
+def freeze_torchscript(scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """Frozen copy (BN folded into convolutions, attributes inlined) keeping the attention method."""
+    return torch.jit.freeze(scripted.eval(), preserved_attrs=["forward_with_attention"])
+
+
+def classifier_output_names(model: nn.Module) -> list[str]:
+    """``logits`` then one attention output per layer, in ``model.attention_layers`` order."""
+    return ["logits"] + [attention_output_name(n) for n in model.attention_layers]
+
+
+def export_classifier_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:
+    """ONNX graph returning logits and every layer's attention, dynamic in batch, height and width.
+
+    Args:
+        model: Classifier in eval mode.
+        path: Output ``.onnx`` file.
+        example: Example input [B, 3, H, W].
+
+    Returns:
+        The graph's output names.
+    """
+    names = classifier_output_names(model)
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch"} for n in names}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            AttentionOutputs(model).eval(), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes,
+        )
+    return names
+
+
+def check_onnx(path: Path) -> None:
+    """Run ``onnx.checker`` on the saved graph (raises ``onnx.checker.ValidationError``)."""
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=True)

@@ -1,0 +1,168 @@
+"""The model repository: ``<root>/<name>/<version>/`` folders with artifacts and one ``config.json``.
+
+``config.json`` is the single source of truth the server reads: task, architecture, input
+preprocessing, outputs, categories, attention layers, and the sha256 of every artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from eca_serve.errors import ConfigError
+
+CONFIG_FILE = "config.json"
+SCHEMA_VERSION = 1
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_safe_name(value: str, what: str = "name") -> str:
+    """``value`` if it is a plain file/folder name (no separators, no ``..``), else `ConfigError`."""
+    if not _SAFE_NAME.match(value) or ".." in value:
+        raise ConfigError(f"invalid {what} {value!r}: use letters, digits, '_', '-', '.' (no paths)")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """How clients' images become the model input.
+
+    Classifiers take ``[N, 3, H, W]`` normalised float32 (``layout="NCHW"``); detectors take one
+    ``[3, H, W]`` RGB image in [0, 1] (``layout="CHW"``) and resize/normalise inside the model.
+    """
+
+    name: str = "input"
+    layout: Literal["NCHW", "CHW"]
+    dtype: Literal["float32"] = "float32"
+    color: Literal["RGB"] = "RGB"
+    size: tuple[int, int] | None = Field(None, description="(H, W) fed to the model; None = any size")
+    resize: int | None = Field(None, description="shorter side before the center crop")
+    crop: bool = False
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    normalized_in_model: bool = False
+
+
+class OutputSpec(_Strict):
+    """One output tensor; -1 marks a variable dimension."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class AttentionSpec(_Strict):
+    """One channel-attention layer and the output that carries its weights [N, channels]."""
+
+    name: str
+    kind: Literal["eca", "se"]
+    channels: int
+    k_size: int | None
+    output: str
+
+
+class ArtifactSpec(_Strict):
+    """A file of the entry and its checksum."""
+
+    file: str
+    format: Literal["onnx", "torchscript", "safetensors"]
+    sha256: str
+    bytes: int
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file(cls, value: str) -> str:
+        return check_safe_name(value, "artifact file")
+
+
+class EntryConfig(_Strict):
+    """``config.json`` of one model version."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: int = Field(ge=1)
+    task: Literal["classification", "detection", "instance_segmentation"]
+    architecture: str
+    build_kwargs: dict[str, Any] = {}
+    num_classes: int
+    categories: list[str]
+    input: InputSpec
+    outputs: list[OutputSpec]
+    attention: list[AttentionSpec]
+    artifacts: dict[str, ArtifactSpec]
+    detection: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    metrics: dict[str, Any] = {}
+    provenance: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_safe_name(value, "model name")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def artifact_spec(path: Path, fmt: str) -> ArtifactSpec:
+    """Checksum record of an artifact file."""
+    return ArtifactSpec(file=path.name, format=fmt, sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def write_config(folder: Path, config: EntryConfig) -> Path:
+    """Write ``config.json`` into ``folder``."""
+    path = folder / CONFIG_FILE
+    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def read_config(folder: Path, *, verify: bool = True) -> EntryConfig:
+    """Read and validate ``folder/config.json``; with ``verify`` also check every artifact's sha256.
+
+    Raises:
+        ConfigError: missing or invalid config, or an artifact missing or modified.
+    """
+    path = folder / CONFIG_FILE
+    try:
+        config = EntryConfig.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"no {CONFIG_FILE} in {folder}") from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid {path}: {exc}") from None
+    if verify:
+        for key, spec in config.artifacts.items():
+            _verify_artifact(folder, key, spec)
+    return config
+
+
+def _verify_artifact(folder: Path, key: str, spec: ArtifactSpec) -> None:
+    file = folder / spec.file
+    if not file.is_file():
+        raise ConfigError(f"{folder}: artifact {key} ({spec.file}) is missing")
+    if sha256_file(file) != spec.sha256:
+        raise ConfigError(f"{folder}: artifact {key} ({spec.file}) does not match its sha256 in {CONFIG_FILE}")
+
+
+def list_entries(root: Path) -> list[tuple[str, int, Path]]:
+    """(name, version, folder) of every ``<root>/<name>/<version>/config.json``, sorted."""
+    found = []
+    for config in sorted(Path(root).glob(f"*/*/{CONFIG_FILE}")):
+        version_dir = config.parent
+        if version_dir.name.isdigit() and _SAFE_NAME.match(version_dir.parent.name):
+            found.append((version_dir.parent.name, int(version_dir.name), version_dir))
+    return sorted(found, key=lambda e: (e[0], e[1]))
