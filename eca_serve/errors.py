@@ -18,3 +18,19 @@ class ConfigError(EcaServeError, ValueError):
 
 class CheckpointError(EcaServeError, ValueError):
     """A checkpoint that cannot be read or does not match the architecture."""
+
+
+class QueueFullError(EcaServeError):
+    """A bounded request queue is full; the request was rejected at once and may be retried later."""
+
+
+class RequestTimeoutError(EcaServeError, TimeoutError):
+    """A request was not answered within its timeout (time queued plus time executing)."""
+
+
+class ShuttingDownError(EcaServeError):
+    """The component is stopping (or stopped) and no longer accepts or finishes this request."""
+
+
+class BatchResultError(EcaServeError, RuntimeError):
+    """A batch handler broke its contract: it must return exactly one result per item, in order."""

@@ -1,0 +1,467 @@
+"""Dynamic batcher: real event loop, real executor threads, a real (recording) handler."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import eca_serve.batching as batching
+from eca_serve.batching import BatchPolicy, DynamicBatcher
+from eca_serve.errors import (
+    BatchResultError,
+    ConfigError,
+    QueueFullError,
+    RequestTimeoutError,
+    ShuttingDownError,
+)
+
+# Generous bound: a hung batcher fails the test instead of the whole run.
+LIMIT_S = 5.0
+
+
+class Recorder:
+    """Handler answering ``(item, batch_index)`` per item and recording every batch it ran.
+
+    With ``hold_first`` the first call blocks until ``release`` is set, which keeps the worker
+    busy while a test fills the queue.
+    """
+
+    def __init__(self, sleep_s: float = 0.0, hold_first: bool = False, fail_on: object = None) -> None:
+        self.batches: list[list[Any]] = []
+        self.sleep_s = sleep_s
+        self.hold_first = hold_first
+        self.fail_on = fail_on
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, items: list[Any]) -> list[tuple[Any, int]]:
+        with self._lock:
+            index = len(self.batches)
+            self.batches.append(list(items))
+        self.entered.set()
+        if self.hold_first and index == 0:
+            self.release.wait(LIMIT_S)
+        time.sleep(self.sleep_s)
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot handle {self.fail_on!r}")
+        return [(item, index) for item in items]
+
+    @property
+    def executed_items(self) -> list[Any]:
+        return [item for batch in self.batches for item in batch]
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run an async test body on a fresh loop, failing rather than hanging."""
+
+    async def bounded() -> None:
+        await asyncio.wait_for(test(), LIMIT_S * 2)
+
+    asyncio.run(bounded())
+
+
+async def settle() -> None:
+    """Let every ready task run (submit tasks enqueue before their first real suspension)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def occupy(batcher: DynamicBatcher, rec: Recorder) -> asyncio.Task:
+    """Submit a blocker and return once the handler is running it (so later items queue up)."""
+    task = asyncio.create_task(batcher.submit("blocker"))
+    assert await asyncio.to_thread(rec.entered.wait, LIMIT_S)
+    return task
+
+
+def spawn(batcher: DynamicBatcher, items: list[Any], **kwargs: Any) -> list[asyncio.Task]:
+    return [asyncio.create_task(batcher.submit(item, **kwargs)) for item in items]
+
+
+async def timed(aw: Awaitable[Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = await aw
+    return result, time.perf_counter() - start
+
+
+def test_concurrent_submits_are_batched_and_each_caller_gets_its_own_result() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            tasks = spawn(b, list(range(10)))
+            await settle()
+            rec.release.set()
+            results = await asyncio.gather(*tasks)
+            assert await blocker == ("blocker", 0)
+        assert [item for item, _ in results] == list(range(10))
+        assert rec.batches[1:] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+        assert [batch for _, batch in results] == [1] * 4 + [2] * 4 + [3] * 2
+
+    run(body)
+
+
+def test_many_concurrent_submitters_all_answered_in_fewer_executions() -> None:
+    async def body() -> None:
+        rec = Recorder(sleep_s=0.002)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=8, max_queue_delay_ms=1)) as b:
+            results = await asyncio.gather(*spawn(b, list(range(200))))
+            stats = b.stats()
+        assert [item for item, _ in results] == list(range(200))
+        assert sorted(rec.executed_items) == list(range(200))
+        assert stats.execution_count == len(rec.batches) < 200
+        assert max(len(batch) for batch in rec.batches) <= 8
+
+    run(body)
+
+
+def test_zero_delay_runs_a_lone_request_at_once_and_takes_what_is_queued() -> None:
+    async def body() -> None:
+        rec = Recorder()
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=8, max_queue_delay_ms=0)) as b:
+            (result, elapsed) = await timed(b.submit("alone"))
+            assert result == ("alone", 0)
+            assert elapsed < 0.1
+            await asyncio.gather(*spawn(b, ["a", "b", "c"]))
+        assert rec.batches == [["alone"], ["a", "b", "c"]]
+
+    run(body)
+
+
+def test_partial_batch_waits_for_the_delay_then_runs_what_joined() -> None:
+    async def body() -> None:
+        rec = Recorder()
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=200)) as b:
+            start = time.perf_counter()
+            first = asyncio.create_task(b.submit("first"))
+            await asyncio.sleep(0.05)
+            second = asyncio.create_task(b.submit("second"))
+            await asyncio.gather(first, second)
+            elapsed = time.perf_counter() - start
+        assert rec.batches == [["first", "second"]]
+        assert 0.19 <= elapsed < 0.36  # about the 0.2 s delay, never much longer
+
+    run(body)
+
+
+def test_full_batch_does_not_wait_for_the_delay() -> None:
+    async def body() -> None:
+        rec = Recorder()
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=5000)) as b:
+            _, elapsed = await timed(asyncio.gather(*spawn(b, [1, 2, 3, 4])))
+        assert rec.batches == [[1, 2, 3, 4]]
+        assert elapsed < 1.0
+
+    run(body)
+
+
+def test_group_keys_never_mix() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=8, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            keyed = [((224, 224) if i % 3 == 0 else (320, 320) if i % 3 == 1 else "x", i) for i in range(12)]
+            tasks = [asyncio.create_task(b.submit(item, key=item[0])) for item in keyed]
+            await settle()
+            rec.release.set()
+            results = await asyncio.gather(blocker, *tasks)
+        assert [item for item, _ in results[1:]] == keyed
+        assert len(rec.batches) == 4  # blocker + one batch per key
+        for batch in rec.batches[1:]:
+            assert len({key for key, _ in batch}) == 1
+
+    run(body)
+
+
+def test_higher_priority_runs_first_and_fifo_within_a_priority() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            tasks = [asyncio.create_task(b.submit(i, priority=p)) for i, p in enumerate([0, 5, 1, 5, 0])]
+            await settle()
+            rec.release.set()
+            await asyncio.gather(blocker, *tasks)
+        assert rec.batches[1:] == [[1, 3], [2, 0], [4]]
+
+    run(body)
+
+
+def test_full_queue_rejects_immediately_and_queued_work_still_completes() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        policy = BatchPolicy(max_batch_size=1, max_queue_size=2, max_queue_delay_ms=0)
+        async with DynamicBatcher(rec, policy, name="m") as b:
+            blocker = await occupy(b, rec)
+            tasks = spawn(b, ["q1", "q2"])
+            await settle()
+            start = time.perf_counter()
+            with pytest.raises(QueueFullError, match="'m' is full"):
+                await b.submit("q3")
+            assert time.perf_counter() - start < 0.05
+            assert b.stats().rejected_count == 1
+            rec.release.set()
+            results = await asyncio.gather(blocker, *tasks)
+        assert [item for item, _ in results] == ["blocker", "q1", "q2"]
+
+    run(body)
+
+
+def test_queued_request_that_times_out_is_never_executed() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            other = asyncio.create_task(b.submit("patient", timeout_s=LIMIT_S))
+            start = time.perf_counter()
+            with pytest.raises(RequestTimeoutError, match="queued"):
+                await b.submit("late", timeout_s=0.1)
+            assert 0.09 <= time.perf_counter() - start < 0.5
+            assert b.stats().queue_depth == 1
+            rec.release.set()
+            await asyncio.gather(blocker, other)
+            assert b.stats().timeout_count == 1
+        assert "late" not in rec.executed_items
+        assert rec.batches == [["blocker"], ["patient"]]
+
+    run(body)
+
+
+def test_slow_handler_times_out_the_caller_and_the_batcher_keeps_serving() -> None:
+    async def body() -> None:
+        rec = Recorder(sleep_s=0.4)
+        policy = BatchPolicy(max_batch_size=4, max_queue_delay_ms=0, timeout_s=0.1)
+        async with DynamicBatcher(rec, policy) as b:
+            start = time.perf_counter()
+            with pytest.raises(RequestTimeoutError, match="running"):
+                await b.submit("slow")
+            assert time.perf_counter() - start < 0.35
+            assert await b.submit("next", timeout_s=LIMIT_S) == ("next", 1)
+        assert rec.batches == [["slow"], ["next"]]
+
+    run(body)
+
+
+def test_handler_exception_reaches_every_request_of_the_batch_then_serving_goes_on() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True, fail_on="bad")
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            tasks = spawn(b, ["ok1", "bad", "ok2"])
+            await settle()
+            rec.release.set()
+            await blocker
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+            assert all(isinstance(o, ValueError) for o in outcomes)
+            assert outcomes[0] is outcomes[1] is outcomes[2]  # the handler's own exception object
+            assert await b.submit("after") == ("after", 2)
+            assert b.stats().failed_execution_count == 1
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (lambda items: items[:-1], "returned 1 results for a batch of 2 items"),
+        (lambda items: None, "returned NoneType"),
+    ],
+)
+def test_wrong_result_count_fails_every_request_of_the_batch(handler: Callable, message: str) -> None:
+    async def body() -> None:
+        async with DynamicBatcher(handler, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0)) as b:
+            outcomes = await asyncio.gather(*spawn(b, ["a", "b"]), return_exceptions=True)
+            stats = b.stats()
+        assert len(outcomes) == 2
+        for outcome in outcomes:
+            assert isinstance(outcome, BatchResultError)
+            assert message in str(outcome)
+        assert stats.failed_execution_count == 1
+
+    run(body)
+
+
+def test_cancelled_queued_request_is_dropped_and_the_others_are_answered() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            tasks = spawn(b, ["a", "b", "c"])
+            await settle()
+            tasks[1].cancel()
+            await settle()
+            assert b.stats().queue_depth == 2
+            rec.release.set()
+            results = await asyncio.gather(blocker, tasks[0], tasks[2])
+            assert tasks[1].cancelled()
+            assert b.stats().cancelled_count == 1
+        assert results == [("blocker", 0), ("a", 1), ("c", 1)]
+        assert rec.batches == [["blocker"], ["a", "c"]]
+
+    run(body)
+
+
+def test_cancelled_in_flight_request_lets_its_batch_finish_for_the_others() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            tasks = spawn(b, ["a", "b"])
+            assert await asyncio.to_thread(rec.entered.wait, LIMIT_S)
+            assert b.stats().in_flight == 2
+            tasks[0].cancel()
+            rec.release.set()
+            assert await tasks[1] == ("b", 0)
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[0]
+            assert await b.submit("c") == ("c", 1)
+        assert rec.batches == [["a", "b"], ["c"]]
+
+    run(body)
+
+
+def test_stop_with_drain_finishes_queued_work_and_rejects_new_work() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        b = DynamicBatcher(rec, BatchPolicy(max_batch_size=2, max_queue_delay_ms=1000))
+        await b.start()
+        blocker = await occupy(b, rec)
+        tasks = spawn(b, ["a", "b", "c"])
+        await settle()
+        stopping = asyncio.create_task(b.stop(drain=True, grace_s=LIMIT_S))
+        await settle()
+        assert not b.running
+        with pytest.raises(ShuttingDownError):
+            await b.submit("too late")
+        rec.release.set()
+        _, elapsed = await timed(stopping)
+        results = await asyncio.gather(blocker, *tasks)
+        assert [item for item, _ in results] == ["blocker", "a", "b", "c"]
+        assert elapsed < 0.9  # the last, partial batch did not wait for the 1 s delay
+        with pytest.raises(RuntimeError, match="cannot be restarted"):
+            await b.start()
+
+    run(body)
+
+
+@pytest.mark.parametrize("drain", [True, False])
+def test_stop_fails_what_remains_after_the_grace_period(drain: bool) -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        b = DynamicBatcher(rec, BatchPolicy(max_batch_size=1, max_queue_delay_ms=0))
+        await b.start()
+        blocker = await occupy(b, rec)
+        queued = asyncio.create_task(b.submit("queued"))
+        await settle()
+        _, elapsed = await timed(b.stop(drain=drain, grace_s=0.2))
+        rec.release.set()  # let the executor thread finish its call
+        outcomes = await asyncio.gather(blocker, queued, return_exceptions=True)
+        assert all(isinstance(o, ShuttingDownError) for o in outcomes)
+        assert elapsed < (0.6 if drain else 0.1)
+        assert "queued" not in rec.executed_items
+
+    run(body)
+
+
+def test_submit_before_start_is_refused() -> None:
+    async def body() -> None:
+        b = DynamicBatcher(Recorder())
+        with pytest.raises(RuntimeError, match="not started"):
+            await b.submit(1)
+
+    run(body)
+
+
+def test_bad_submit_arguments_are_refused_and_leave_nothing_queued() -> None:
+    async def body() -> None:
+        async with DynamicBatcher(Recorder()) as b:
+            with pytest.raises(TypeError):
+                await b.submit(1, key=[224, 224])
+            with pytest.raises(ConfigError, match="priority must be an integer"):
+                await b.submit(1, priority="high")  # type: ignore[arg-type]
+            with pytest.raises(ConfigError, match="timeout_s must be"):
+                await b.submit(1, timeout_s=-1)
+            assert b.stats().queue_depth == 0
+            assert await b.submit(1, key=(224, 224)) == (1, 0)
+
+    run(body)
+
+
+def test_stats_and_on_batch_hook() -> None:
+    async def body() -> None:
+        calls: list[tuple[int, list[float], float]] = []
+        rec = Recorder(sleep_s=0.02, hold_first=True)
+        policy = BatchPolicy(max_batch_size=3, max_queue_delay_ms=0)
+        async with DynamicBatcher(rec, policy, on_batch=lambda *a: calls.append(a)) as b:
+            blocker = await occupy(b, rec)
+            tasks = spawn(b, list(range(5)))
+            await settle()
+            during = b.stats()
+            rec.release.set()
+            await asyncio.gather(blocker, *tasks)
+            after = b.stats()
+        assert (during.queue_depth, during.in_flight, during.execution_count) == (5, 1, 0)
+        assert (after.queue_depth, after.in_flight) == (0, 0)
+        assert (after.inference_count, after.execution_count) == (6, 3)
+        assert after.batch_size_histogram == {1: 1, 2: 1, 3: 1}
+        assert after.compute_time_s >= 3 * 0.02
+        assert after.queue_time_s > 0
+        assert [size for size, _, _ in calls] == [1, 3, 2]
+        assert all(len(times) == size for size, times, _ in calls)
+        assert sum(sum(times) for _, times, _ in calls) == pytest.approx(after.queue_time_s)
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1"),
+        ({"max_batch_size": 2.0}, "max_batch_size must be an integer"),
+        ({"max_queue_size": 0}, "max_queue_size must be an integer >= 1"),
+        ({"max_batch_size": 16, "max_queue_size": 8}, "max_queue_size must be >= max_batch_size"),
+        ({"max_queue_delay_ms": -1}, "max_queue_delay_ms must be a finite number >= 0"),
+        ({"max_queue_delay_ms": float("nan")}, "max_queue_delay_ms must be a finite number >= 0"),
+        ({"max_queue_delay_ms": True}, "max_queue_delay_ms must be a finite number >= 0"),
+        ({"timeout_s": 0}, "timeout_s must be None or a finite number > 0"),
+        ({"timeout_s": float("inf")}, "timeout_s must be None or a finite number > 0"),
+    ],
+)
+def test_policy_validation_states_the_rule(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BatchPolicy(**kwargs)
+
+
+def test_policy_device_defaults() -> None:
+    cpu, cuda = BatchPolicy.for_device("cpu"), BatchPolicy.for_device("cuda:1")
+    assert (cpu.max_batch_size, cpu.max_queue_delay_ms) == (4, 0.0)
+    assert cuda.max_batch_size == 32 and 0 < cuda.max_queue_delay_ms <= 5
+    assert BatchPolicy.for_device("cpu", timeout_s=5.0).timeout_s == 5.0
+    assert BatchPolicy(timeout_s=None).timeout_s is None
+    with pytest.raises(ConfigError, match="device must be one of"):
+        BatchPolicy.for_device("tpu")
+    with pytest.raises(ConfigError, match="unknown BatchPolicy fields"):
+        BatchPolicy.for_device("cpu", max_delay=1)
+    with pytest.raises(ConfigError, match="max_queue_size must be >= max_batch_size"):
+        BatchPolicy.for_device("cpu", max_batch_size=128)
+
+
+def test_batching_imports_nothing_but_the_stdlib_and_eca_serve_errors() -> None:
+    allowed_local = {"eca_serve.errors", "eca_serve.batching.batcher", "eca_serve.batching.policy"}
+    for path in Path(batching.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for name in names:
+                top = name.split(".")[0]
+                assert name in allowed_local or top in sys.stdlib_module_names or top == "__future__", (
+                    f"{path.name} imports {name}"
+                )
