@@ -1,0 +1,125 @@
+"""``train classify|detect`` and ``data shapes``: train on your data or on the procedural Shapes set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from eca_serve.cli._output import print_json, print_table
+from eca_serve.cli.export_commands import _entry_name, _parse_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``train`` and ``data``."""
+    train = sub.add_parser("train", help="train a registered model").add_subparsers(dest="task", required=True, metavar="TASK")
+    p = train.add_parser("classify", help="classifier on an ImageFolder tree (train/ + val/, or split off)")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", default="eca_resnet18")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--resize", type=int, default=None, help="eval shorter side before crop (default input/0.875)")
+    _common(p)
+    p.set_defaults(func=cmd_train_classify)
+
+    p = train.add_parser("detect", help="detector on COCO-format annotations")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--annotations", type=Path, required=True)
+    p.add_argument("--val-images", type=Path)
+    p.add_argument("--val-annotations", type=Path)
+    p.add_argument("--model", default="maskrcnn_eca_resnet18_fpn")
+    _common(p)
+    p.set_defaults(func=cmd_train_detect)
+
+    p = sub.add_parser("data", help="generate datasets").add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    s = p.add_parser("shapes", help="the procedural Shapes dataset (ImageFolder or COCO)")
+    s.add_argument("--kind", choices=["classify", "detect"], required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--count", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=None)
+    s.set_defaults(func=cmd_data_shapes)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON", help="architecture argument (repeatable)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=5e-5)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    p.add_argument("--schedule", choices=["cosine", "step"], default="cosine")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="mixed precision (cuda)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (last.pt)")
+    p.add_argument("--resume", type=Path, help="continue from a last.pt")
+    p.add_argument("--clip-grad", type=float, default=0.0)
+    p.add_argument("--export-to", type=Path, help="write a repository entry, e.g. models/shapes_classifier/1")
+    p.add_argument("--json", action="store_true")
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from eca_serve.training import TrainConfig
+
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                       optimizer=args.optimizer, schedule=args.schedule, warmup_steps=args.warmup_steps,
+                       device=args.device, amp=args.amp, workers=args.workers, seed=args.seed,
+                       out_dir=str(args.out), clip_grad=args.clip_grad)
+
+
+def cmd_train_classify(args: argparse.Namespace) -> int:
+    from eca_serve.training.classify import ClassifyData, train_classifier
+
+    data = ClassifyData(args.data, args.input_size, args.resize)
+    return _train(args, lambda on_step: train_classifier(args.model, _parse_args(args.arg), data, _train_config(args),
+                                                         resume=args.resume, on_step=on_step))
+
+
+def cmd_train_detect(args: argparse.Namespace) -> int:
+    from eca_serve.training.detect import DetectData, train_detector
+
+    data = DetectData(args.images, args.annotations, args.val_images, args.val_annotations)
+    return _train(args, lambda on_step: train_detector(args.model, _parse_args(args.arg), data, _train_config(args),
+                                                      resume=args.resume, on_step=on_step))
+
+
+def _train(args: argparse.Namespace, run: Callable) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), disable=args.json) as bar:
+        task = bar.add_task(f"train {args.model}", total=None, info="")
+
+        def on_step(s: dict) -> None:
+            bar.update(task, description=f"train {args.model} epoch {s['epoch']}/{args.epochs}",
+                       info=f"step {s['step']} loss {s['loss']:.3f} lr {s['lr']:.2e} {s['img_per_s']:.1f} img/s")
+
+        model, metrics = run(on_step)
+    if args.export_to:
+        _export_trained(args, model, metrics)
+    report = {"model": args.model, **metrics, "checkpoint": str(args.out / "last.pt"),
+              "entry": str(args.export_to) if args.export_to else None}
+    print_json(report) if args.json else print_table(f"trained {args.model}", ["metric", "value"], list(report.items()))
+    return 0
+
+
+def _export_trained(args: argparse.Namespace, model: Any, metrics: dict) -> None:
+    from eca_serve.export import ExportOptions, export_model
+
+    name, version = _entry_name(args.export_to)
+    provenance = {"command": "eca-serve " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "train", "seed": args.seed,
+                  "train_seconds": metrics.get("train_seconds"), "device": args.device}
+    export_model(model, args.export_to, ExportOptions(name=name, version=version, metrics=metrics, provenance=provenance))
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    from eca_serve.data import generate
+
+    written = generate(args.out, kind=args.kind, count=args.count, seed=args.seed, size=args.size)
+    print(json.dumps({"written": written, "out": str(args.out), "kind": args.kind, "seed": args.seed}))
+    return 0

@@ -1,0 +1,57 @@
+"""The backend interface: one model artifact, one device, numpy in and out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+# Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C]}.
+# Detector outputs per image: {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W],
+# "attention/<layer>": [1, C]}.
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """How to run a model.
+
+    Attributes:
+        kind: ``onnxruntime``, ``torchscript`` or ``eager``.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        fp16: Half precision on CUDA (torch backends; ignored on CPU).
+        threads: Intra-op threads (0 = library default).
+    """
+
+    kind: str = "onnxruntime"
+    device: str = "cpu"
+    fp16: bool = False
+    threads: int = 0
+
+
+class ClassifierBackend(Protocol):
+    """Runs a classifier on a normalised batch."""
+
+    name: str
+    device: str
+
+    def infer(self, batch: np.ndarray) -> Outputs:
+        """Outputs for ``batch`` [N, 3, H, W] float32: logits [N, K] and each layer's attention [N, C]."""
+        ...
+
+
+class DetectorBackend(Protocol):
+    """Runs a detector on images of one size."""
+
+    name: str
+    device: str
+
+    def infer(self, images: list[np.ndarray]) -> list[Outputs]:
+        """Per-image outputs for RGB float32 images [3, H, W] in [0, 1] (one size per call)."""
+        ...
+
+
+def attention_key(layer: str) -> str:
+    """Output key of a layer's attention weights (same as the ONNX graph output name)."""
+    return f"attention/{layer}"

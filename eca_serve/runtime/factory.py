@@ -1,0 +1,57 @@
+"""Backends created from a repository entry's config, warmed up before they report ready."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eca_serve.errors import ConfigError
+from eca_serve.runtime.base import BackendOptions
+
+log = logging.getLogger(__name__)
+KINDS = ("onnxruntime", "torchscript", "eager")
+_ARTIFACT = {"onnxruntime": "onnx", "torchscript": "torchscript", "eager": "weights"}
+
+
+def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
+    """A classifier or detector backend of ``options.kind`` for the entry in ``folder``.
+
+    Raises:
+        ConfigError: unknown kind, or the entry has no artifact for it.
+    """
+    if options.kind not in KINDS:
+        raise ConfigError(f"unknown backend {options.kind!r}; choose one of {list(KINDS)}")
+    artifact = config.artifacts.get(_ARTIFACT[options.kind])
+    if artifact is None:
+        raise ConfigError(f"{config.name}: no {_ARTIFACT[options.kind]} artifact for backend {options.kind}")
+    detector = config.task != "classification"
+    name = f"{config.name}/{config.version}:{options.kind}"
+    if options.kind == "onnxruntime":
+        from eca_serve.runtime.onnx_backend import OnnxClassifier, OnnxDetector, create_session
+
+        session = create_session(folder / artifact.file, options)
+        return (OnnxDetector if detector else OnnxClassifier)(session, options, name)
+    from eca_serve.runtime.torch_backend import TorchClassifier, TorchDetector, load_eager, load_torchscript
+
+    module = load_torchscript(folder / artifact.file, options) if options.kind == "torchscript" else load_eager(config, folder, options)
+    return (TorchDetector if detector else TorchClassifier)(module, options, name)
+
+
+def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> float:
+    """Run real-shaped inputs through ``backend`` (kernel selection, allocator, JIT); returns seconds."""
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    h, w = config.input.size or (config.detection or {}).get("warmup_size", (320, 320))
+    for _ in range(rounds):
+        for n in batch_sizes:
+            if config.task == "classification":
+                backend.infer(rng.standard_normal((n, 3, h, w), dtype=np.float32))
+            else:
+                backend.infer([rng.random((3, h, w), dtype=np.float32) for _ in range(n)])
+    seconds = time.perf_counter() - start
+    log.info("warmed up %s in %.2fs", backend.name, seconds)
+    return seconds
