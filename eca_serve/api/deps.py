@@ -1,0 +1,22 @@
+"""Typed dependencies shared by the routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from eca_serve.pipelines.manager import ModelManager
+from eca_serve.settings import Settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+Manager = Annotated[ModelManager, Depends(get_manager)]
+AppSettings = Annotated[Settings, Depends(get_app_settings)]

@@ -1,0 +1,126 @@
+"""v1 REST API: list models, classify, detect, attention."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+
+from eca_serve.api import convert, schemas
+from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.uploads import read_images
+from eca_serve.errors import ConfigError
+from eca_serve.pipelines.base import StageTimes
+from eca_serve.pipelines.classification import ClassificationPipeline
+from eca_serve.pipelines.detection import DetectionPipeline, DetectOptions
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+ERRORS = {s: {"model": schemas.ErrorBody} for s in (400, 404, 413, 415, 422, 503, 504)}
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {
+                "type": "array", "items": {"type": "string", "format": "binary"}}}, "required": ["file"]}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+Version = Annotated[int | None, Query(ge=1, description="model version (default: newest)")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="number of classes to return")]
+
+
+@router.get("/models", response_model=schemas.ModelList)
+async def list_models(manager: Manager) -> schemas.ModelList:
+    """Every served model version and whether it is ready."""
+    items = [convert.summary(p, sorted(manager.pipelines[c.name])) for c, _ in manager.configs()
+             for p in [manager.pipelines[c.name][c.version]]]
+    return schemas.ModelList(models=items)
+
+
+@router.get("/models/{name}", response_model=schemas.ModelDetail, responses=ERRORS)
+async def model_detail(name: str, manager: Manager, settings: AppSettings, version: Version = None) -> schemas.ModelDetail:
+    """Task, inputs, categories, attention layers and metrics of a model."""
+    pipeline = manager.get(name, version)
+    return convert.detail(pipeline, sorted(manager.pipelines[name]), settings.backend)
+
+
+async def _images(request: Request, settings: AppSettings) -> list:
+    return await read_images(request, max_body=settings.max_body_bytes, max_images=settings.max_images_per_request)
+
+
+@router.post("/models/{name}/classify", response_model=schemas.ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
+async def classify(name: str, request: Request, manager: Manager, settings: AppSettings,
+                   top_k: TopK = 5, version: Version = None) -> schemas.ClassifyResponse:
+    """Top-k classes of each uploaded image (multipart field ``file``, repeatable, or a raw image body)."""
+    pipeline = _pipeline(manager, name, version, ClassificationPipeline, "classify")
+    images = await _images(request, settings)
+    times = StageTimes()
+    results = await pipeline.classify(images, top_k=top_k, times=times)
+    return schemas.ClassifyResponse(
+        model=name, version=pipeline.config.version, timing=convert.timing(times),
+        results=[schemas.ClassifyResult(filename=r.filename, predictions=convert.predictions(r)) for r in results],
+    )
+
+
+@router.post("/models/{name}/detect", response_model=schemas.DetectResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
+async def detect(
+    name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
+    score_threshold: Annotated[float, Query(ge=0, le=1)] = 0.5,
+    max_detections: Annotated[int, Query(ge=1, le=1000)] = 100,
+    masks: Literal["rle", "polygon", "none"] = "rle",
+) -> schemas.DetectResponse:
+    """Boxes (original pixels), classes, scores and instance masks of each uploaded image."""
+    pipeline = _pipeline(manager, name, version, DetectionPipeline, "detect")
+    options = DetectOptions(score_threshold, max_detections, masks)
+    images = await _images(request, settings)
+    times = StageTimes()
+    results = await pipeline.detect(images, options, times=times)
+    return schemas.DetectResponse(
+        model=name, version=pipeline.config.version, timing=convert.timing(times),
+        results=[schemas.DetectResult(filename=r.filename, width=r.width, height=r.height,
+                                      detections=convert.detections(r)) for r in results],
+    )
+
+
+@router.post("/models/{name}/attention", response_model=schemas.AttentionResponse, responses={
+    **ERRORS, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG plot with format=png"}},
+    openapi_extra=IMAGE_BODY)
+async def attention(
+    name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
+    top_k: TopK = 5, format: Literal["json", "png"] = "json",
+    score_threshold: Annotated[float, Query(ge=0, le=1)] = 0.5,
+) -> schemas.AttentionResponse | Response:
+    """Per-layer channel attention of each image, with the predictions of the same forward pass."""
+    pipeline = manager.get(name, version)
+    images = await _images(request, settings)
+    if format == "png" and len(images) != 1:
+        raise ConfigError("format=png plots one image; send exactly one")
+    times = StageTimes()
+    if isinstance(pipeline, ClassificationPipeline):
+        raw = await pipeline.classify(images, top_k=top_k, attention=True, times=times)
+        results = [schemas.AttentionResult(filename=r.filename, predictions=convert.predictions(r), layers=convert.layers(r.attention)) for r in raw]
+    else:
+        raw = await pipeline.detect(images, DetectOptions(score_threshold, 100, "none"), attention=True, times=times)
+        results = [schemas.AttentionResult(filename=r.filename, detections=convert.detections(r), layers=convert.layers(r.attention)) for r in raw]
+    if format == "png":
+        return await _png(pipeline, raw[0].attention)
+    return schemas.AttentionResponse(model=name, version=pipeline.config.version, results=results, timing=convert.timing(times))
+
+
+async def _png(pipeline: object, layers: list) -> Response:
+    import asyncio
+
+    from eca_serve.pipelines.plots import attention_png
+
+    png = await asyncio.to_thread(attention_png, layers, f"{pipeline.config.name} channel attention")
+    return Response(png, media_type="image/png")
+
+
+def _pipeline(manager: Manager, name: str, version: int | None, kind: type, action: str):  # noqa: ANN202
+    pipeline = manager.get(name, version)
+    if not isinstance(pipeline, kind):
+        raise ConfigError(f"model {name!r} is a {pipeline.config.task} model; it does not {action}")
+    return pipeline

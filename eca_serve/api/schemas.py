@@ -1,0 +1,105 @@
+"""Response schemas of the v1 API (they are the OpenAPI docs' examples too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(examples=["shapes_classifier"])
+    version: int = Field(examples=[1])
+    task: str = Field(examples=["classification"])
+    architecture: str = Field(examples=["eca_resnet18"])
+    ready: bool
+    versions: list[int] = Field(examples=[[1]])
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class AttentionLayerInfo(BaseModel):
+    name: str = Field(examples=["layer1.0.eca"])
+    kind: str = Field(examples=["eca"])
+    channels: int = Field(examples=[16])
+    k_size: int | None = Field(examples=[3])
+
+
+class ModelDetail(ModelSummary):
+    inputs: dict[str, Any] = Field(description="preprocessing: size, resize, crop, interpolation, mean, std, layout")
+    categories: list[str]
+    attention_layers: list[AttentionLayerInfo]
+    metrics: dict[str, Any] = {}
+    backend: str = Field(examples=["onnxruntime"])
+    device: str = Field(examples=["cpu"])
+
+
+class Prediction(BaseModel):
+    index: int = Field(examples=[5])
+    label: str = Field(examples=["star"])
+    score: float = Field(examples=[0.993])
+
+
+class Timing(BaseModel):
+    preprocess_ms: float
+    queue_ms: float
+    inference_ms: float
+    postprocess_ms: float
+
+
+class ClassifyResult(BaseModel):
+    filename: str | None = Field(None, examples=["star.png"])
+    predictions: list[Prediction]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: int
+    results: list[ClassifyResult]
+    timing: Timing
+
+
+class DetectionItem(BaseModel):
+    box: list[float] = Field(description="x1, y1, x2, y2 in original image pixels", examples=[[12.0, 30.5, 88.2, 101.0]])
+    label: int = Field(examples=[3])
+    category: str = Field(examples=["triangle"])
+    score: float = Field(examples=[0.97])
+    mask: Any = Field(None, description="COCO RLE {size: [H, W], counts} | polygons [[x1, y1, ...]] | null")
+
+
+class DetectResult(BaseModel):
+    filename: str | None = None
+    width: int
+    height: int
+    detections: list[DetectionItem]
+
+
+class DetectResponse(BaseModel):
+    model: str
+    version: int
+    results: list[DetectResult]
+    timing: Timing
+
+
+class LayerAttention(AttentionLayerInfo):
+    weights: list[float] = Field(description="one weight in (0, 1) per channel")
+
+
+class AttentionResult(BaseModel):
+    filename: str | None = None
+    predictions: list[Prediction] | None = Field(None, description="classifiers: top-k of the same forward pass")
+    detections: list[DetectionItem] | None = Field(None, description="detectors: detections of the same pass")
+    layers: list[LayerAttention]
+
+
+class AttentionResponse(BaseModel):
+    model: str
+    version: int
+    results: list[AttentionResult]
+    timing: Timing
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(examples=["unknown model 'resnet'"])

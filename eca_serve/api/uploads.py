@@ -1,0 +1,66 @@
+"""Reading images from a request: multipart field ``file`` (repeatable) or one raw image body."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from eca_serve.api.errors import BadFormError, BodyTooLargeError, TooManyImagesError
+from eca_serve.errors import UnsupportedMediaTypeError
+from eca_serve.pipelines.base import ImageInput
+
+FIELD = "file"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing early when Content-Length or the streamed size exceeds ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_images(request: Request, *, max_body: int, max_images: int) -> list[ImageInput]:
+    """Images of a request, in order; typed errors for every malformed case."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    body = await read_body(request, max_body)
+    if media == "multipart/form-data":
+        return await _from_multipart(request, body, max_images)
+    if media.startswith("image/") or media in ("application/octet-stream", ""):
+        if not body:
+            raise BadFormError("empty request body: send an image as the body or as multipart field 'file'")
+        return [ImageInput(body, media or None)]
+    raise UnsupportedMediaTypeError(
+        f"unsupported content type {media!r}: send multipart/form-data with field 'file', or an image/* body"
+    )
+
+
+async def _from_multipart(request: Request, body: bytes, max_images: int) -> list[ImageInput]:
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=max_images, max_fields=32)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if "Too many files" in str(exc):
+            raise TooManyImagesError(f"at most {max_images} images per request") from None
+        raise BadFormError(f"malformed multipart body: {exc}") from None
+    try:
+        files = [f for f in form.getlist(FIELD) if isinstance(f, UploadFile)]
+        others = sorted({k for k, v in form.multi_items() if k != FIELD or not isinstance(v, UploadFile)})
+        if not files:
+            raise BadFormError(f"expected image file(s) in multipart field '{FIELD}', got fields {others or 'none'}")
+        return [ImageInput(await f.read(), f.content_type, f.filename) for f in files]
+    finally:
+        await form.close()

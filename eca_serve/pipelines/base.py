@@ -1,0 +1,150 @@
+"""What every task pipeline shares: decode off the event loop, a dynamic batcher, stage timings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from eca_serve.batching import BatchPolicy, DynamicBatcher
+from eca_serve.errors import ConfigError
+from eca_serve.export.repository import EntryConfig
+from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
+from eca_serve.pipelines.preprocess import decode_target
+from eca_serve.runtime import attention_key
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One encoded image of a request.
+
+    Attributes:
+        data: The file's bytes.
+        content_type: The client's declared media type (a hint; the bytes decide).
+        filename: Client-side name, echoed in answers.
+    """
+
+    data: bytes
+    content_type: str | None = None
+    filename: str | None = None
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage for one request (summed over its images where stages repeat)."""
+
+    preprocess: float = 0.0
+    queue: float = 0.0
+    inference: float = 0.0
+    postprocess: float = 0.0
+
+
+@dataclass
+class Prepared:
+    """A decoded and preprocessed image, ready to batch."""
+
+    tensor: np.ndarray
+    decoded: DecodedImage | None = None
+    filename: str | None = None
+
+
+@dataclass
+class LayerWeights:
+    """One attention layer's weights for one image."""
+
+    name: str
+    kind: str
+    channels: int
+    k_size: int | None
+    weights: np.ndarray  # [C] float32 in (0, 1)
+
+
+@dataclass
+class _Item:
+    tensor: np.ndarray
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+StageObserver = Callable[[str, str, float], None]  # (model, stage, seconds)
+
+
+class ModelPipeline:
+    """Decode -> preprocess -> batch -> infer for one model version.
+
+    Args:
+        config: The entry's config (the single source of preprocessing truth).
+        folder: The entry's folder.
+        backend: A classifier or detector backend.
+        policy: Batching policy for this model.
+        limits: Image decoding limits.
+        decode_executor: Threads for decoding/preprocessing (shared between models).
+        on_stage: Optional observer of stage durations (metrics).
+    """
+
+    def __init__(self, config: EntryConfig, folder: Path, backend: Any, policy: BatchPolicy, limits: DecodeLimits,
+                 decode_executor: Executor | None = None, on_stage: StageObserver | None = None,
+                 on_batch: Callable[[int, list[float], float], None] | None = None) -> None:
+        self.config, self.folder, self.backend, self.limits = config, folder, backend, limits
+        self.decode_executor = decode_executor
+        self.on_stage = on_stage or (lambda *_: None)
+        self.batcher: DynamicBatcher = DynamicBatcher(self._run_batch, policy, name=config.name, on_batch=on_batch)
+        self.ready = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.config.name}/{self.config.version}"
+
+    async def start(self) -> None:
+        await self.batcher.start()
+        self.ready = True
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        self.ready = False
+        await self.batcher.stop(drain=True, grace_s=grace_s)
+
+    async def prepare(self, images: list[ImageInput], times: StageTimes) -> list[Prepared]:
+        """Decode and preprocess every image in the decode threads, concurrently."""
+        if not images:
+            raise ConfigError("no image in the request")
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        prepared = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
+        times.preprocess += time.perf_counter() - start
+        self.on_stage(self.config.name, "preprocess", time.perf_counter() - start)
+        return list(prepared)
+
+    def _prepare_one(self, image: ImageInput) -> Prepared:
+        decoded = decode_image(image.data, limits=self.limits, content_type=image.content_type,
+                               target=decode_target(self.config.input))
+        return Prepared(self.preprocess(decoded), decoded, image.filename)
+
+    def preprocess(self, decoded: DecodedImage) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def submit(self, tensor: np.ndarray, times: StageTimes, *, priority: int = 0, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Queue one model input; returns its outputs (queue + inference time recorded in ``times``)."""
+        item = _Item(tensor)
+        result, queued, infer = await self.batcher.submit(item, key=tensor.shape, priority=priority, timeout_s=timeout_s)
+        times.queue += queued
+        times.inference = max(times.inference, infer)
+        return result
+
+    def _run_batch(self, items: list[_Item]) -> list[tuple[dict[str, np.ndarray], float, float]]:
+        start = time.perf_counter()
+        outputs = self.infer_batch([i.tensor for i in items])
+        seconds = time.perf_counter() - start
+        self.on_stage(self.config.name, "inference", seconds)
+        return [(out, start - item.enqueued, seconds) for out, item in zip(outputs, items)]
+
+    def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
+        """One image's attention, one entry per layer of the config (weights [C])."""
+        return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1))
+                for a in self.config.attention]

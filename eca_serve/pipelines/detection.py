@@ -1,0 +1,98 @@
+"""Detection and instance segmentation: boxes in original pixels, masks as RLE/polygons/none."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eca_serve.errors import ConfigError
+from eca_serve.pipelines.base import ImageInput, LayerWeights, ModelPipeline, Prepared, StageTimes
+from eca_serve.pipelines.images import DecodedImage
+from eca_serve.pipelines.masks import MASK_FORMATS, encode_mask
+from eca_serve.pipelines.preprocess import boxes_to_original, preprocess_detection
+
+
+@dataclass
+class Detection:
+    """One object: box (x1, y1, x2, y2) in original pixels, class, score, optional mask."""
+
+    box: list[float]
+    label: int
+    category: str
+    score: float
+    mask: Any = None
+
+
+@dataclass
+class DetectionResult:
+    """Detections (and optionally backbone attention) of one image."""
+
+    filename: str | None
+    width: int
+    height: int
+    detections: list[Detection] = field(default_factory=list)
+    attention: list[LayerWeights] | None = None
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Per-request postprocessing."""
+
+    score_threshold: float = 0.5
+    max_detections: int = 100
+    masks: str = "rle"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+        if self.max_detections < 1:
+            raise ConfigError(f"max_detections must be >= 1, got {self.max_detections}")
+        if self.masks not in MASK_FORMATS:
+            raise ConfigError(f"masks must be one of {list(MASK_FORMATS)}, got {self.masks!r}")
+
+
+class DetectionPipeline(ModelPipeline):
+    """Decode -> [0, 1] float image -> batch (same size only) -> detector -> original-pixel results."""
+
+    def preprocess(self, decoded: DecodedImage) -> np.ndarray:
+        return preprocess_detection(decoded, self.config.input)
+
+    def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return self.backend.infer(tensors)
+
+    async def detect(self, images: list[ImageInput], options: DetectOptions, *, attention: bool = False,
+                     times: StageTimes | None = None, **submit: object) -> list[DetectionResult]:
+        """Detections for each image, in request order."""
+        times = times or StageTimes()
+        prepared = await self.prepare(images, times)
+        outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self.postprocess, out, p, options, attention)
+                                         for out, p in zip(outputs, prepared)])
+        times.postprocess += time.perf_counter() - start
+        return list(results)
+
+    def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, options: DetectOptions, attention: bool) -> DetectionResult:
+        """Threshold, cap, map to original pixels and encode masks for one image."""
+        decoded = prepared.decoded
+        width, height = decoded.original_size
+        keep = np.flatnonzero(outputs["scores"] >= options.score_threshold)[: options.max_detections]
+        boxes = boxes_to_original(outputs["boxes"][keep], decoded)
+        masks = outputs.get("masks")
+        detections = []
+        for row, i in enumerate(keep):
+            label = int(outputs["labels"][i])
+            mask = encode_mask(masks[i, 0], (width, height), options.masks) if masks is not None else None
+            detections.append(Detection([round(float(v), 2) for v in boxes[row]], label,
+                                        self._category(label), float(outputs["scores"][i]), mask))
+        layers = self.layer_weights(outputs) if attention else None
+        return DetectionResult(prepared.filename, width, height, detections, layers)
+
+    def _category(self, label: int) -> str:
+        categories = self.config.categories
+        return categories[label] if 0 <= label < len(categories) else str(label)

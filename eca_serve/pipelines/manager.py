@@ -1,0 +1,131 @@
+"""Loads the model repository into pipelines: every version of every model, warmed up, then ready."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from eca_serve.batching import BatchPolicy
+from eca_serve.errors import ConfigError, UnknownModelError
+from eca_serve.export.repository import EntryConfig, check_safe_name, list_entries, read_config
+from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.classification import ClassificationPipeline
+from eca_serve.pipelines.detection import DetectionPipeline
+from eca_serve.pipelines.images import DecodeLimits
+from eca_serve.runtime import BackendOptions, create_backend, warm_up
+
+log = logging.getLogger(__name__)
+
+
+class NotReadyError(ConfigError):
+    """The model exists but is still loading (or unloading)."""
+
+
+@dataclass
+class ServingOptions:
+    """What the manager needs from the settings."""
+
+    repository: Path
+    backend: BackendOptions
+    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    decode_threads: int = 2
+    only: list[str] = field(default_factory=list)
+    grace_period_s: float = 30.0
+
+
+class ModelManager:
+    """All served pipelines by name and version; the newest version answers when none is named."""
+
+    def __init__(self, options: ServingOptions, on_stage: Callable | None = None, on_batch_for: Callable | None = None) -> None:
+        self.options = options
+        self.on_stage, self.on_batch_for = on_stage, on_batch_for
+        self.decode_executor = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
+        self.pipelines: dict[str, dict[int, ModelPipeline]] = {}
+        self.expected: set[tuple[str, int]] = set()
+        self.load_seconds: dict[str, float] = {}
+        self.loading_error: str | None = None
+
+    def discover(self) -> list[tuple[str, int, Path]]:
+        """Entries of the repository that will be served."""
+        entries = list_entries(self.options.repository)
+        if self.options.only:
+            entries = [e for e in entries if e[0] in self.options.only]
+        if not entries:
+            raise ConfigError(f"no models found in {self.options.repository} (expected <name>/<version>/config.json)")
+        self.expected = {(n, v) for n, v, _ in entries}
+        return entries
+
+    async def load_all(self) -> None:
+        """Load, warm up and start every discovered entry (in a worker thread; the loop stays free)."""
+        for name, version, folder in self.discover():
+            await self.load(name, version, folder)
+
+    async def load(self, name: str, version: int, folder: Path) -> ModelPipeline:
+        start = time.perf_counter()
+        pipeline = await asyncio.to_thread(self._build, folder)
+        await pipeline.start()
+        self.pipelines.setdefault(name, {})[version] = pipeline
+        self.expected.add((name, version))
+        self.load_seconds[f"{name}/{version}"] = time.perf_counter() - start
+        log.info("model %s/%s ready (%s on %s) in %.2fs", name, version, self.options.backend.kind,
+                 pipeline.backend.device, self.load_seconds[f"{name}/{version}"])
+        return pipeline
+
+    def _build(self, folder: Path) -> ModelPipeline:
+        config = read_config(folder)
+        backend = create_backend(folder, config, self.options.backend)
+        policy = BatchPolicy.for_device(self.options.backend.device, **self.options.policy_overrides)
+        warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))
+        cls = ClassificationPipeline if config.task == "classification" else DetectionPipeline
+        on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
+        return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch)
+
+    @property
+    def ready(self) -> bool:
+        """True once every expected entry is loaded and started."""
+        loaded = {(n, v) for n, versions in self.pipelines.items() for v, p in versions.items() if p.ready}
+        return bool(self.expected) and self.expected <= loaded
+
+    def get(self, name: str, version: int | None = None) -> ModelPipeline:
+        """The pipeline of ``name`` (newest version unless ``version``); 404/503-style errors otherwise."""
+        check_name(name)
+        versions = self.pipelines.get(name)
+        if not versions:
+            if any(n == name for n, _ in self.expected):
+                raise NotReadyError(f"model {name!r} is loading")
+            raise UnknownModelError(f"unknown model {name!r}; available: {sorted(self.names())}")
+        if version is None:
+            version = max(versions)
+        if version not in versions:
+            raise UnknownModelError(f"model {name!r} has no version {version}; available: {sorted(versions)}")
+        pipeline = versions[version]
+        if not pipeline.ready:
+            raise NotReadyError(f"model {name}/{version} is not ready")
+        return pipeline
+
+    def names(self) -> set[str]:
+        return {n for n, _ in self.expected} | set(self.pipelines)
+
+    def configs(self) -> list[tuple[EntryConfig, bool]]:
+        """(config, ready) of every loaded version, sorted by name and version."""
+        return [(p.config, p.ready) for name in sorted(self.pipelines) for _, p in sorted(self.pipelines[name].items())]
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain every pipeline within the grace period, then release the decode threads."""
+        grace = self.options.grace_period_s if grace_s is None else grace_s
+        await asyncio.gather(*[p.stop(grace) for versions in self.pipelines.values() for p in versions.values()])
+        self.decode_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_name(name: str) -> str:
+    """Model names are plain folder names: no path traversal out of the repository."""
+    try:
+        return check_safe_name(name, "model name")
+    except ConfigError as exc:
+        raise UnknownModelError(str(exc)) from None

@@ -1,0 +1,49 @@
+"""Server settings from arguments and ``ECA_SERVE_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of ``eca-serve serve``; each field is also ``ECA_SERVE_<FIELD>`` in the environment.
+
+    Batching fields left unset take the per-device defaults of `BatchPolicy.for_device`
+    (CPU: no queue delay, batches of at most 4; CUDA: batches of 32, 2 ms delay).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ECA_SERVE_", extra="ignore")
+
+    model_repository: Path = Path("models")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = "cpu"
+    backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
+    fp16: bool = False
+    threads: int = Field(0, ge=0, description="intra-op threads per model (0 = library default)")
+    decode_threads: int = Field(2, ge=1)
+    max_batch_size: int | None = Field(None, ge=1)
+    max_queue_delay_ms: float | None = Field(None, ge=0)
+    max_queue_size: int | None = Field(None, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1)
+    max_images_per_request: int = Field(16, ge=1)
+    grace_period_s: float = Field(30.0, ge=0)
+    models: list[str] = Field(default_factory=list, description="serve only these names (default: all)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = False
+    admin_enabled: bool = False
+    admin_token: str | None = None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings from the environment, built once (never at import time)."""
+    return Settings()
