@@ -34,3 +34,15 @@ class ShuttingDownError(EcaServeError):
 
 class BatchResultError(EcaServeError, RuntimeError):
     """A batch handler broke its contract: it must return exactly one result per item, in order."""
+
+
+class InvalidImageError(EcaServeError):
+    """An upload that is not an image of an accepted format, or is corrupt or truncated."""
+
+
+class UnsupportedMediaTypeError(EcaServeError):
+    """A request whose declared content type cannot carry an image (e.g. ``text/plain``)."""
+
+
+class ImageTooLargeError(EcaServeError):
+    """An upload over a size limit: too many bytes, too many pixels or too long a side (decompression bombs)."""
