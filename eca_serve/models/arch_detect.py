@@ -1,4 +1,4 @@
-"""Recognise a classifier architecture from the keys and shapes of its state dict."""
+"""Recognise an architecture (classifier or detector) from the keys and shapes of its state dict."""
 
 from __future__ import annotations
 
@@ -16,12 +16,19 @@ _BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.")
 def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
     """Registry name and builder arguments that produce a model with this state dict's layout.
 
+    Detectors (our own full checkpoints) are recognised first, then ResNet/MobileNetV2 classifiers.
+
     Kernel sizes and ``num_classes`` are left to `create_model`, which reads them from the weights.
     The ``arch`` entry of a checkpoint is not used: the authors' files are known to carry wrong ones.
 
     Raises:
         CheckpointError: the layout is not one of the zoo's.
     """
+    from eca_serve.models.detection.detect_arch import detect_detector_architecture
+
+    detector = detect_detector_architecture(state)
+    if detector is not None:
+        return detector
     if "features.0.0.weight" in state and "classifier.1.weight" in state:
         return "eca_mobilenet_v2", {}
     if "conv1.weight" in state and "fc.weight" in state:

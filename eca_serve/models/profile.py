@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -15,7 +17,8 @@ class ModelCost:
     """Size and compute of a model at one input size.
 
     Attributes:
-        params: Trainable parameters.
+        params: Trainable parameters (detectors: frozen stem/early stages and FrozenBatchNorm2d buffers
+            excluded, which is how mmdetection counts and so how the ECA-Net paper's Table 4 reports them).
         attention_params: Trainable parameters inside ECA modules.
         macs: Multiply-adds of convolutions and linear layers for one image.
         input_size: (H, W) the MACs were counted at.
@@ -45,16 +48,41 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> int:
-    """Multiply-adds of one forward pass on a [1, 3, H, W] input (half of PyTorch's FLOP count)."""
+    """Multiply-adds of one forward pass on a [1, 3, H, W] input (half of PyTorch's FLOP count).
+
+    Only operators that ``FlopCounterMode`` knows are counted: convolutions (transposed included) and
+    matrix products (linear layers). Detectors are called with a list of one zero image [3, H, W] and
+    their own transform is told not to resize it, so the networks run at H x W (padded up to a
+    multiple of 32, as always); torchvision's RoIAlign and NMS are not counted, and the RoI heads'
+    share depends on how many proposals and detections the zero image yields.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 3, *input_size)
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x if not _is_detector(model) else [x[0]])
-    model.train(was_training)
+    try:
+        with torch.no_grad(), _native_size(model, input_size), FlopCounterMode(display=False) as counter:
+            model(x if not _is_detector(model) else [x[0]])
+    finally:
+        model.train(was_training)
     return counter.get_total_flops() // 2
+
+
+@contextlib.contextmanager
+def _native_size(model: nn.Module, input_size: tuple[int, int]) -> Iterator[None]:
+    """Make a torchvision detector's ``GeneralizedRCNNTransform`` keep ``input_size`` while inside."""
+    transform = getattr(model, "transform", None) if _is_detector(model) else None
+    if transform is None:
+        yield
+        return
+    saved = (transform.min_size, transform.max_size)
+    # NOTE: resize scale = min(min_size / short side, max_size / long side) = 1 for these bounds.
+    transform.min_size, transform.max_size = (min(input_size),), max(input_size)
+    try:
+        yield
+    finally:
+        transform.min_size, transform.max_size = saved
 
 
 def measure(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> ModelCost:
