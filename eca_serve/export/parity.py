@@ -91,3 +91,61 @@ def run_onnx_classifier(session: object, x: Tensor, output_names: Sequence[str],
     """Run an ONNX Runtime session whose outputs are ``[logits, attention...]``."""
     outputs = session.run(list(output_names), {session.get_inputs()[0].name: x.numpy()})
     return outputs[0], dict(zip(layers, outputs[1:]))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix [len(a), len(b)] of xyxy boxes."""
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl, 0, None).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def match_detections(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """Greedy one-to-one matching by label and IoU (highest reference score first), not by index."""
+    if len(ref["boxes"]) == 0 or len(cand["boxes"]) == 0:
+        return []
+    iou = box_iou(ref["boxes"], cand["boxes"])
+    iou[ref["labels"][:, None] != cand["labels"][None, :]] = -1
+    pairs, used = [], set()
+    for i in np.argsort(-ref["scores"], kind="stable"):
+        order = [j for j in np.argsort(-iou[i]) if j not in used and iou[i, j] >= min_iou]
+        if order:
+            used.add(order[0])
+            pairs.append((int(i), int(order[0])))
+    return pairs
+
+
+def compare_detector(backend: str, shape: list[int], reference: tuple, candidate: tuple, tol: Tolerance) -> ParityRow:
+    """Detections matched by label and IoU, with box/score/mask differences, plus attention differences.
+
+    A reference detection may stay unmatched only if its score is within ``tol.score`` of the lowest
+    kept score (ties at the ``detections_per_img`` cut-off can legitimately swap).
+    """
+    (ref, ref_attn), (cand, cand_attn) = reference, candidate
+    pairs = match_detections(ref, cand)
+    ri = np.array([p[0] for p in pairs], dtype=int)
+    ci = np.array([p[1] for p in pairs], dtype=int)
+    stats: dict[str, float | int] = {"reference": len(ref["boxes"]), "candidate": len(cand["boxes"]), "matched": len(pairs)}
+    stats["max_box_px"] = float(np.abs(ref["boxes"][ri] - cand["boxes"][ci]).max()) if len(pairs) else 0.0
+    stats["max_score"] = float(np.abs(ref["scores"][ri] - cand["scores"][ci]).max()) if len(pairs) else 0.0
+    if "masks" in ref and len(pairs):
+        stats["max_mask"] = float(np.abs(ref["masks"][ri] - cand["masks"][ci]).max())
+    row = ParityRow(backend, shape, detections=stats)
+    row.max_abs_attention = max((float(np.abs(ref_attn[k] - cand_attn[k]).max()) for k in ref_attn if k in cand_attn), default=0.0)
+    _detector_problems(row, ref, set(ri.tolist()), stats, tol)
+    row.passed = not row.problems
+    return row
+
+
+def _detector_problems(row: ParityRow, ref: dict, matched: set[int], stats: dict, tol: Tolerance) -> None:
+    cutoff = float(ref["scores"].min()) if len(ref["scores"]) else 0.0
+    lost = [i for i in range(len(ref["boxes"])) if i not in matched and ref["scores"][i] > cutoff + tol.score]
+    if lost:
+        row.problems.append(f"{len(lost)} reference detections have no match (label + IoU >= 0.5)")
+    for key, limit in (("max_box_px", tol.box_pixels), ("max_score", tol.score), ("max_mask", tol.mask)):
+        if stats.get(key, 0.0) > limit:
+            row.problems.append(f"{key} {stats[key]:.2e} > {limit:.0e}")
+    if row.max_abs_attention > tol.attention:
+        row.problems.append(f"attention differs by {row.max_abs_attention:.2e} > {tol.attention:.0e}")

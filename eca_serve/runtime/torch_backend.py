@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 def load_torchscript(path: Path, options: BackendOptions) -> Any:
     """Load ``model.pt`` onto the device and freeze it there (BN folding, inlined attributes)."""
+    import torchvision  # noqa: F401  registers torchvision::nms / roi_align, which scripted detectors call
+
     module = torch.jit.load(str(path), map_location=options.device).eval()
     if options.fp16 and _is_cuda(options):
         module = module.half()

@@ -26,7 +26,9 @@ def _image_sizes(images: list[Tensor]) -> list[tuple[int, int]]:
     sizes: list[tuple[int, int]] = []
     for img in images:
         torch._assert(img.dim() == 3, "expected images of shape [3, H, W]")
-        sizes.append((int(img.shape[-2]), int(img.shape[-1])))
+        # NOTE: no int(): under ONNX tracing the sizes must stay traced values, or the exported graph
+        # bakes the example's size into the box/mask postprocessing.
+        sizes.append((img.shape[-2], img.shape[-1]))
     return sizes
 
 

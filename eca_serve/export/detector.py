@@ -1,0 +1,146 @@
+"""Detector export: TorchScript (scripted) and ONNX (legacy exporter, one image per call, dynamic H/W)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from eca_serve.export import formats, parity
+from eca_serve.export.exporter import ExportOptions, Progress, WEIGHTS_FILE, finish_entry, save_weights
+from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
+
+DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
+
+
+class DetectorOutputs(nn.Module):
+    """One image [3, H, W] -> (boxes, labels, scores[, masks], attention_1, ..., attention_L) for ONNX."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(model.attention_layers)
+        self.has_masks = model.config.task == "instance_segmentation"
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        detections, attention = self.model.forward_with_attention([image])
+        det = detections[0]
+        head = [det["boxes"], det["labels"], det["scores"]] + ([det["masks"]] if self.has_masks else [])
+        return (*head, *[attention[n] for n in self.names])
+
+
+def detection_output_names(model: nn.Module) -> list[str]:
+    """Graph outputs: boxes, labels, scores, [masks], then ``attention/<layer>``."""
+    head = ["boxes", "labels", "scores"] + (["masks"] if model.config.task == "instance_segmentation" else [])
+    return head + [formats.attention_output_name(n) for n in model.attention_layers]
+
+
+def export_detector_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:
+    """ONNX graph of ``DetectorOutputs`` with dynamic image height/width and detection count.
+
+    NOTE: torchvision's detectors export with the legacy (TorchScript-based) exporter only.
+    """
+    names = detection_output_names(model)
+    axes: dict[str, dict[int, str]] = {formats.INPUT_NAME: {1: "height", 2: "width"}}
+    axes.update({n: {0: "detections"} for n in names if not n.startswith("attention/")})
+    if "masks" in names:
+        axes["masks"] = {0: "detections", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(DetectorOutputs(model).eval(), (example,), str(path), dynamo=False,
+                          opset_version=formats.ONNX_OPSET, input_names=[formats.INPUT_NAME], output_names=names,
+                          dynamic_axes=axes)
+    return names
+
+
+def export_detector(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
+    """Export a detector; see `eca_serve.export.export_model`."""
+    images = _check_images(model, options)
+    artifacts: dict[str, Any] = {}
+    progress("weights")
+    save_weights(model, out_dir / WEIGHTS_FILE)
+    artifacts["weights"] = artifact_spec(out_dir / WEIGHTS_FILE, "safetensors")
+    backends: dict[str, Callable[[Tensor], DetectorRun]] = {}
+    if "torchscript" in options.formats:
+        progress("torchscript")
+        scripted = formats.export_torchscript(model, out_dir / "model.pt")
+        reloaded = torch.jit.load(str(out_dir / "model.pt"), map_location="cpu")
+        backends["torchscript"] = lambda x: _run_torch(scripted.forward_with_attention, x)
+        backends["torchscript_reloaded"] = lambda x: _run_torch(reloaded.forward_with_attention, x)
+        artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
+    if "onnx" in options.formats:
+        progress("onnx")
+        backends["onnxruntime"] = _onnx_backend(model, out_dir / "model.onnx", images[0])
+        artifacts["onnx"] = artifact_spec(out_dir / "model.onnx", "onnx")
+    progress("parity")
+    rows = []
+    for x in images:
+        reference = _run_torch(model.forward_with_attention, x)
+        rows += [parity.compare_detector(name, list(x.shape), reference, run(x), options.tolerance) for name, run in backends.items()]
+    report = parity.ParityReport(rows, options.tolerance)
+    detection = {k: model.config.extra[k] for k in ("min_size", "max_size", "score_thresh", "nms_thresh", "detections_per_img")}
+    detection["warmup_size"] = list(model.config.preprocess.input_size)
+    return finish_entry(model, out_dir, options, report, input_spec(model), output_specs(model), artifacts, detection)
+
+
+def _check_images(model: nn.Module, options: ExportOptions) -> list[Tensor]:
+    side = model.config.preprocess.input_size[0]
+    shapes = options.check_inputs or [(1, side, side), (1, side + 37, side - 21)]
+    gen = torch.Generator().manual_seed(options.seed)
+    return [_scene(h, w, gen) for _, h, w in shapes]
+
+
+def _scene(h: int, w: int, gen: torch.Generator) -> Tensor:
+    """A test image [3, H, W] in [0, 1]: smooth background plus a few solid rectangles (clear objects)."""
+    image = torch.rand(3, 1, 1, generator=gen) * torch.linspace(0.3, 1.0, w).expand(3, h, w)
+    for _ in range(4):
+        y, x = (torch.rand(2, generator=gen) * torch.tensor([h * 0.7, w * 0.7])).int().tolist()
+        image[:, y : y + h // 4, x : x + w // 4] = torch.rand(3, 1, 1, generator=gen)
+    return image.clamp(0, 1)
+
+
+def _run_torch(fn: Callable, x: Tensor) -> DetectorRun:
+    with torch.inference_mode():
+        detections, attention = fn([x])
+    det = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in detections[0].items()}
+    return det, {k: v.float().numpy() for k, v in attention.items()}
+
+
+def _onnx_backend(model: nn.Module, path: Path, example: Tensor) -> Callable[[Tensor], DetectorRun]:
+    import onnxruntime as ort
+
+    names = export_detector_onnx(model, path, example)
+    formats.check_onnx(path)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # torchvision's mask-paste loop warns about shapes once per detection
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: Tensor) -> DetectorRun:
+        values = dict(zip(names, session.run(names, {formats.INPUT_NAME: x.numpy()})))
+        attention = {n[len("attention/"):]: v for n, v in values.items() if n.startswith("attention/")}
+        return {k: v for k, v in values.items() if not k.startswith("attention/")}, attention
+
+    return run
+
+
+def input_spec(model: nn.Module) -> InputSpec:
+    """One RGB image in [0, 1] of any size; resizing and normalisation happen inside the model."""
+    transform = model.transform
+    return InputSpec(layout="CHW", size=None, resize=None, crop=False, mean=tuple(transform.image_mean),
+                     std=tuple(transform.image_std), normalized_in_model=True)
+
+
+def output_specs(model: nn.Module) -> list[OutputSpec]:
+    """Per-image outputs of the graph; -1 marks the detection count and the image size."""
+    specs = [OutputSpec(name="boxes", shape=[-1, 4], dtype="float32"), OutputSpec(name="labels", shape=[-1], dtype="int64"),
+             OutputSpec(name="scores", shape=[-1], dtype="float32")]
+    if model.config.task == "instance_segmentation":
+        specs.append(OutputSpec(name="masks", shape=[-1, 1, -1, -1], dtype="float32"))
+    from eca_serve.introspect import attention_layers
+
+    return specs + [OutputSpec(name=formats.attention_output_name(a.name), shape=[1, a.channels], dtype="float32")
+                    for a in attention_layers(model)]
