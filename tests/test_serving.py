@@ -14,6 +14,9 @@ import torch
 from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
 from eca_serve.export import read_config
+from eca_serve.export.parity import match_detections
+from eca_serve.pipelines.detection import detector_input, model_input_size, to_original_pixels
+from eca_serve.pipelines.masks import to_original_size
 from eca_serve.settings import Settings
 from tests.hostile_images import corpus, jpeg_bytes, png_bytes
 from tests.serving_utils import export_small_classifier, running_server
@@ -160,3 +163,87 @@ def test_openapi_docs_describe_the_api(server) -> None:
     classify = spec["paths"]["/v1/models/{name}/classify"]["post"]
     assert "multipart/form-data" in classify["requestBody"]["content"]
     assert http.get(f"{base}/docs").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def detection_server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("det_models")
+    torch.manual_seed(0)
+    import eca_serve
+    from eca_serve.export import ExportOptions, export_model
+
+    model = eca_serve.create_model("maskrcnn_eca_resnet18_fpn", num_classes=3, categories=["__background__", "a", "b"],
+                                   widths=[16, 32, 64, 128], stem_width=16, out_channels=32, box_head_dim=64,
+                                   mask_head_layers=2, mask_head_dim=32, min_size=128, max_size=192, score_thresh=0.0)
+    export_model(model, root / "det" / "1", ExportOptions(name="det", formats=("onnx",), check_inputs=[(1, 128, 128)]))
+    with running_server(Settings(model_repository=root)) as (base, _):
+        yield base, model
+
+
+def test_detect_maps_back_to_original_pixels_and_encodes_masks(detection_server) -> None:
+    from pycocotools import mask as mask_utils
+
+    base, model = detection_server
+    data = png_bytes((150, 110), seed=7)
+    body = http.post(f"{base}/v1/models/det/detect?score_threshold=0&max_detections=100", content=data,
+                     headers={"content-type": "image/png"}).json()
+    result = body["results"][0]
+    assert (result["width"], result["height"]) == (150, 110)
+    image = torch.from_numpy(preprocess_for_detector(data))
+    assert image.shape == (3, 128, 175)  # shorter side to min_size before the model
+    with torch.no_grad():
+        ref = {k: v.numpy() for k, v in model([image])[0].items()}
+    ref["boxes"] = to_original_pixels(ref["boxes"], image.shape, (150, 110))
+    served = result["detections"]
+    got = {"boxes": np.array([d["box"] for d in served], np.float32), "labels": np.array([d["label"] for d in served]),
+           "scores": np.array([d["score"] for d in served])}
+    pairs = match_detections(ref, got)  # ONNX Runtime may order near-tied random-weight scores differently
+    assert len(served) == len(ref["boxes"]) > 0 and len(pairs) == len(served)
+    for i, j in pairs[:10]:
+        det = served[j]
+        np.testing.assert_allclose(det["box"], ref["boxes"][i], atol=0.05)
+        assert abs(det["score"] - float(ref["scores"][i])) < 1e-4
+        assert det["category"] == ["__background__", "a", "b"][det["label"]]
+        decoded = mask_utils.decode({"size": det["mask"]["size"], "counts": det["mask"]["counts"].encode()})
+        assert decoded.shape == (110, 150)
+        expected = to_original_size(ref["masks"][i, 0], (150, 110)) > 0.5
+        assert (decoded == expected).mean() > 0.999
+    poly = http.post(f"{base}/v1/models/det/detect?score_threshold=0&max_detections=2&masks=polygon", content=data,
+                     headers={"content-type": "image/png"}).json()["results"][0]["detections"]
+    assert all(isinstance(d["mask"], list) for d in poly)
+    none = http.post(f"{base}/v1/models/det/detect?score_threshold=0.99&masks=none", content=data, headers={"content-type": "image/png"}).json()
+    assert all(d["mask"] is None and d["score"] >= 0.99 for d in none["results"][0]["detections"])
+
+
+def test_detector_attention_comes_from_the_same_pass(detection_server) -> None:
+    base, model = detection_server
+    data = png_bytes((128, 128), seed=8)
+    body = http.post(f"{base}/v1/models/det/attention?score_threshold=0", content=data, headers={"content-type": "image/png"}).json()
+    result = body["results"][0]
+    with torch.no_grad():
+        detections, attention = model.forward_with_attention([torch.from_numpy(preprocess_for_detector(data))])
+    assert [l["name"] for l in result["layers"]] == model.attention_layers
+    np.testing.assert_allclose(result["layers"][-1]["weights"], attention["layer4.1.eca"][0].numpy(), atol=1e-5)
+    assert len(result["detections"]) == len(detections[0]["boxes"])
+
+
+def test_classify_on_a_detector_is_422(detection_server) -> None:
+    base, _ = detection_server
+    response = http.post(f"{base}/v1/models/det/classify", content=png_bytes(), headers={"content-type": "image/png"})
+    assert response.status_code == 422 and "does not classify" in response.json()["error"]
+
+
+def preprocess_for_detector(data: bytes) -> np.ndarray:
+    from eca_serve.export.repository import InputSpec
+
+    spec = InputSpec(layout="CHW", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), normalized_in_model=True)
+    return detector_input(decode_image(data, limits=DecodeLimits()).image, spec, {"min_size": 128, "max_size": 192})
+
+
+@pytest.mark.parametrize("size, expected", [((150, 110), (175, 128)), ((110, 150), (128, 175)), ((1000, 100), (192, 19)),
+                                            ((128, 128), (128, 128)), ((4000, 3000), (171, 128))])
+def test_detector_working_size_makes_the_model_transform_an_identity(size, expected) -> None:
+    assert model_input_size(*size, 128, 192) == expected
+    w, h = expected
+    scale = min(128 / min(w, h), 192 / max(w, h))  # torchvision GeneralizedRCNNTransform's rule
+    assert scale == 1.0

@@ -119,9 +119,12 @@ class ModelPipeline:
         return list(prepared)
 
     def _prepare_one(self, image: ImageInput) -> Prepared:
-        decoded = decode_image(image.data, limits=self.limits, content_type=image.content_type,
-                               target=decode_target(self.config.input))
+        decoded = decode_image(image.data, limits=self.limits, content_type=image.content_type, target=self.decode_target())
         return Prepared(self.preprocess(decoded), decoded, image.filename)
+
+    def decode_target(self) -> tuple[int, int] | None:
+        """Smallest (W, H) the decoder must keep (JPEG draft mode decodes no smaller)."""
+        return decode_target(self.config.input)
 
     def preprocess(self, decoded: DecodedImage) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError

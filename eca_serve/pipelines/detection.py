@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from eca_serve.errors import ConfigError
 from eca_serve.pipelines.base import ImageInput, LayerWeights, ModelPipeline, Prepared, StageTimes
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.masks import MASK_FORMATS, encode_mask
-from eca_serve.pipelines.preprocess import boxes_to_original, preprocess_detection
+from eca_serve.pipelines.preprocess import preprocess_detection
 
 
 @dataclass
@@ -55,11 +56,43 @@ class DetectOptions:
             raise ConfigError(f"masks must be one of {list(MASK_FORMATS)}, got {self.masks!r}")
 
 
+def model_input_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(W, H) for which torchvision's detection transform is the identity (its scale is exactly 1).
+
+    The shorter side becomes ``min_size`` unless the longer side would exceed ``max_size``, in
+    which case the longer side becomes ``max_size``, as torchvision's own resize rule does.
+    """
+    short, long = min(width, height), max(width, height)
+    if long * min_size / short <= max_size:
+        scale, exact = min_size / short, min_size
+        new_short, new_long = exact, min(max_size, max(1, round(long * scale)))
+    else:
+        scale = max_size / long
+        new_short, new_long = max(1, round(short * scale)), max_size
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def detector_input(image: Image.Image, spec: Any, detection: dict[str, Any]) -> np.ndarray:
+    """RGB image -> float32 [3, H, W] already at the model's working size.
+
+    NOTE: resizing here (Pillow, antialiased) instead of inside the model keeps TorchScript and ONNX
+    Runtime identical (their internal upsampling rounds sizes differently) and makes large photos cheap.
+    """
+    size = model_input_size(*image.size, detection["min_size"], detection["max_size"])
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return preprocess_detection(image, spec)
+
+
 class DetectionPipeline(ModelPipeline):
-    """Decode -> [0, 1] float image -> batch (same size only) -> detector -> original-pixel results."""
+    """Decode -> resize to the model's working size -> batch (same size only) -> detector -> original pixels."""
+
+    def decode_target(self) -> tuple[int, int] | None:
+        side = self.config.detection["min_size"]
+        return (side, side)
 
     def preprocess(self, decoded: DecodedImage) -> np.ndarray:
-        return preprocess_detection(decoded, self.config.input)
+        return detector_input(decoded.image, self.config.input, self.config.detection)
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         return self.backend.infer(tensors)
@@ -79,10 +112,9 @@ class DetectionPipeline(ModelPipeline):
 
     def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, options: DetectOptions, attention: bool) -> DetectionResult:
         """Threshold, cap, map to original pixels and encode masks for one image."""
-        decoded = prepared.decoded
-        width, height = decoded.original_size
+        width, height = prepared.decoded.original_size
         keep = np.flatnonzero(outputs["scores"] >= options.score_threshold)[: options.max_detections]
-        boxes = boxes_to_original(outputs["boxes"][keep], decoded)
+        boxes = to_original_pixels(outputs["boxes"][keep], prepared.tensor.shape, (width, height))
         masks = outputs.get("masks")
         detections = []
         for row, i in enumerate(keep):
@@ -93,6 +125,15 @@ class DetectionPipeline(ModelPipeline):
         layers = self.layer_weights(outputs) if attention else None
         return DetectionResult(prepared.filename, width, height, detections, layers)
 
-    def _category(self, label: int) -> str:
+    def _category(self, label: int) -> str:  # noqa: D401
         categories = self.config.categories
         return categories[label] if 0 <= label < len(categories) else str(label)
+
+
+def to_original_pixels(boxes: np.ndarray, input_shape: tuple[int, ...], original: tuple[int, int]) -> np.ndarray:
+    """Boxes [K, 4] in model-input pixels (input [3, H, W]) -> original (width, height) pixels, clipped."""
+    sx, sy = original[0] / input_shape[2], original[1] / input_shape[1]
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
+    out[:, 0::2] = out[:, 0::2].clip(0, original[0])
+    out[:, 1::2] = out[:, 1::2].clip(0, original[1])
+    return out
