@@ -43,7 +43,7 @@ def test_detector_parity_report(exported: Path) -> None:
     report = read_config(exported).parity
     assert report["passed"]
     shapes = {tuple(r["input_shape"]) for r in report["rows"]}
-    assert shapes == {(3, 160, 160), (3, 197, 139)}
+    assert shapes == {(3, 160, 160), (3, 160, 219)}
     for row in report["rows"]:
         det = row["detections"]
         assert det["reference"] > 0 and det["matched"] == det["reference"] == det["candidate"]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from eca_serve.export import formats, parity
 from eca_serve.export.exporter import ExportOptions, Progress, WEIGHTS_FILE, finish_entry, save_weights
 from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
+from eca_serve.models.detection.sizes import model_input_size
 
 DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
 
@@ -88,8 +89,15 @@ def export_detector(model: nn.Module, out_dir: Path, options: ExportOptions, pro
 
 
 def _check_images(model: nn.Module, options: ExportOptions) -> list[Tensor]:
-    side = model.config.preprocess.input_size[0]
-    shapes = options.check_inputs or [(1, side, side), (1, side + 37, side - 21)]
+    """Parity inputs at sizes the model's own transform leaves unchanged (the serving pipeline resizes
+    to such sizes first).
+
+    NOTE: at other sizes torchvision's transform rounds the resized size differently in eager and
+    scripted mode, so eager and TorchScript legitimately differ there.
+    """
+    lo, hi = model.config.extra["min_size"], model.config.extra["max_size"]
+    wide = model_input_size(round(lo * 1.37), lo, lo, hi)
+    shapes = options.check_inputs or [(1, lo, lo), (1, wide[1], wide[0])]
     gen = torch.Generator().manual_seed(options.seed)
     return [_scene(h, w, gen) for _, h, w in shapes]
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from eca_serve.errors import ConfigError
+from eca_serve.models.detection.sizes import model_input_size
 from eca_serve.pipelines.base import ImageInput, LayerWeights, ModelPipeline, Prepared, StageTimes
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.masks import MASK_FORMATS, encode_mask
@@ -54,22 +55,6 @@ class DetectOptions:
             raise ConfigError(f"max_detections must be >= 1, got {self.max_detections}")
         if self.masks not in MASK_FORMATS:
             raise ConfigError(f"masks must be one of {list(MASK_FORMATS)}, got {self.masks!r}")
-
-
-def model_input_size(width: int, height: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """(W, H) for which torchvision's detection transform is the identity (its scale is exactly 1).
-
-    The shorter side becomes ``min_size`` unless the longer side would exceed ``max_size``, in
-    which case the longer side becomes ``max_size``, as torchvision's own resize rule does.
-    """
-    short, long = min(width, height), max(width, height)
-    if long * min_size / short <= max_size:
-        scale, exact = min_size / short, min_size
-        new_short, new_long = exact, min(max_size, max(1, round(long * scale)))
-    else:
-        scale = max_size / long
-        new_short, new_long = max(1, round(short * scale)), max_size
-    return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
 def detector_input(image: Image.Image, spec: Any, detection: dict[str, Any]) -> np.ndarray:
