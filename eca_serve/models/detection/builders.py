@@ -47,11 +47,15 @@ class _Family:
     head_options: dict[str, int] = field(default_factory=dict)
 
 
+# torchvision's R-CNN sampling/proposal counts (its defaults); small models on CPU train far faster with fewer.
+_RCNN_SAMPLING = {"box_batch_size_per_image": 512, "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
+                  "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000}
+
 _FAMILIES: dict[str, _Family] = {
     "fasterrcnn": _Family("detection", "roi_heads.box_predictor.cls_score", EcaFasterRCNN, 100,
-                          {"box_head_dim": 1024}),
+                          {"box_head_dim": 1024, **_RCNN_SAMPLING}),
     "maskrcnn": _Family("instance_segmentation", "roi_heads.box_predictor.cls_score", EcaMaskRCNN, 100,
-                        {"box_head_dim": 1024, "mask_head_layers": 4, "mask_head_dim": 256}),
+                        {"box_head_dim": 1024, "mask_head_layers": 4, "mask_head_dim": 256, **_RCNN_SAMPLING}),
     "retinanet": _Family("detection", "head.classification_head.cls_logits", EcaRetinaNet, 300),
 }
 
@@ -102,7 +106,8 @@ def build_detector(
         score_thresh, nms_thresh, detections_per_img: Postprocessing (torchvision's ``box_*`` options for
             R-CNNs); ``detections_per_img`` defaults to 100 (R-CNN) or 300 (RetinaNet).
         backbone_weights: Classifier checkpoint to initialise the backbone body from.
-        **head_options: ``box_head_dim`` (R-CNN, default 1024), ``mask_head_layers`` and ``mask_head_dim``
+        **head_options: ``box_head_dim`` (R-CNN, default 1024), torchvision's R-CNN sampling counts
+            (``box_batch_size_per_image``, ``rpn_{pre,post}_nms_top_n_{train,test}``), ``mask_head_layers`` and ``mask_head_dim``
             (Mask R-CNN, default 4 x 256).
 
     Raises:
@@ -140,9 +145,10 @@ def _assemble(
         return EcaRetinaNet(backbone, num_classes, score_thresh=post["score_thresh"], nms_thresh=post["nms_thresh"],
                             detections_per_img=post["detections_per_img"], **transform)
     roi_heads = _roi_heads(architecture, backbone.out_channels, num_classes, heads)
+    sampling = {k: heads[k] for k in _RCNN_SAMPLING}
     return _FAMILIES[architecture].model_cls(
         backbone, None, box_score_thresh=post["score_thresh"], box_nms_thresh=post["nms_thresh"],
-        box_detections_per_img=post["detections_per_img"], **roi_heads, **transform,
+        box_detections_per_img=post["detections_per_img"], **roi_heads, **sampling, **transform,
     )
 
 
