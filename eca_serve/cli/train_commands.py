@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="eca_resnet18")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--resize", type=int, default=None, help="eval shorter side before crop (default input/0.875)")
+    p.add_argument("--augment", choices=["standard", "light"], default="standard")
     _common(p)
     p.set_defaults(func=cmd_train_classify)
 
@@ -75,7 +76,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 def cmd_train_classify(args: argparse.Namespace) -> int:
     from eca_serve.training.classify import ClassifyData, train_classifier
 
-    data = ClassifyData(args.data, args.input_size, args.resize)
+    data = ClassifyData(args.data, args.input_size, args.resize, augment=args.augment)
     return _train(args, lambda on_step: train_classifier(args.model, _parse_args(args.arg), data, _train_config(args),
                                                          resume=args.resume, on_step=on_step))
 

@@ -27,12 +27,15 @@ class ClassifyData:
         input_size: Side of the square crop the model sees.
         resize: Shorter side before the center crop at evaluation (None: ``input_size / 0.875``).
         val_fraction: Held-out share when ``root`` has no ``val/`` sub-tree.
+        augment: ``standard`` (random resized crop 0.6-1, flip, colour jitter) or ``light`` (flip and colour
+            jitter on the evaluation view: for fine-tuning when crops would cut objects out of the image).
     """
 
     root: Path
     input_size: int = 224
     resize: int | None = None
     val_fraction: float = 0.1
+    augment: str = "standard"
 
     @property
     def eval_resize(self) -> int:
@@ -50,9 +53,11 @@ def _transforms(data: ClassifyData, pre: PreprocessConfig, train: bool) -> Calla
     from torchvision import transforms as T
 
     normalize = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
+    jitter = [T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
+    if train and data.augment == "light":
+        return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), *jitter, *normalize])
     if train:
-        return T.Compose([T.RandomResizedCrop(data.input_size, scale=(0.6, 1.0)), T.RandomHorizontalFlip(),
-                          T.ColorJitter(0.3, 0.3, 0.3, 0.05), *normalize])
+        return T.Compose([T.RandomResizedCrop(data.input_size, scale=(0.6, 1.0)), *jitter, *normalize])
     return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), *normalize])
 
 

@@ -1,0 +1,227 @@
+"""Serving benchmark: in-process limits vs HTTP throughput and latency at several concurrencies.
+
+Run: ``python bench/serve_bench.py [--seconds 8] [--device cpu] [--models eca_resnet50,eca_mobilenet_v2]``.
+
+It exports the requested zoo classifiers (seeded random weights) plus the shipped default models into a
+temporary repository, measures (1) the backend alone on pre-decoded tensors (img/s per batch size),
+(2) decode + preprocess per photo, then (3) starts ``eca-serve serve`` as a separate process and drives
+it from this one asyncio process over HTTP with multipart JPEG uploads of real photographs
+(scikit-image's samples, plus one upscaled to 12 megapixels) at concurrency 1, 4, 16 and 64.
+It prints one table; "served/raw" is HTTP images/s divided by the backend's best images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def photos() -> dict[str, bytes]:
+    """JPEG bytes of scikit-image's photographs (300-640 px) and a 12-megapixel upscale."""
+    from skimage import data
+
+    out = {}
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        out[name] = _jpeg(Image.fromarray(getattr(data, name)()))
+    out["coffee_12mp"] = _jpeg(Image.fromarray(data.coffee()).resize((4000, 3000), Image.Resampling.BICUBIC))
+    return out
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def build_repository(root: Path, models: list[str]) -> list[str]:
+    """Export zoo classifiers with seeded weights; copy the shipped defaults. Returns the served names."""
+    from eca_serve import create_model
+    from eca_serve.export import ExportOptions, export_model
+
+    served = []
+    for name in models:
+        torch.manual_seed(0)
+        export_model(create_model(name), root / name / "1", ExportOptions(name=name, formats=("onnx", "torchscript")))
+        served.append(name)
+    for entry in sorted((REPO / "models").glob("*/1/config.json")):
+        shutil.copytree(entry.parent.parent, root / entry.parent.parent.name)
+        served.append(entry.parent.parent.name)
+    return served
+
+
+def raw_backend(root: Path, name: str, device: str, seconds: float) -> dict[int, float]:
+    """Backend images/s on pre-decoded tensors for batch sizes 1, 4, 8 (classifiers) or 1 (detectors)."""
+    from eca_serve.export import read_config
+    from eca_serve.runtime import BackendOptions, create_backend, warm_up
+
+    config = read_config(root / name / "1")
+    backend = create_backend(root / name / "1", config, BackendOptions("onnxruntime", device))
+    warm_up(backend, config)
+    rates = {}
+    sizes = (1, 4, 8) if config.task == "classification" else (1,)
+    for batch in sizes:
+        if config.task == "classification":
+            x = np.random.default_rng(0).standard_normal((batch, 3, *config.input.size), dtype=np.float32)
+            call = lambda: backend.infer(x)  # noqa: E731
+        else:
+            side = config.detection["min_size"]
+            images = [np.random.default_rng(0).random((3, side, side), dtype=np.float32)]
+            call = lambda: backend.infer(images)  # noqa: E731
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            call()
+            count += batch
+        rates[batch] = count / (time.perf_counter() - start)
+    return rates
+
+
+def preprocess_cost(root: Path, name: str, images: dict[str, bytes]) -> dict[str, float]:
+    """Milliseconds of decode + preprocess per photo with the model's pipeline functions."""
+    from eca_serve.export import read_config
+    from eca_serve.pipelines.images import DecodeLimits, decode_image
+    from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
+
+    config = read_config(root / name / "1")
+    costs = {}
+    for key, data in images.items():
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < 0.5 or n < 3:
+            decoded = decode_image(data, limits=DecodeLimits(), target=decode_target(config.input))
+            preprocess_classification(decoded, config.input)
+            n += 1
+        costs[key] = 1e3 * (time.perf_counter() - start) / n
+    return costs
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> tuple[float, list[float], dict[int, int]]:
+    """Closed-loop load: ``concurrency`` clients posting JPEGs for ``seconds``. Returns (req/s, latencies, statuses)."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def worker(i: int) -> None:
+            k = i
+            while time.perf_counter() < deadline:
+                body = bodies[k % len(bodies)]
+                k += 1
+                start = time.perf_counter()
+                response = await client.post(url, files={"file": ("photo.jpg", body, "image/jpeg")})
+                latencies.append(time.perf_counter() - start)
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(i) for i in range(concurrency)])
+        elapsed = time.perf_counter() - start
+    return len(latencies) / elapsed, latencies, statuses
+
+
+def start_server(root: Path, device: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning"}
+    cmd = [sys.executable, "-m", "eca_serve.cli", "serve", "--model-repository", str(root), "--port", str(port), "--device", device]
+    process = subprocess.Popen(cmd, env=env, cwd=REPO)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each HTTP cell")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", default="eca_resnet50,eca_mobilenet_v2", help="zoo classifiers to export (comma list)")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    images = photos()
+    small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        served = build_repository(root, [m for m in args.models.split(",") if m])
+        raw = {name: raw_backend(root, name, args.device, args.seconds) for name in served}
+        for name in served:
+            print(f"raw backend {name}: " + ", ".join(f"batch {b}: {r:.1f} img/s" for b, r in raw[name].items()))
+        for name in served:
+            if name in args.models.split(","):
+                costs = preprocess_cost(root, name, images)
+                print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()))
+        rows = run_http(root, served, raw, small, images["coffee_12mp"], args)
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+def run_http(root: Path, served: list[str], raw: dict, small: list[bytes], huge: bytes, args: argparse.Namespace) -> list[dict]:
+    from eca_serve.export import read_config
+
+    port = free_port()
+    server = start_server(root, args.device, port)
+    rows = []
+    try:
+        for name in served:
+            task = read_config(root / name / "1").task
+            endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
+            for endpoint in endpoints:
+                for c in (int(v) for v in args.concurrency.split(",")):
+                    url = f"http://127.0.0.1:{port}/v1/models/{name}/{endpoint}"
+                    rate, lat, statuses = asyncio.run(load(url, small, c, args.seconds))
+                    rows.append(_row(name, endpoint, c, "300-640px", rate, lat, statuses, max(raw[name].values())))
+            rate, lat, statuses = asyncio.run(load(f"http://127.0.0.1:{port}/v1/models/{name}/{endpoints[0]}", [huge], 4, args.seconds))
+            rows.append(_row(name, endpoints[0], 4, "12MP", rate, lat, statuses, max(raw[name].values())))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    return rows
+
+
+def _row(name: str, endpoint: str, c: int, photos_kind: str, rate: float, lat: list[float], statuses: dict, raw: float) -> dict:
+    lat_ms = sorted(1e3 * v for v in lat)
+    p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
+    return {"model": name, "endpoint": endpoint, "concurrency": c, "photos": photos_kind, "req_per_s": round(rate, 1),
+            "p50_ms": round(statistics.median(lat_ms), 1) if lat_ms else None, "p99_ms": round(p99, 1),
+            "served_over_raw": round(rate / raw, 2), "statuses": statuses}
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'model':22} {'endpoint':9} {'c':>3} {'photos':9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'served/raw':>10}  statuses"
+    print(header)
+    for r in rows:
+        ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
+        print(f"{r['model']:22} {r['endpoint']:9} {r['concurrency']:>3} {r['photos']:9} {r['req_per_s']:>7} {r['p50_ms']:>8} "
+              f"{r['p99_ms']:>8} {ratio:>7.2f} {r['served_over_raw']:>10}  {r['statuses']}")
+
+
+if __name__ == "__main__":
+    main()
