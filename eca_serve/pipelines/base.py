@@ -147,6 +147,34 @@ class ModelPipeline:
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    async def infer_tensors(self, tensors: list[np.ndarray], times: StageTimes | None = None, **submit: object) -> list[dict[str, np.ndarray]]:
+        """Raw model outputs for already-preprocessed inputs (each [3, H, W] float32), batched with other requests.
+
+        Raises:
+            ConfigError: an input of the wrong rank, channel count or (classifiers) spatial size.
+        """
+        times = times or StageTimes()
+        for tensor in tensors:
+            self.check_tensor(tensor)
+        return list(await asyncio.gather(*[self.submit(np.ascontiguousarray(t, dtype=np.float32), times, **submit) for t in tensors]))
+
+    def check_tensor(self, tensor: np.ndarray) -> None:
+        """Shape rules of a preprocessed input: [3, H, W]; classifiers need the configured (H, W)."""
+        size = self.config.input.size
+        if tensor.ndim != 3 or tensor.shape[0] != 3:
+            raise ConfigError(f"each input must be [3, H, W], got {list(tensor.shape)}")
+        if size is not None and tuple(tensor.shape[1:]) != tuple(size):
+            raise ConfigError(f"{self.config.name} takes [3, {size[0]}, {size[1]}] inputs, got {list(tensor.shape)}")
+        if tensor.shape[1] < 1 or tensor.shape[2] < 1 or tensor.shape[1] * tensor.shape[2] > self.limits.max_pixels:
+            raise ConfigError(f"input size {list(tensor.shape)} is outside 1..{self.limits.max_pixels} pixels")
+
+    async def infer_images(self, images: list[ImageInput], times: StageTimes | None = None, **submit: object) -> list[tuple[Prepared, dict[str, np.ndarray]]]:
+        """Decode, preprocess and run encoded images; raw outputs with each image's `Prepared` record."""
+        times = times or StageTimes()
+        prepared = await self.prepare(images, times)
+        outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
+        return list(zip(prepared, outputs))
+
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""
         return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1))

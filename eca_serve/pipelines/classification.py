@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 
@@ -54,10 +53,9 @@ class ClassificationPipeline(ModelPipeline):
         """Top-k labels (and per-layer attention) for each image, in request order."""
         times = times or StageTimes()
         top_k = self.check_top_k(top_k)
-        prepared = await self.prepare(images, times)
-        outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
+        ran = await self.infer_images(images, times, **submit)
         start = time.perf_counter()
-        results = [self.postprocess(out, p.filename, top_k, attention) for out, p in zip(outputs, prepared)]
+        results = [self.postprocess(out, p.filename, top_k, attention) for p, out in ran]
         times.postprocess += time.perf_counter() - start
         return results
 

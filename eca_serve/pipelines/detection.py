@@ -86,12 +86,11 @@ class DetectionPipeline(ModelPipeline):
                      times: StageTimes | None = None, **submit: object) -> list[DetectionResult]:
         """Detections for each image, in request order."""
         times = times or StageTimes()
-        prepared = await self.prepare(images, times)
-        outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
+        ran = await self.infer_images(images, times, **submit)
         start = time.perf_counter()
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self.postprocess, out, p, options, attention)
-                                         for out, p in zip(outputs, prepared)])
+                                         for p, out in ran])
         times.postprocess += time.perf_counter() - start
         return list(results)
 
