@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -13,7 +14,8 @@ from fastapi.responses import JSONResponse, Response
 
 import eca_serve
 from eca_serve.api import routes_v1
-from eca_serve.api.errors import install_error_handlers
+from eca_serve.api.errors import error_response, install_error_handlers
+from eca_serve.api.metrics import ServerMetrics
 from eca_serve.batching import BatchPolicy
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
@@ -21,6 +23,7 @@ from eca_serve.runtime import BackendOptions
 from eca_serve.settings import Settings
 
 log = logging.getLogger("eca_serve.api")
+UNTRACKED = ("/metrics", "/healthz", "/v2/health/live", "/v2/health/ready")  # probes: never refused, not in-flight work
 
 
 def serving_options(settings: Settings) -> ServingOptions:
@@ -59,35 +62,65 @@ def _record_loading_failure(manager: ModelManager, task: asyncio.Task) -> None:
         log.error("loading the model repository failed: %s", task.exception())
 
 
-def create_app(settings: Settings | None = None, manager: ModelManager | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     """The eca-serve application for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     app = FastAPI(title="eca-serve", version=eca_serve.__version__, lifespan=lifespan,
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
-    app.state.manager = manager or ModelManager(serving_options(settings))
     app.state.draining = False
+    app.state.inflight = 0
+    app.state.metrics = metrics = ServerMetrics(inflight=lambda: app.state.inflight)
+    app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
+    metrics.watch(app.state.manager)
     install_error_handlers(app)
-    app.middleware("http")(request_id_middleware)
+    app.middleware("http")(track_requests)
     app.include_router(routes_v1.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     return app
 
 
-async def request_id_middleware(request: Request, call_next) -> Response:  # noqa: ANN001
-    """Echo or create ``X-Request-ID`` and log one line per request with it."""
+async def track_requests(request: Request, call_next) -> Response:  # noqa: ANN001
+    """Request id, in-flight count, refusal while draining, one log line and metrics per request."""
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     request.state.request_id = request_id
-    response = await call_next(request)
+    path = request.url.path
+    if path in UNTRACKED:
+        return await call_next(request)
+    app = request.app
+    if app.state.draining:
+        response: Response = error_response(503, "server is shutting down")
+    else:
+        start = time.perf_counter()
+        app.state.inflight += 1
+        try:
+            response = await call_next(request)
+        finally:
+            app.state.inflight -= 1
+        _observe(request, response.status_code, time.perf_counter() - start)
     response.headers["X-Request-ID"] = request_id
-    log.info("request", extra={"request_id": request_id, "method": request.method, "path": request.url.path,
-                               "status": response.status_code})
+    log.info("request", extra={"request_id": request_id, "method": request.method, "path": path, "status": response.status_code})
     return response
 
 
+def _observe(request: Request, status: int, seconds: float) -> None:
+    params = request.path_params or {}
+    model = params.get("name") or params.get("model_name") or ""
+    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1] if model else "other"
+    request.app.state.metrics.observe_request(model, endpoint, status, seconds)
+
+
 async def healthz(request: Request) -> JSONResponse:
-    """Liveness plus whether every model is ready (the v2 health endpoints come with the protocol)."""
+    """Liveness plus whether every model is ready (Kubernetes probes should use /v2/health/*)."""
     manager: ModelManager = request.app.state.manager
     ready = manager.ready and not request.app.state.draining
-    body = {"live": True, "ready": ready, "error": manager.loading_error}
+    body = {"live": True, "ready": ready, "draining": request.app.state.draining, "error": manager.loading_error}
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus text exposition."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

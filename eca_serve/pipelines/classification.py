@@ -57,6 +57,7 @@ class ClassificationPipeline(ModelPipeline):
         start = time.perf_counter()
         results = [self.postprocess(out, p.filename, top_k, attention) for p, out in ran]
         times.postprocess += time.perf_counter() - start
+        self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
         return results
 
     def check_top_k(self, top_k: int) -> int:

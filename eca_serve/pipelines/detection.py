@@ -92,6 +92,7 @@ class DetectionPipeline(ModelPipeline):
         results = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self.postprocess, out, p, options, attention)
                                          for p, out in ran])
         times.postprocess += time.perf_counter() - start
+        self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
         return list(results)
 
     def postprocess(self, outputs: dict[str, np.ndarray], prepared: Prepared, options: DetectOptions, attention: bool) -> DetectionResult:

@@ -1,0 +1,95 @@
+"""Prometheus metrics (prometheus-client): requests, stage latencies, batching, queues, load times, GPU memory."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from eca_serve.pipelines.manager import ModelManager
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class ServerMetrics:
+    """Every metric of one app, in its own registry (several apps in one process do not collide)."""
+
+    def __init__(self, inflight: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.live = _LiveCollector()
+        self.requests = Counter("eca_serve_requests", "HTTP requests by model, endpoint and status",
+                                ["model", "endpoint", "status"], registry=r)
+        self.request_seconds = Histogram("eca_serve_request_duration_seconds", "HTTP request latency",
+                                         ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("eca_serve_stage_duration_seconds", "Time per pipeline stage "
+                                       "(preprocess, queue, inference, postprocess)", ["model", "stage"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("eca_serve_batch_size", "Images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.inferences = Counter("eca_serve_inference_count", "Images inferred (Triton's inference count)", ["model"], registry=r)
+        self.executions = Counter("eca_serve_execution_count", "Forward passes (Triton's execution count)", ["model"], registry=r)
+        Gauge("eca_serve_inflight_requests", "HTTP requests being served", registry=r).set_function(inflight)
+        r.register(self.live)
+
+    def watch(self, manager: ModelManager) -> None:
+        """Report ``manager``'s queues and load times at scrape time."""
+        self.live.manager = manager
+
+    def observe_stage(self, model: str, stage: str, seconds: float) -> None:
+        self.stage_seconds.labels(model, stage).observe(seconds)
+
+    def batch_observer(self, model: str) -> Callable[[int, list[float], float], None]:
+        """The batcher's ``on_batch`` callback for ``model``."""
+        def on_batch(size: int, queue_times: list[float], compute_s: float) -> None:
+            self.batch_size.labels(model).observe(size)
+            self.inferences.labels(model).inc(size)
+            self.executions.labels(model).inc()
+            for seconds in queue_times:
+                self.stage_seconds.labels(model, "queue").observe(seconds)
+        return on_batch
+
+    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(model, endpoint, str(status)).inc()
+        self.request_seconds.labels(model, endpoint).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    """Values read at scrape time: queue depth, in-flight batches, model load time, GPU memory."""
+
+    manager: ModelManager | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        if self.manager is None:
+            return
+        depth = GaugeMetricFamily("eca_serve_queue_depth", "Requests waiting in the batch queue", labels=["model", "version"])
+        busy = GaugeMetricFamily("eca_serve_batch_in_flight", "Requests in the running batch", labels=["model", "version"])
+        for name, versions in sorted(self.manager.pipelines.items()):
+            for version, pipeline in sorted(versions.items()):
+                stats = pipeline.batcher.stats()
+                depth.add_metric([name, str(version)], stats.queue_depth)
+                busy.add_metric([name, str(version)], stats.in_flight)
+        yield depth
+        yield busy
+        load = GaugeMetricFamily("eca_serve_model_load_seconds", "Load + warm-up time", labels=["model", "version"])
+        for key, seconds in sorted(self.manager.load_seconds.items()):
+            load.add_metric(key.split("/", 1), seconds)
+        yield load
+        yield from _gpu_memory()
+
+
+def _gpu_memory() -> Iterator[GaugeMetricFamily]:
+    import sys
+
+    torch = sys.modules.get("torch")  # only report if torch is already in use: never import it for a scrape
+    if torch is None or not torch.cuda.is_available():
+        return
+    family = GaugeMetricFamily("eca_serve_gpu_memory_bytes", "CUDA memory allocated by torch", labels=["device"])
+    for index in range(torch.cuda.device_count()):
+        family.add_metric([f"cuda:{index}"], torch.cuda.memory_allocated(index))
+    yield family
