@@ -16,6 +16,10 @@ class ConfigError(EcaServeError, ValueError):
     """Arguments or configuration values that break a stated rule."""
 
 
+class InferenceRequestError(ConfigError):
+    """A malformed inference request: bad JSON, tensor shape/datatype/size mismatch, unknown input or output."""
+
+
 class CheckpointError(EcaServeError, ValueError):
     """A checkpoint that cannot be read or does not match the architecture."""
 

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import eca_serve
-from eca_serve.api import routes_v1
+from eca_serve.api import routes_v1, routes_v2
 from eca_serve.api.errors import error_response, install_error_handlers
 from eca_serve.api.metrics import ServerMetrics
 from eca_serve.batching import BatchPolicy
@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.middleware("http")(track_requests)
     app.include_router(routes_v1.router)
+    app.include_router(routes_v2.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     return app

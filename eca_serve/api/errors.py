@@ -36,6 +36,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.RequestTimeoutError, 504),
     (errors.UnknownModelError, 404),
     (errors.InvalidImageError, 400),
+    (errors.InferenceRequestError, 400),
     (errors.ImageTooLargeError, 413),
     (BodyTooLargeError, 413),
     (TooManyImagesError, 413),

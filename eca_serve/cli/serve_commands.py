@@ -59,9 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     workers=args.workers, log_config=None, timeout_graceful_shutdown=int(settings.grace_period_s))
         return 0
     from eca_serve.api import create_app
+    from eca_serve.api.server import serve
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                timeout_graceful_shutdown=int(settings.grace_period_s))
+    serve(create_app(settings), settings.host, settings.port, settings.grace_period_s)
     return 0
 
 

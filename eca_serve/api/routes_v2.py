@@ -1,0 +1,157 @@
+"""Open Inference Protocol (KServe v2 / Triton HTTP): health, metadata, config, statistics and infer.
+
+Served by the same pipelines and batchers as v1. Tensors per task: `eca_serve.api.v2_models`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+import eca_serve
+from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.errors import BodyTooLargeError, error_response
+from eca_serve.api.uploads import read_body
+from eca_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
+from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
+from eca_serve.errors import InferenceRequestError, UnsupportedMediaTypeError
+from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.manager import ModelManager
+from eca_serve.settings import Settings
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository"]
+ERRORS = {s: {"description": '`{"error": "..."}`'} for s in (400, 404, 413, 415, 503, 504)}
+INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "description": "inference request (JSON)"}},
+    "application/octet-stream": {"schema": {
+        "type": "string", "format": "binary",
+        "description": "JSON header of Inference-Header-Content-Length bytes, then binary tensors"}},
+}}}
+# zlib wbits: 16 + 15 = gzip container; 15 = zlib container, which is what HTTP's "deflate" means
+_DECODERS = {"gzip": 16 + 15, "x-gzip": 16 + 15, "deflate": 15}
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    """Server name, version and the protocol extensions served."""
+    return {"name": "eca-serve", "version": eca_serve.__version__, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    """200 while the process serves requests, whether or not models are loaded."""
+    return {"live": True}
+
+
+@router.get("/health/ready", responses=ERRORS)
+async def ready(request: Request, manager: Manager) -> Response:
+    """200 once every model is loaded and warmed up; 503 while loading or draining."""
+    if request.app.state.draining:
+        return error_response(503, "server is shutting down")
+    if not manager.ready:
+        return error_response(503, manager.loading_error or "models are still loading")
+    return JSONResponse({"ready": True})
+
+
+@router.post("/repository/index")
+async def index(manager: Manager) -> list[dict[str, str]]:
+    """Every model version of the repository and its state (READY, LOADING, UNAVAILABLE)."""
+    return repository_index(manager)
+
+
+@router.get("/models/stats", responses=ERRORS)
+async def all_stats(manager: Manager) -> dict[str, Any]:
+    """Statistics of every loaded model version."""
+    return {"model_stats": [model_stats(manager.pipelines[c.name][c.version]) for c, _ in manager.configs()]}
+
+
+@router.get("/models/{name}", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}", responses=ERRORS)
+async def metadata(name: str, manager: Manager, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
+    """Name, versions, platform, inputs and outputs (-1 = variable dimension)."""
+    pipeline = _pipeline(manager, name, version)
+    return model_metadata(pipeline, sorted(manager.pipelines[name]), settings.backend)
+
+
+@router.get("/models/{name}/ready", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS)
+async def model_ready(name: str, manager: Manager, version: str | None = None) -> dict[str, Any]:
+    """200 when the model version is loaded and serving; 404 unknown, 503 loading."""
+    pipeline = _pipeline(manager, name, version)
+    return {"name": name, "ready": pipeline.ready}
+
+
+@router.get("/models/{name}/config", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/config", responses=ERRORS)
+async def config(name: str, manager: Manager, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
+    """The model's configuration in Triton's shape (batching policy included)."""
+    return model_config(_pipeline(manager, name, version), settings.backend)
+
+
+@router.get("/models/{name}/stats", responses=ERRORS)
+@router.get("/models/{name}/versions/{version}/stats", responses=ERRORS)
+async def stats(name: str, manager: Manager, version: str | None = None) -> dict[str, Any]:
+    """Statistics of one version, or of every version of the model when none is named."""
+    if version is not None:
+        return {"model_stats": [model_stats(_pipeline(manager, name, version))]}
+    _pipeline(manager, name, None)
+    return {"model_stats": [model_stats(p) for _, p in sorted(manager.pipelines[name].items())]}
+
+
+@router.post("/models/{name}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
+async def infer(name: str, request: Request, manager: Manager, settings: AppSettings, version: str | None = None) -> Response:
+    """Inference on ``input`` (FP32 [N, 3, H, W]) or ``image`` (BYTES [N]); JSON or binary tensors."""
+    pipeline = _pipeline(manager, name, version)
+    body = await _read_infer_body(request, settings)
+    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), shape_checker(pipeline.config, _limits(settings)))
+    outputs = await run_inference(pipeline, parsed)
+    head = {"model_name": name, "model_version": str(pipeline.config.version)}
+    if parsed.id is not None:
+        head["id"] = parsed.id
+    content, header_length = encode_infer_response(head, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+def _limits(settings: Settings) -> InferLimits:
+    # Preprocessed rows are cheap next to decoding files, hence more of them per request.
+    return InferLimits(max_images=settings.max_images_per_request, max_tensor_rows=settings.max_images_per_request * 4,
+                       max_pixels=settings.max_image_pixels)
+
+
+async def _read_infer_body(request: Request, settings: Settings) -> bytes:
+    """The body within ``max_body_bytes``, decompressed (gzip/deflate) within the same limit."""
+    body = await read_body(request, settings.max_body_bytes)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in _DECODERS:
+        raise UnsupportedMediaTypeError(f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or none")
+    return _decompress(body, _DECODERS[encoding], settings.max_body_bytes)
+
+
+def _decompress(body: bytes, wbits: int, limit: int) -> bytes:
+    decoder = zlib.decompressobj(wbits)
+    try:
+        data = decoder.decompress(body, limit + 1)  # bounded: a small bomb cannot expand past the limit
+    except zlib.error as exc:
+        raise InferenceRequestError(f"request body is not valid compressed data: {exc}") from None
+    if len(data) > limit:
+        raise BodyTooLargeError(f"decompressed request body exceeds the limit of {limit} bytes")
+    if not decoder.eof:
+        raise InferenceRequestError("compressed request body is truncated")
+    return data
+
+
+def _pipeline(manager: ModelManager, name: str, version: str | None) -> ModelPipeline:
+    """The served pipeline; versions are strings in v2 paths."""
+    if version is not None and not (version.isdigit() and int(version) >= 1):
+        raise InferenceRequestError(f"model version must be an integer >= 1, got {version!r}")
+    return manager.get(name, None if version is None else int(version))
