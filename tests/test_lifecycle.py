@@ -64,7 +64,7 @@ def test_sigterm_drains_accepted_requests_refuses_new_ones_and_exits_0(repositor
             await wait_inflight(client, base, 12)  # all 12 accepted: some decoding, some queued
             process.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.2)
-            ready = (await client.get(f"{base}/healthz")).status_code
+            ready = (await client.get(f"{base}/v2/health/ready")).status_code
             late = [(await client.post(url, content=big, headers={"content-type": "image/jpeg"})).status_code for _ in range(3)]
             done = await asyncio.gather(*accepted)
             return [r.status_code for r in done], late, ready == 503
