@@ -1,7 +1,6 @@
 """/metrics moves correctly with traffic (scraped before and after, real server)."""
 
 import re
-from pathlib import Path
 
 import httpx
 import pytest

@@ -15,7 +15,7 @@ import eca_serve
 from eca_serve.errors import EcaServeError
 from eca_serve.export import formats, parity
 from eca_serve.export.repository import (
-    AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, check_safe_name, write_config,
+    AttentionSpec, EntryConfig, InputSpec, OutputSpec, check_safe_name, write_config,
 )
 from eca_serve.introspect import attention_layers
 

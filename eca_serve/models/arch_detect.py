@@ -10,7 +10,6 @@ from torch import Tensor
 from eca_serve.errors import CheckpointError
 from eca_serve.models.zoo import RESNET_LAYOUTS
 
-_BLOCK = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
 def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
@@ -39,14 +38,20 @@ def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any
     )
 
 
-def _detect_resnet(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
+def resnet_blocks(state: Mapping[str, Tensor], prefix: str = "") -> tuple[list[int], bool]:
+    """(blocks per stage, bottleneck?) of the ResNet whose keys start with ``prefix`` (e.g. ``backbone.body.``)."""
+    pattern = re.compile(re.escape(prefix) + r"layer([1-4])\.(\d+)\.")
     blocks = [0, 0, 0, 0]
     for key in state:
-        match = _BLOCK.match(key)
+        match = pattern.match(key)
         if match:
             stage = int(match.group(1)) - 1
             blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
-    bottleneck = "layer1.0.conv3.weight" in state
+    return blocks, f"{prefix}layer1.0.conv3.weight" in state
+
+
+def _detect_resnet(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
+    blocks, bottleneck = resnet_blocks(state)
     depth = next(
         (d for d, (block, layers) in RESNET_LAYOUTS.items()
          if list(layers) == blocks and (block.expansion == 4) == bottleneck),

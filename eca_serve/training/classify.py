@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, random_split
 
 from eca_serve.errors import ConfigError
 from eca_serve.models import PreprocessConfig, create_model
-from eca_serve.training.loop import Trainer, TrainConfig, seed_everything
+from eca_serve.training.loop import TrainConfig, run_summary, run_training, seed_everything
 
 _INDEX_PREFIX = re.compile(r"^\d+_")
 
@@ -113,15 +113,7 @@ def train_classifier(
     model = create_model(name, num_classes=len(categories), categories=categories, **model_kwargs)
     model.config = model.config.replace(preprocess=pre)
     model.to(cfg.device)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
-                        num_workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"), persistent_workers=cfg.workers > 0)
-    if len(loader) == 0:
-        raise ConfigError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
-    trainer = Trainer(model, cfg, classification_step, len(loader))
-    if resume:
-        trainer.resume(resume)
-    state = trainer.fit(loader, len(loader), on_step)
+    trainer, state = run_training(model, cfg, classification_step, train_set, generator=gen, resume=resume, on_step=on_step)
     metrics = evaluate_classifier(model, DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers), trainer.device)
-    metrics.update({"train_seconds": round(state.seconds, 1), "epochs": state.epoch, "steps": state.step,
-                    "final_loss": state.losses[-1] if state.losses else None})
+    metrics.update(run_summary(state))
     return model.cpu().eval(), metrics

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eca_serve.errors import ConfigError
 from eca_serve.models import create_model
-from eca_serve.training.loop import Trainer, TrainConfig, seed_everything
+from eca_serve.training.loop import TrainConfig, run_summary, run_training, seed_everything
 
 
 @dataclass(frozen=True)
@@ -174,15 +174,8 @@ def train_detector(
     gen = seed_everything(cfg.seed)
     train_set, val_set, categories = load_splits(data, cfg.seed)
     model = create_model(name, num_classes=len(categories), categories=categories, **model_kwargs).to(cfg.device)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=gen,
-                        collate_fn=collate, num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
-    if len(loader) == 0:
-        raise ConfigError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
-    trainer = Trainer(model, cfg, detection_step, len(loader))
-    if resume:
-        trainer.resume(resume)
-    state = trainer.fit(loader, len(loader), on_step)
+    trainer, state = run_training(model, cfg, detection_step, train_set, generator=gen, resume=resume,
+                                  on_step=on_step, collate_fn=collate)
     metrics = evaluate_detector(model, val_set, trainer.device, cfg.batch_size)
-    metrics.update({"train_seconds": round(state.seconds, 1), "epochs": state.epoch, "steps": state.step,
-                    "final_loss": state.losses[-1] if state.losses else None})
+    metrics.update(run_summary(state))
     return model.cpu().eval(), metrics

@@ -177,3 +177,27 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed torch (CPU and CUDA) and return a generator for data order."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def run_training(
+    model: nn.Module, cfg: TrainConfig, step_fn: StepFn, train_set: Any, *, generator: torch.Generator,
+    resume: Path | None = None, on_step: Callable[[dict], None] | None = None, collate_fn: Callable | None = None,
+) -> tuple[Trainer, TrainState]:
+    """Shuffle ``train_set`` into batches, optionally resume, and train to ``cfg.epochs``."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
+                        collate_fn=collate_fn, num_workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"),
+                        persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        raise ConfigError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
+    trainer = Trainer(model, cfg, step_fn, len(loader))
+    if resume:
+        trainer.resume(resume)
+    return trainer, trainer.fit(loader, len(loader), on_step)
+
+
+def run_summary(state: TrainState) -> dict[str, Any]:
+    """Training facts recorded next to the evaluation metrics."""
+    return {"train_seconds": round(state.seconds, 1), "epochs": state.epoch, "steps": state.step,
+            "final_loss": state.losses[-1] if state.losses else None}

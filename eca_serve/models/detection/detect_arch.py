@@ -12,7 +12,6 @@ from eca_serve.models.detection.builders import DEPTHS, retinanet_num_classes
 from eca_serve.models.zoo import RESNET_LAYOUTS
 
 _BODY = "backbone.body."
-_BLOCK = re.compile(r"^backbone\.body\.layer([1-4])\.(\d+)\.")
 _MASK_LAYER = re.compile(r"^roi_heads\.mask_head\.(\d+)\.0\.weight$")
 
 
@@ -55,13 +54,9 @@ def _family(state: Mapping[str, Tensor]) -> str | None:
 
 
 def _depth(state: Mapping[str, Tensor]) -> int:
-    blocks = [0, 0, 0, 0]
-    for key in state:
-        match = _BLOCK.match(key)
-        if match:
-            stage = int(match.group(1)) - 1
-            blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
-    bottleneck = f"{_BODY}layer1.0.conv3.weight" in state
+    from eca_serve.models.arch_detect import resnet_blocks
+
+    blocks, bottleneck = resnet_blocks(state, _BODY)
     for depth, (block, layers) in RESNET_LAYOUTS.items():
         if list(layers) == blocks and (block.expansion == 4) == bottleneck and depth in DEPTHS:
             return depth
