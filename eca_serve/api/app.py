@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import eca_serve
-from eca_serve.api import routes_v1, routes_v2
+from eca_serve.api import routes_admin, routes_v1, routes_v2
 from eca_serve.api.errors import error_response, install_error_handlers
 from eca_serve.api.metrics import ServerMetrics
 from eca_serve.batching import BatchPolicy
@@ -65,6 +65,7 @@ def _record_loading_failure(manager: ModelManager, task: asyncio.Task) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The eca-serve application for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
+    routes_admin.check_admin_settings(settings)
     app = FastAPI(title="eca-serve", version=eca_serve.__version__, lifespan=lifespan,
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(track_requests)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
+    app.include_router(routes_admin.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     return app

@@ -28,6 +28,14 @@ class BadFormError(errors.EcaServeError):
     """A multipart body without the expected image field(s)."""
 
 
+class AdminDisabledError(errors.EcaServeError):
+    """An admin endpoint was called while the admin API is off."""
+
+
+class UnauthorizedError(errors.EcaServeError):
+    """An admin endpoint was called without the right token."""
+
+
 # Most specific first: NotReadyError is a ConfigError.
 STATUS: list[tuple[type[Exception], int]] = [
     (NotReadyError, 503),
@@ -42,6 +50,8 @@ STATUS: list[tuple[type[Exception], int]] = [
     (TooManyImagesError, 413),
     (errors.UnsupportedMediaTypeError, 415),
     (BadFormError, 422),
+    (UnauthorizedError, 401),
+    (AdminDisabledError, 403),
     (errors.ConfigError, 422),
 ]
 
@@ -53,7 +63,7 @@ def status_of(exc: Exception) -> int:
 
 def error_response(status: int, message: str) -> JSONResponse:
     """``{"error": message}`` with Retry-After on 503."""
-    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 

@@ -58,6 +58,7 @@ async def ready(request: Request, manager: Manager) -> Response:
     return JSONResponse({"ready": True})
 
 
+@router.get("/repository/index")
 @router.post("/repository/index")
 async def index(manager: Manager) -> list[dict[str, str]]:
     """Every model version of the repository and its state (READY, LOADING, UNAVAILABLE)."""

@@ -86,6 +86,31 @@ class ModelManager:
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch)
 
+    async def load_model(self, name: str) -> list[int]:
+        """Load every version of ``name`` found in the repository that is not loaded yet (run-time load)."""
+        check_name(name)
+        entries = [e for e in list_entries(self.options.repository) if e[0] == name]
+        if not entries:
+            raise UnknownModelError(f"no model {name!r} in the repository {self.options.repository}")
+        loaded = self.pipelines.get(name, {})
+        new = [(n, v, folder) for n, v, folder in entries if v not in loaded]
+        self.expected |= {(n, v) for n, v, _ in new}
+        for n, v, folder in new:
+            await self.load(n, v, folder)
+        return [v for _, v, _ in new]
+
+    async def unload_model(self, name: str) -> list[int]:
+        """Stop (draining queued requests) and forget every version of ``name``."""
+        check_name(name)
+        versions = self.pipelines.pop(name, None)
+        if not versions:
+            raise UnknownModelError(f"model {name!r} is not loaded")
+        self.expected = {(n, v) for n, v in self.expected if n != name}
+        await asyncio.gather(*[p.stop(self.options.grace_period_s) for p in versions.values()])
+        for version in versions:
+            self.load_seconds.pop(f"{name}/{version}", None)
+        return sorted(versions)
+
     @property
     def ready(self) -> bool:
         """True once every expected entry is loaded and started."""
