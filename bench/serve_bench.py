@@ -3,7 +3,7 @@
 Run: ``python bench/serve_bench.py [--seconds 8] [--device cpu] [--models eca_resnet50,eca_mobilenet_v2]``.
 
 It exports the requested zoo classifiers (seeded random weights) plus the shipped default models into a
-temporary repository, measures (1) the backend alone on pre-decoded tensors (img/s per batch size),
+temporary repository, measures (1) the backend alone on pre-decoded tensors (img/s at batch 1/4/8 on CPU, 1/8/32/64 on CUDA),
 (2) decode + preprocess per photo, then (3) starts ``eca-serve serve`` as a separate process and drives
 it from this one asyncio process over HTTP with multipart JPEG uploads of real photographs
 (scikit-image's samples, plus one upscaled to 12 megapixels) at concurrency 1, 4, 16 and 64.
@@ -68,8 +68,8 @@ def build_repository(root: Path, models: list[str]) -> list[str]:
     return served
 
 
-def raw_backend(root: Path, name: str, device: str, seconds: float) -> dict[int, float]:
-    """Backend images/s on pre-decoded tensors for batch sizes 1, 4, 8 (classifiers) or 1 (detectors)."""
+def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8)) -> dict[int, float]:
+    """Backend images/s on pre-decoded tensors for ``batch_sizes`` (classifiers) or batch 1 (detectors)."""
     from eca_serve.export import read_config
     from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
@@ -77,7 +77,7 @@ def raw_backend(root: Path, name: str, device: str, seconds: float) -> dict[int,
     backend = create_backend(root / name / "1", config, BackendOptions("onnxruntime", device))
     warm_up(backend, config)
     rates = {}
-    sizes = (1, 4, 8) if config.task == "classification" else (1,)
+    sizes = batch_sizes if config.task == "classification" else (1,)
     for batch in sizes:
         if config.task == "classification":
             x = np.random.default_rng(0).standard_normal((batch, 3, *config.input.size), dtype=np.float32)
@@ -163,6 +163,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="eca_resnet50,eca_mobilenet_v2", help="zoo classifiers to export (comma list)")
     parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--batch-sizes", help="raw backend batch sizes (default: 1,4,8 on cpu, 1,8,32,64 on cuda)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     images = photos()
@@ -170,7 +171,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         served = build_repository(root, [m for m in args.models.split(",") if m])
-        raw = {name: raw_backend(root, name, args.device, args.seconds) for name in served}
+        default_sizes = "1,4,8" if args.device == "cpu" else "1,8,32,64"
+        sizes = tuple(int(v) for v in (args.batch_sizes or default_sizes).split(","))
+        raw = {name: raw_backend(root, name, args.device, args.seconds, sizes) for name in served}
         for name in served:
             print(f"raw backend {name}: " + ", ".join(f"batch {b}: {r:.1f} img/s" for b, r in raw[name].items()))
         for name in served:
