@@ -58,7 +58,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (last.pt)")
-    p.add_argument("--resume", type=Path, help="continue from a last.pt")
+    p.add_argument("--resume", type=Path, help="continue from a last.pt (same run: optimiser and schedule too)")
+    p.add_argument("--init-weights", type=Path, help="start from these weights with a fresh optimiser (fine-tuning)")
     p.add_argument("--clip-grad", type=float, default=0.0)
     p.add_argument("--export-to", type=Path, help="write a repository entry, e.g. models/shapes_classifier/1")
     p.add_argument("--json", action="store_true")
@@ -78,7 +79,7 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
 
     data = ClassifyData(args.data, args.input_size, args.resize, augment=args.augment)
     return _train(args, lambda on_step: train_classifier(args.model, _parse_args(args.arg), data, _train_config(args),
-                                                         resume=args.resume, on_step=on_step))
+                                                         resume=args.resume, init_weights=args.init_weights, on_step=on_step))
 
 
 def cmd_train_detect(args: argparse.Namespace) -> int:
@@ -86,7 +87,7 @@ def cmd_train_detect(args: argparse.Namespace) -> int:
 
     data = DetectData(args.images, args.annotations, args.val_images, args.val_annotations)
     return _train(args, lambda on_step: train_detector(args.model, _parse_args(args.arg), data, _train_config(args),
-                                                      resume=args.resume, on_step=on_step))
+                                                      resume=args.resume, init_weights=args.init_weights, on_step=on_step))
 
 
 def _train(args: argparse.Namespace, run: Callable) -> int:

@@ -104,13 +104,14 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
 
 def train_classifier(
     name: str, model_kwargs: dict[str, Any], data: ClassifyData, cfg: TrainConfig,
-    *, resume: Path | None = None, on_step: Callable[[dict], None] | None = None,
+    *, resume: Path | None = None, init_weights: Path | None = None, on_step: Callable[[dict], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``name`` on ``data``; returns the model (eval mode, config updated) and its metrics."""
+    """Train ``name`` on ``data`` (from ``init_weights`` if given: fine-tuning); returns the model
+    (eval mode, config updated) and its metrics."""
     gen = seed_everything(cfg.seed)
     pre = PreprocessConfig(input_size=(data.input_size, data.input_size), resize=data.eval_resize)
     train_set, val_set, categories = load_splits(data, pre, cfg.seed)
-    model = create_model(name, num_classes=len(categories), categories=categories, **model_kwargs)
+    model = create_model(name, weights=init_weights, num_classes=len(categories), categories=categories, **model_kwargs)
     model.config = model.config.replace(preprocess=pre)
     model.to(cfg.device)
     trainer, state = run_training(model, cfg, classification_step, train_set, generator=gen, resume=resume, on_step=on_step)

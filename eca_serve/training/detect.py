@@ -168,12 +168,14 @@ def _coco_eval(dataset: CocoDetection, results: list[dict], kind: str) -> dict[s
 
 def train_detector(
     name: str, model_kwargs: dict[str, Any], data: DetectData, cfg: TrainConfig,
-    *, resume: Path | None = None, on_step: Callable[[dict], None] | None = None,
+    *, resume: Path | None = None, init_weights: Path | None = None, on_step: Callable[[dict], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Train ``name`` on ``data``; returns the model (eval mode) and COCO metrics on the held-out set."""
+    """Train ``name`` on ``data`` (from ``init_weights`` if given); returns the model (eval mode) and COCO
+    metrics on the held-out set."""
     gen = seed_everything(cfg.seed)
     train_set, val_set, categories = load_splits(data, cfg.seed)
-    model = create_model(name, num_classes=len(categories), categories=categories, **model_kwargs).to(cfg.device)
+    model = create_model(name, weights=init_weights, num_classes=len(categories), categories=categories,
+                         **model_kwargs).to(cfg.device)
     trainer, state = run_training(model, cfg, detection_step, train_set, generator=gen, resume=resume,
                                   on_step=on_step, collate_fn=collate)
     metrics = evaluate_detector(model, val_set, trainer.device, cfg.batch_size)
