@@ -9,17 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.exporter import ExportOptions, Progress, WEIGHTS_FILE, finish_entry, save_weights
+from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
 from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
 
 
 def export_classifier(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
     """Export a classifier; see `eca_serve.export.export_model`."""
     inputs = _check_inputs(model, options)
-    artifacts: dict[str, Any] = {}
     progress("weights")
-    save_weights(model, out_dir / WEIGHTS_FILE)
-    artifacts["weights"] = artifact_spec(out_dir / WEIGHTS_FILE, "safetensors")
+    artifacts: dict[str, Any] = {"weights": save_weights(model, out_dir)}
     backends: dict[str, Any] = {}
     if "torchscript" in options.formats:
         progress("torchscript")

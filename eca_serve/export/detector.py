@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.exporter import ExportOptions, Progress, WEIGHTS_FILE, finish_entry, save_weights
+from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
 from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
 from eca_serve.models.detection.sizes import model_input_size
 
@@ -61,10 +61,8 @@ def export_detector_onnx(model: nn.Module, path: Path, example: Tensor) -> list[
 def export_detector(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
     """Export a detector; see `eca_serve.export.export_model`."""
     images = _check_images(model, options)
-    artifacts: dict[str, Any] = {}
     progress("weights")
-    save_weights(model, out_dir / WEIGHTS_FILE)
-    artifacts["weights"] = artifact_spec(out_dir / WEIGHTS_FILE, "safetensors")
+    artifacts: dict[str, Any] = {"weights": save_weights(model, out_dir)}
     backends: dict[str, Callable[[Tensor], DetectorRun]] = {}
     if "torchscript" in options.formats:
         progress("torchscript")

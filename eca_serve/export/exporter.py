@@ -15,7 +15,7 @@ import eca_serve
 from eca_serve.errors import EcaServeError
 from eca_serve.export import formats, parity
 from eca_serve.export.repository import (
-    AttentionSpec, EntryConfig, InputSpec, OutputSpec, check_safe_name, write_config,
+    ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, check_safe_name, write_config,
 )
 from eca_serve.introspect import attention_layers
 
@@ -80,10 +80,12 @@ def export_model(model: nn.Module, out_dir: Path, options: ExportOptions, progre
     return run(model, out_dir, options, progress)
 
 
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Weights as safetensors, with the model config as metadata (categories survive a reload)."""
+def save_weights(model: nn.Module, out_dir: Path) -> ArtifactSpec:
+    """``weights.safetensors`` with the model config as metadata (categories survive a reload)."""
+    path = out_dir / WEIGHTS_FILE
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict(), default=list)})
+    return artifact_spec(path, "safetensors")
 
 
 def attention_specs(model: nn.Module) -> list[AttentionSpec]:
