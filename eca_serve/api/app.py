@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -14,8 +12,9 @@ from fastapi.responses import JSONResponse, Response
 
 import eca_serve
 from eca_serve.api import routes_admin, routes_v1, routes_v2
-from eca_serve.api.errors import error_response, install_error_handlers
+from eca_serve.api.errors import install_error_handlers
 from eca_serve.api.metrics import ServerMetrics
+from eca_serve.api.tracking import RequestTracking
 from eca_serve.batching import BatchPolicy
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
@@ -23,7 +22,6 @@ from eca_serve.runtime import BackendOptions
 from eca_serve.settings import Settings
 
 log = logging.getLogger("eca_serve.api")
-UNTRACKED = ("/metrics", "/healthz", "/v2/health/live", "/v2/health/ready")  # probes: never refused, not in-flight work
 
 
 def serving_options(settings: Settings) -> ServingOptions:
@@ -75,43 +73,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
     metrics.watch(app.state.manager)
     install_error_handlers(app)
-    app.middleware("http")(track_requests)
+    app.add_middleware(RequestTracking)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)
     app.include_router(routes_admin.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     return app
-
-
-async def track_requests(request: Request, call_next) -> Response:  # noqa: ANN001
-    """Request id, in-flight count, refusal while draining, one log line and metrics per request."""
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    request.state.request_id = request_id
-    path = request.url.path
-    if path in UNTRACKED:
-        return await call_next(request)
-    app = request.app
-    if app.state.draining:
-        response: Response = error_response(503, "server is shutting down")
-    else:
-        start = time.perf_counter()
-        app.state.inflight += 1
-        try:
-            response = await call_next(request)
-        finally:
-            app.state.inflight -= 1
-        _observe(request, response.status_code, time.perf_counter() - start)
-    response.headers["X-Request-ID"] = request_id
-    log.info("request", extra={"request_id": request_id, "method": request.method, "path": path, "status": response.status_code})
-    return response
-
-
-def _observe(request: Request, status: int, seconds: float) -> None:
-    params = request.path_params or {}
-    model = params.get("name") or params.get("model_name") or ""
-    endpoint = request.url.path.rstrip("/").rsplit("/", 1)[-1] if model else "other"
-    request.app.state.metrics.observe_request(model, endpoint, status, seconds)
 
 
 async def healthz(request: Request) -> JSONResponse:

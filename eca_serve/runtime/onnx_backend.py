@@ -20,6 +20,8 @@ def create_session(path: Path, options: BackendOptions) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # torchvision's mask-paste loop triggers harmless shape warnings per detection
+    # Spinning worker threads burn the cores that image decoding and the HTTP server need between runs.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if options.threads > 0:
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1
