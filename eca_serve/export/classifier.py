@@ -21,7 +21,7 @@ def export_classifier(model: nn.Module, out_dir: Path, options: ExportOptions, p
     backends: dict[str, Any] = {}
     if "torchscript" in options.formats:
         progress("torchscript")
-        backends.update(_torchscript_backends(model, out_dir / "model.pt"))
+        backends.update(formats.torchscript_variants(model, out_dir / "model.pt"))
         artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
     if "onnx" in options.formats:
         progress("onnx")
@@ -37,17 +37,6 @@ def _check_inputs(model: nn.Module, options: ExportOptions) -> list[Tensor]:
     shapes = options.check_inputs or [(1, h, w), (3, h + 32, w + 32)]
     gen = torch.Generator().manual_seed(options.seed)
     return [torch.randn(b, 3, hh, ww, generator=gen) for b, hh, ww in shapes]
-
-
-def _torchscript_backends(model: nn.Module, path: Path) -> dict[str, Any]:
-    scripted = formats.export_torchscript(model, path)
-    reloaded = torch.jit.load(str(path), map_location="cpu")
-    frozen = formats.freeze_torchscript(torch.jit.load(str(path), map_location="cpu"))
-    return {
-        "torchscript": scripted.forward_with_attention,
-        "torchscript_reloaded": reloaded.forward_with_attention,
-        "torchscript_frozen": frozen.forward_with_attention,
-    }
 
 
 def _onnx_backend(model: nn.Module, path: Path, example: Tensor) -> Any:

@@ -66,10 +66,8 @@ def export_detector(model: nn.Module, out_dir: Path, options: ExportOptions, pro
     backends: dict[str, Callable[[Tensor], DetectorRun]] = {}
     if "torchscript" in options.formats:
         progress("torchscript")
-        scripted = formats.export_torchscript(model, out_dir / "model.pt")
-        reloaded = torch.jit.load(str(out_dir / "model.pt"), map_location="cpu")
-        backends["torchscript"] = lambda x: _run_torch(scripted.forward_with_attention, x)
-        backends["torchscript_reloaded"] = lambda x: _run_torch(reloaded.forward_with_attention, x)
+        for name, method in formats.torchscript_variants(model, out_dir / "model.pt").items():
+            backends[name] = lambda x, method=method: _run_torch(method, x)
         artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
     if "onnx" in options.formats:
         progress("onnx")

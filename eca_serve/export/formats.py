@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,19 @@ def export_torchscript(model: nn.Module, path: Path) -> torch.jit.ScriptModule:
 def freeze_torchscript(scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """Frozen copy (BN folded into convolutions, attributes inlined) keeping the attention method."""
     return torch.jit.freeze(scripted.eval(), preserved_attrs=["forward_with_attention"])
+
+
+def torchscript_variants(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Write ``model.pt`` and return ``forward_with_attention`` of every TorchScript form the parity
+    check compares: as scripted, reloaded from disk, and frozen as the runtime serves it."""
+    scripted = export_torchscript(model, path)
+    reloaded = torch.jit.load(str(path), map_location="cpu")
+    frozen = freeze_torchscript(torch.jit.load(str(path), map_location="cpu"))
+    return {
+        "torchscript": scripted.forward_with_attention,
+        "torchscript_reloaded": reloaded.forward_with_attention,
+        "torchscript_frozen": frozen.forward_with_attention,
+    }
 
 
 def classifier_output_names(model: nn.Module) -> list[str]:
