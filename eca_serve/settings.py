@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
     request_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this (else 408)")
+    max_inflight_requests: int = Field(512, ge=1, description="HTTP requests in flight beyond this get 503 at once")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)

@@ -24,6 +24,10 @@ class TooManyImagesError(errors.EcaServeError):
     """More images in one request than the configured limit."""
 
 
+class BodyTimeoutError(errors.EcaServeError):
+    """The request body did not arrive within the configured time (a slow or stalled client)."""
+
+
 class BadFormError(errors.EcaServeError):
     """A multipart body without the expected image field(s)."""
 
@@ -47,6 +51,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.InferenceRequestError, 400),
     (errors.ImageTooLargeError, 413),
     (BodyTooLargeError, 413),
+    (BodyTimeoutError, 408),
     (TooManyImagesError, 413),
     (errors.UnsupportedMediaTypeError, 415),
     (BadFormError, 422),

@@ -48,7 +48,8 @@ async def model_detail(name: str, manager: Manager, settings: AppSettings, versi
 
 
 async def _images(request: Request, settings: AppSettings) -> list:
-    return await read_images(request, max_body=settings.max_body_bytes, max_images=settings.max_images_per_request)
+    return await read_images(request, max_body=settings.max_body_bytes, max_images=settings.max_images_per_request,
+                             timeout_s=settings.body_timeout_s)
 
 
 @router.post("/models/{name}/classify", response_model=schemas.ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)

@@ -129,7 +129,7 @@ def _limits(settings: Settings) -> InferLimits:
 
 async def _read_infer_body(request: Request, settings: Settings) -> bytes:
     """The body within ``max_body_bytes``, decompressed (gzip/deflate) within the same limit."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding == "identity":
         return body

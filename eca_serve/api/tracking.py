@@ -31,10 +31,12 @@ class RequestTracking:
             return
         state = scope["app"].state
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
-        if state.draining:
-            response = error_response(503, "server is shutting down")
+        refusal = _refusal(state)
+        if refusal:
+            response = error_response(503, refusal)
             response.headers["X-Request-ID"] = request_id
             await response(scope, receive, send)
+            state.metrics.observe_request("", "refused", 503, 0.0)
             _log(scope, request_id, 503)
             return
         status = 500
@@ -55,6 +57,16 @@ class RequestTracking:
             state.inflight -= 1
             _observe(scope, state, status, time.perf_counter() - start)
             _log(scope, request_id, status)
+
+
+def _refusal(state: Any) -> str | None:
+    """Why a request is turned away before its body is read, if it is."""
+    if state.draining:
+        return "server is shutting down"
+    if state.inflight >= state.settings.max_inflight_requests:
+        # Refusing before the body is read keeps a flood from buying decode work and memory.
+        return f"server is at its limit of {state.settings.max_inflight_requests} requests in flight; retry later"
+    return None
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

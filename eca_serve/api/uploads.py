@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from eca_serve.api.errors import BadFormError, BodyTooLargeError, TooManyImagesError
+from eca_serve.api.errors import BadFormError, BodyTimeoutError, BodyTooLargeError, TooManyImagesError
 from eca_serve.errors import UnsupportedMediaTypeError
 from eca_serve.pipelines.base import ImageInput
 
 FIELD = "file"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing early when Content-Length or the streamed size exceeds ``limit``."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, refusing early when Content-Length or the streamed size exceeds ``limit``.
+
+    Raises:
+        BodyTooLargeError: more than ``limit`` bytes declared or sent.
+        BodyTimeoutError: the body did not arrive within ``timeout_s`` (a slow or stalled client would
+            otherwise hold a connection and its memory for ever).
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    try:
+        return await asyncio.wait_for(_collect(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise BodyTimeoutError(f"request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _collect(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -29,11 +43,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_images(request: Request, *, max_body: int, max_images: int) -> list[ImageInput]:
+async def read_images(request: Request, *, max_body: int, max_images: int, timeout_s: float) -> list[ImageInput]:
     """Images of a request, in order; typed errors for every malformed case."""
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
-    body = await read_body(request, max_body)
+    body = await read_body(request, max_body, timeout_s)
     if media == "multipart/form-data":
         return await _from_multipart(request, body, max_images)
     if media.startswith("image/") or media in ("application/octet-stream", ""):
