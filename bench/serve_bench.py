@@ -33,6 +33,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
 
 def photos() -> dict[str, bytes]:
@@ -112,31 +115,8 @@ def preprocess_cost(root: Path, name: str, images: dict[str, bytes]) -> dict[str
     return costs
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, seconds: float) -> tuple[float, list[float], dict[int, int]]:
-    """Closed-loop load: ``concurrency`` clients posting JPEGs for ``seconds``. Returns (req/s, latencies, statuses)."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        async def worker(i: int) -> None:
-            k = i
-            while time.perf_counter() < deadline:
-                body = bodies[k % len(bodies)]
-                k += 1
-                start = time.perf_counter()
-                response = await client.post(url, files={"file": ("photo.jpg", body, "image/jpeg")})
-                latencies.append(time.perf_counter() - start)
-                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-
-        start = time.perf_counter()
-        await asyncio.gather(*[worker(i) for i in range(concurrency)])
-        elapsed = time.perf_counter() - start
-    return len(latencies) / elapsed, latencies, statuses
-
-
-def start_server(root: Path, device: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning"}
+def start_server(root: Path, device: str, port: int, extra_env: list[str] = ()) -> subprocess.Popen:
+    env = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", **dict(item.split("=", 1) for item in extra_env)}
     cmd = [sys.executable, "-m", "eca_serve.cli", "serve", "--model-repository", str(root), "--port", str(port), "--device", device]
     process = subprocess.Popen(cmd, env=env, cwd=REPO)
     deadline = time.time() + 600
@@ -165,12 +145,21 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--batch-sizes", help="raw backend batch sizes (default: 1,4,8 on cpu, 1,8,32,64 on cuda)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--repository", type=Path, help="export into (or reuse) this folder instead of a temporary one")
+    parser.add_argument("--only", help="measure only these served names (comma list)")
+    parser.add_argument("--endpoints", help="only these endpoints (comma list of classify,attention,detect)")
+    parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
     args = parser.parse_args()
     images = photos()
     small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        served = build_repository(root, [m for m in args.models.split(",") if m])
+        root = args.repository or Path(tmp)
+        if args.repository and any(root.glob("*/1/config.json")):
+            served = sorted(p.parent.parent.name for p in root.glob("*/1/config.json"))
+        else:
+            served = build_repository(root, [m for m in args.models.split(",") if m])
+        if args.only:
+            served = [name for name in served if name in args.only.split(",")]
         default_sizes = "1,4,8" if args.device == "cpu" else "1,8,32,64"
         sizes = tuple(int(v) for v in (args.batch_sizes or default_sizes).split(","))
         raw = {name: raw_backend(root, name, args.device, args.seconds, sizes) for name in served}
@@ -190,40 +179,46 @@ def run_http(root: Path, served: list[str], raw: dict, small: list[bytes], huge:
     from eca_serve.export import read_config
 
     port = free_port()
-    server = start_server(root, args.device, port)
+    server = start_server(root, args.device, port, [f"ECA_SERVE_MODELS={json.dumps(served)}", *args.server_env])
     rows = []
     try:
         for name in served:
             task = read_config(root / name / "1").task
             endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
+            endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
             for endpoint in endpoints:
                 for c in (int(v) for v in args.concurrency.split(",")):
                     url = f"http://127.0.0.1:{port}/v1/models/{name}/{endpoint}"
-                    rate, lat, statuses = asyncio.run(load(url, small, c, args.seconds))
-                    rows.append(_row(name, endpoint, c, "300-640px", rate, lat, statuses, max(raw[name].values())))
-            rate, lat, statuses = asyncio.run(load(f"http://127.0.0.1:{port}/v1/models/{name}/{endpoints[0]}", [huge], 4, args.seconds))
-            rows.append(_row(name, endpoints[0], 4, "12MP", rate, lat, statuses, max(raw[name].values())))
+                    result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds))
+                    rows.append(_row(name, endpoint, c, "300-640px", result, max(raw[name].values())))
+            url = f"http://127.0.0.1:{port}/v1/models/{name}/{endpoints[0]}"
+            result = asyncio.run(run_load(url, [multipart_request(url, huge)], 4, args.seconds))
+            rows.append(_row(name, endpoints[0], 4, "12MP", result, max(raw[name].values())))
     finally:
         server.terminate()
         server.wait(timeout=60)
     return rows
 
 
-def _row(name: str, endpoint: str, c: int, photos_kind: str, rate: float, lat: list[float], statuses: dict, raw: float) -> dict:
-    lat_ms = sorted(1e3 * v for v in lat)
+def _row(name: str, endpoint: str, c: int, photos_kind: str, result: LoadResult, raw: float) -> dict:
+    lat_ms = sorted(1e3 * v for v in result.latencies)
+    rate = result.rate
     p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
     return {"model": name, "endpoint": endpoint, "concurrency": c, "photos": photos_kind, "req_per_s": round(rate, 1),
             "p50_ms": round(statistics.median(lat_ms), 1) if lat_ms else None, "p99_ms": round(p99, 1),
-            "served_over_raw": round(rate / raw, 2), "statuses": statuses}
+            "served_over_raw": round(rate / raw, 2), "statuses": result.statuses,
+            "client_cpu_ms_per_req": round(1e3 * result.client_cpu_s / max(1, len(result.latencies)), 2),
+            "transport_errors": result.errors}
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'model':22} {'endpoint':9} {'c':>3} {'photos':9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'served/raw':>10}  statuses"
+    header = f"{'model':22} {'endpoint':9} {'c':>3} {'photos':9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'served/raw':>10} {'client ms':>9}  statuses"
     print(header)
     for r in rows:
         ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
         print(f"{r['model']:22} {r['endpoint']:9} {r['concurrency']:>3} {r['photos']:9} {r['req_per_s']:>7} {r['p50_ms']:>8} "
-              f"{r['p99_ms']:>8} {ratio:>7.2f} {r['served_over_raw']:>10}  {r['statuses']}")
+              f"{r['p99_ms']:>8} {ratio:>7.2f} {r['served_over_raw']:>10} {r['client_cpu_ms_per_req']:>9}  {r['statuses']}"
+              + (f" errors {r['transport_errors']}" if r["transport_errors"] else ""))
 
 
 if __name__ == "__main__":

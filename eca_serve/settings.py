@@ -14,7 +14,8 @@ class Settings(BaseSettings):
     """Every knob of ``eca-serve serve``; each field is also ``ECA_SERVE_<FIELD>`` in the environment.
 
     Batching fields left unset take the per-device defaults of `BatchPolicy.for_device`
-    (CPU: no queue delay, batches of at most 4; CUDA: batches of 32, 2 ms delay).
+    (CPU: no queue delay, batches of at most 4, two instances; CUDA: batches of 32, 2 ms delay).
+    With ``threads`` unset on CPU, each instance gets ``cores // instances`` intra-op threads.
     """
 
     model_config = SettingsConfigDict(env_prefix="ECA_SERVE_", extra="ignore")
@@ -30,6 +31,7 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(None, ge=1)
     max_queue_delay_ms: float | None = Field(None, ge=0)
     max_queue_size: int | None = Field(None, ge=1)
+    instances: int | None = Field(None, ge=1, description="batches of one model running at once (CPU default 2)")
     request_timeout_s: float = Field(30.0, gt=0)
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this (else 408)")
     max_inflight_requests: int = Field(512, ge=1, description="HTTP requests in flight beyond this get 503 at once")

@@ -38,6 +38,16 @@ def export_small_classifier(repository: Path, name: str = "shapes_small", versio
     return model
 
 
+def export_tiny_detector(repository: Path, name: str = "det",
+                         categories: tuple[str, ...] | list[str] = ("__background__", "a", "b")) -> None:
+    """A narrow Mask R-CNN (ECA-ResNet-18-FPN, random seeded weights, every detection kept), ONNX only."""
+    torch.manual_seed(0)
+    model = eca_serve.create_model("maskrcnn_eca_resnet18_fpn", num_classes=len(categories), categories=list(categories),
+                                   widths=[16, 32, 64, 128], stem_width=16, out_channels=32, box_head_dim=64,
+                                   mask_head_layers=2, mask_head_dim=32, min_size=128, max_size=192, score_thresh=0.0)
+    export_model(model, repository / name / "1", ExportOptions(name=name, formats=("onnx",), check_inputs=[(1, 128, 128)]))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

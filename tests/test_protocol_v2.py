@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import torch
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
@@ -20,29 +18,18 @@ from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
 from eca_serve.settings import Settings
 from tests.hostile_images import jpeg_bytes, png_bytes
-from tests.serving_utils import export_small_classifier, running_server
+from tests.serving_utils import export_small_classifier, export_tiny_detector, running_server
 
 CLS, DET = "shapes_small", "det"
 DET_CATEGORIES = ["__background__", "a", "b"]
 http = httpx.Client(timeout=60)
 
 
-def export_tiny_detector(root: Path) -> None:
-    import eca_serve
-    from eca_serve.export import ExportOptions, export_model
-
-    torch.manual_seed(0)
-    model = eca_serve.create_model("maskrcnn_eca_resnet18_fpn", num_classes=3, categories=DET_CATEGORIES,
-                                   widths=[16, 32, 64, 128], stem_width=16, out_channels=32, box_head_dim=64,
-                                   mask_head_layers=2, mask_head_dim=32, min_size=128, max_size=192, score_thresh=0.0)
-    export_model(model, root / DET / "1", ExportOptions(name=DET, formats=("onnx",), check_inputs=[(1, 128, 128)]))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("v2_models")
     export_small_classifier(root, CLS)
-    export_tiny_detector(root)
+    export_tiny_detector(root, DET, DET_CATEGORIES)
     settings = Settings(model_repository=root, max_batch_size=8, max_queue_delay_ms=5, max_body_bytes=1_000_000,
                         max_images_per_request=4)
     with running_server(settings) as (base, app):

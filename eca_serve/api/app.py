@@ -27,7 +27,8 @@ log = logging.getLogger("eca_serve.api")
 def serving_options(settings: Settings) -> ServingOptions:
     """Manager options from the settings (unset batching knobs keep the per-device defaults)."""
     overrides = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                   "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s}.items()
+                                   "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
+                                   "instances": settings.instances}.items()
                  if v is not None}
     BatchPolicy.for_device(settings.device, **overrides)  # validate at start-up, not on first request
     return ServingOptions(

@@ -10,11 +10,13 @@ from eca_serve.pipelines.manager import ModelManager
 from eca_serve.settings import Settings
 
 
-def get_manager(request: Request) -> ModelManager:
+# async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, two thread hand-offs
+# per dependency per request for what is an attribute read.
+async def get_manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

@@ -15,7 +15,7 @@ from eca_serve.settings import Settings
 ERRORS = {s: {"model": ErrorBody} for s in (401, 403, 404)}
 
 
-def require_admin(settings: AppSettings, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_admin(settings: AppSettings, authorization: Annotated[str | None, Header()] = None) -> None:
     """Admin calls need the flag and ``Authorization: Bearer <ECA_SERVE_ADMIN_TOKEN>``."""
     if not settings.admin_enabled:
         raise AdminDisabledError("admin endpoints are disabled (set ECA_SERVE_ADMIN_ENABLED=true and ECA_SERVE_ADMIN_TOKEN)")

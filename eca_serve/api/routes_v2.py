@@ -15,7 +15,7 @@ import eca_serve
 from eca_serve.api.deps import AppSettings, Manager
 from eca_serve.api.errors import BodyTooLargeError, error_response
 from eca_serve.api.uploads import read_body
-from eca_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request
+from eca_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, parse_decimal, parse_infer_request
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
 from eca_serve.errors import InferenceRequestError, UnsupportedMediaTypeError
@@ -153,6 +153,9 @@ def _decompress(body: bytes, wbits: int, limit: int) -> bytes:
 
 def _pipeline(manager: ModelManager, name: str, version: str | None) -> ModelPipeline:
     """The served pipeline; versions are strings in v2 paths."""
-    if version is not None and not (version.isdigit() and int(version) >= 1):
-        raise InferenceRequestError(f"model version must be an integer >= 1, got {version!r}")
-    return manager.get(name, None if version is None else int(version))
+    if version is None:
+        return manager.get(name, None)
+    number = parse_decimal(version)
+    if number is None or number < 1:
+        raise InferenceRequestError(f"model version must be an integer >= 1, got {version[:40]!r}")
+    return manager.get(name, number)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,6 +27,10 @@ DTYPES: dict[str, np.dtype] = {
     }.items()
 }
 MAX_RANK = 8
+# Far more elements than any request body can carry; numpy cannot even describe some larger shapes.
+MAX_ELEMENTS = 2**31 - 1
+MAX_TIMEOUT_US = 2**64 - 1  # parameters.timeout is a uint64 in Triton
+_DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
 _LENGTH = struct.Struct("<I")
 # Which JSON value kinds (numpy dtype.kind of the parsed list) each datatype accepts.
 _JSON_KINDS = {"BOOL": "b", **{n: "iu" for n in DTYPES if n.startswith(("INT", "UINT"))}, "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}
@@ -97,10 +102,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     """(JSON part, binary part) of a body; all JSON when no header length is given."""
     if header_length is None:
         return body, b""
-    text = header_length.strip()
-    if not text.isdigit() or not 0 < int(text) <= len(body):
+    length = parse_decimal(header_length.strip())
+    if length is None or not 0 < length <= len(body):
         raise InferenceRequestError(f"{HEADER_LENGTH} must be an integer in 1..{len(body)} (the body size), got {header_length!r}")
-    return body[: int(text)], body[int(text):]
+    return body[:length], body[length:]
+
+
+def parse_decimal(text: str) -> int | None:
+    """A non-negative integer written with 1 to 18 ASCII digits, else None."""
+    return int(text) if _DECIMAL.fullmatch(text) else None
 
 
 def load_json(data: bytes) -> dict[str, Any]:
@@ -119,7 +129,7 @@ def parse_input(spec: dict[str, Any], binary: memoryview, offset: int, check: Sh
         The tensor and the offset just past its binary data.
     """
     name, datatype, shape = _str(spec.get("name"), "input name"), spec.get("datatype"), parse_shape(spec.get("shape"))
-    if datatype != BYTES and datatype not in DTYPES:
+    if not isinstance(datatype, str) or (datatype != BYTES and datatype not in DTYPES):
         raise InferenceRequestError(f"input {name!r}: unknown datatype {datatype!r}; use one of {[*DTYPES, BYTES]}")
     if check is not None:
         check(name, datatype, shape)
@@ -136,9 +146,11 @@ def parse_input(spec: dict[str, Any], binary: memoryview, offset: int, check: Sh
 
 
 def parse_shape(value: object) -> tuple[int, ...]:
-    """A tensor shape: a list of at most `MAX_RANK` integers >= 0."""
+    """A tensor shape: a list of at most `MAX_RANK` integers >= 0, its non-zero dimensions multiplying to at most `MAX_ELEMENTS`."""
     if not isinstance(value, list) or len(value) > MAX_RANK or not all(_is_int(d) and d >= 0 for d in value):
         raise InferenceRequestError(f"shape must be a list of at most {MAX_RANK} integers >= 0, got {value!r}")
+    if math.prod(d for d in value if d) > MAX_ELEMENTS:
+        raise InferenceRequestError(f"shape {value} declares more than {MAX_ELEMENTS} elements")
     return tuple(value)
 
 
@@ -181,7 +193,12 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: object) -
     if datatype == BYTES:
         if not all(isinstance(v, str) for v in items):
             raise InferenceRequestError(f"input {name!r}: BYTES data in JSON must be strings")
-        return [v.encode("utf-8") for v in items]
+        try:
+            return [v.encode("utf-8") for v in items]
+        except UnicodeEncodeError:  # JSON escapes can spell lone surrogates ("\ud800"), which UTF-8 cannot carry
+            raise InferenceRequestError(f"input {name!r}: BYTES data in JSON must be valid Unicode (no lone surrogates)") from None
+    if DTYPES[datatype].kind in "iu":
+        return _json_integers(name, datatype, shape, items)
     try:
         parsed = np.asarray(items) if items else np.zeros(0, DTYPES[datatype])
     except ValueError:
@@ -189,6 +206,15 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: object) -
     if (items and parsed.dtype.kind not in _JSON_KINDS[datatype]) or parsed.ndim != 1:
         raise InferenceRequestError(f"input {name!r}: data must be {len(items)} {datatype} numbers (flat or nested like the shape)")
     return parsed.astype(DTYPES[datatype]).reshape(shape)
+
+
+def _json_integers(name: str, datatype: str, shape: tuple[int, ...], items: list[Any]) -> np.ndarray:
+    """Integers exactly as sent: numpy would pass large ones through float64 or wrap those out of range."""
+    dtype = DTYPES[datatype]
+    info = np.iinfo(dtype)
+    if not all(_is_int(v) and info.min <= v <= info.max for v in items):
+        raise InferenceRequestError(f"input {name!r}: data must be {len(items)} integers in [{info.min}, {info.max}] for {datatype}")
+    return np.array(items, dtype=dtype).reshape(shape)
 
 
 def _flatten(data: object, depth: int) -> list[Any]:
@@ -271,8 +297,8 @@ def request_priority(parameters: dict[str, Any]) -> int:
 def request_timeout_s(parameters: dict[str, Any]) -> float | None:
     """``parameters.timeout`` (microseconds) in seconds; None (the server default) when absent or 0."""
     value = parameters.get("timeout", 0)
-    if not _is_int(value) or value < 0:
-        raise InferenceRequestError(f"parameters.timeout must be an integer number of microseconds >= 0, got {value!r}")
+    if not _is_int(value) or not 0 <= value <= MAX_TIMEOUT_US:
+        raise InferenceRequestError(f"parameters.timeout must be an integer number of microseconds in [0, 2**64), got {value!r}")
     return value / 1e6 if value else None
 
 

@@ -44,7 +44,7 @@ class BatcherStats:
         failed_execution_count: Batches whose handler raised or returned a wrong result count.
         batch_size_histogram: Batch size -> number of batches of that size.
         queue_depth: Requests waiting in the queue now.
-        in_flight: Items in the batch running now.
+        in_flight: Items in the batches running now.
         queue_time_s: Total seconds items waited between submit and the start of their batch.
         compute_time_s: Total seconds spent in handler calls (measured in the handler's thread).
         rejected_count: Submits refused because the queue was full.
@@ -151,8 +151,9 @@ class _PendingQueue:
 class DynamicBatcher(Generic[T, R]):
     """Collects concurrent ``submit`` calls into batches and runs ``handler`` once per batch.
 
-    The handler is synchronous and runs off the event loop, by default in a single-thread
-    executor owned by this batcher, so one model runs one batch at a time. Batches form as
+    The handler is synchronous and runs off the event loop, by default in an executor owned by
+    this batcher with one thread per ``policy.instances``: up to that many batches run at the same
+    time (so the handler must be thread-safe when ``instances > 1``). Batches form as
     described by ``BatchPolicy``. Every request gets exactly one answer: its result, the
     handler's exception, ``BatchResultError``, ``RequestTimeoutError`` or ``ShuttingDownError``.
 
@@ -165,7 +166,7 @@ class DynamicBatcher(Generic[T, R]):
         policy: Batching rules; None uses ``BatchPolicy()``.
         name: Name used in error messages, logs and the executor's thread name.
         executor: Executor to run the handler in (not shut down by the batcher); None creates
-            a dedicated single-thread one.
+            a dedicated one with ``policy.instances`` threads.
         on_batch: Called on the event loop after each handler call with
             ``(batch_size, queue_times_s, compute_time_s)``; its exceptions are logged and ignored.
     """
@@ -189,7 +190,7 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup = asyncio.Event()
         self._stats = BatcherStats()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._closing = False
 
     @property
@@ -205,7 +206,7 @@ class DynamicBatcher(Generic[T, R]):
     @property
     def running(self) -> bool:
         """True between ``start()`` and the beginning of ``stop()``."""
-        return self._worker is not None and not self._closing
+        return bool(self._workers) and not self._closing
 
     def stats(self) -> BatcherStats:
         """A snapshot of the counters, queue depth and in-flight count."""
@@ -223,12 +224,13 @@ class DynamicBatcher(Generic[T, R]):
         """
         if self._closing:
             raise RuntimeError(f"batcher {self._name!r} was stopped and cannot be restarted")
-        if self._worker is not None:
+        if self._workers:
             return
         self._loop = asyncio.get_running_loop()
+        instances = self._policy.instances
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"batcher-{self._name}")
-        self._worker = self._loop.create_task(self._run(), name=f"batcher-{self._name}")
+            self._executor = ThreadPoolExecutor(instances, thread_name_prefix=f"batcher-{self._name}")
+        self._workers = [self._loop.create_task(self._run(), name=f"batcher-{self._name}-{i}") for i in range(instances)]
 
     async def stop(self, *, drain: bool = True, grace_s: float = 30.0) -> None:
         """Stop accepting requests, then finish or fail the rest; safe to call twice.
@@ -243,14 +245,15 @@ class DynamicBatcher(Generic[T, R]):
                 its thread, which cannot be interrupted.
         """
         self._closing = True
-        worker = self._worker
-        if worker is not None:
+        workers = self._workers
+        if workers:
             self._wakeup.set()
             if drain and grace_s > 0:
-                await asyncio.wait({worker}, timeout=grace_s)
-            if not worker.done():
-                worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+                await asyncio.wait(workers, timeout=grace_s)
+            for worker in workers:
+                if not worker.done():
+                    worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
         self._fail_queued()
         if self._owns_executor and self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -297,7 +300,7 @@ class DynamicBatcher(Generic[T, R]):
     def _check_accepting(self, timeout_s: float | None, priority: int) -> None:
         if self._closing:
             raise ShuttingDownError(f"batcher {self._name!r} is shutting down; request refused")
-        if self._worker is None or asyncio.get_running_loop() is not self._loop:
+        if not self._workers or asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"batcher {self._name!r} is not started on this event loop")
         check_timeout_s(timeout_s)
         if not isinstance(priority, int) or isinstance(priority, bool):
@@ -371,7 +374,7 @@ class DynamicBatcher(Generic[T, R]):
     async def _execute(self, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
         queue_times = [loop.time() - r.enqueued for r in batch]
-        self._stats.in_flight = len(batch)
+        self._stats.in_flight += len(batch)
         items = [r.item for r in batch]
         try:
             results, error, compute_s = await loop.run_in_executor(
@@ -382,7 +385,7 @@ class DynamicBatcher(Generic[T, R]):
             _resolve(batch, [], self._shutdown_error() if stopping else exc)
             raise
         finally:
-            self._stats.in_flight = 0
+            self._stats.in_flight -= len(batch)
         _resolve(batch, results, error)
         self._record(queue_times, compute_s, failed=error is not None)
 

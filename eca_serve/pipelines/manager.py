@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.detection import DetectionPipeline
 from eca_serve.pipelines.images import DecodeLimits
+from eca_serve.pipelines.preprocess import single_threaded_resizes
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,27 @@ class ServingOptions:
     grace_period_s: float = 30.0
 
 
+def backend_options_for(options: BackendOptions, policy: BatchPolicy) -> BackendOptions:
+    """``options`` with the CPU cores shared out between the policy's instances when threads are unset.
+
+    Each concurrently running batch gets ``cores // instances`` intra-op threads, so the instances
+    together use every core once instead of oversubscribing them; a batch running alone gets every
+    core (``solo_threads``, honoured by the ONNX Runtime backend).
+    """
+    if options.threads > 0 or not options.device.startswith("cpu"):
+        return options
+    cores = available_cores()
+    return dataclasses.replace(options, threads=max(1, cores // policy.instances), solo_threads=cores)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (a container's cpuset, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class ModelManager:
     """All served pipelines by name and version; the newest version answers when none is named."""
 
@@ -46,6 +70,8 @@ class ModelManager:
         self.options = options
         self.on_stage, self.on_batch_for = on_stage, on_batch_for
         self.decode_executor = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
+        if options.backend.kind == "onnxruntime":
+            single_threaded_resizes()
         self.pipelines: dict[str, dict[int, ModelPipeline]] = {}
         self.expected: set[tuple[str, int]] = set()
         self.load_seconds: dict[str, float] = {}
@@ -79,8 +105,8 @@ class ModelManager:
 
     def _build(self, folder: Path) -> ModelPipeline:
         config = read_config(folder)
-        backend = create_backend(folder, config, self.options.backend)
         policy = BatchPolicy.for_device(self.options.backend.device, **self.options.policy_overrides)
+        backend = create_backend(folder, config, backend_options_for(self.options.backend, policy))
         warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))
         cls = ClassificationPipeline if config.task == "classification" else DetectionPipeline
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None

@@ -21,13 +21,17 @@ class BackendOptions:
         kind: ``onnxruntime``, ``torchscript`` or ``eager``.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         fp16: Half precision on CUDA (torch backends; ignored on CPU).
-        threads: Intra-op threads (0 = library default).
+        threads: Intra-op threads of one run (0 = library default).
+        solo_threads: CPU, ONNX Runtime only: when greater than ``threads``, a second session with
+            this many threads takes every run that starts while no other run of the model is
+            active, so a lone request gets all cores and concurrent ones get ``threads`` each.
     """
 
     kind: str = "onnxruntime"
     device: str = "cpu"
     fp16: bool = False
     threads: int = 0
+    solo_threads: int = 0
 
 
 class ClassifierBackend(Protocol):

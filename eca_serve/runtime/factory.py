@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,14 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     h, w = config.input.size or (config.detection or {}).get("warmup_size", (320, 320))
-    for _ in range(rounds):
-        for n in batch_sizes:
-            if config.task == "classification":
-                backend.infer(rng.standard_normal((n, 3, h, w), dtype=np.float32))
-            else:
-                backend.infer([rng.random((3, h, w), dtype=np.float32) for _ in range(n)])
+    for variant in getattr(backend, "variants", lambda: [nullcontext()])():
+        with variant:
+            for _ in range(rounds):
+                for n in batch_sizes:
+                    if config.task == "classification":
+                        backend.infer(rng.standard_normal((n, 3, h, w), dtype=np.float32))
+                    else:
+                        backend.infer([rng.random((3, h, w), dtype=np.float32) for _ in range(n)])
     seconds = time.perf_counter() - start
     log.info("warmed up %s in %.2fs", backend.name, seconds)
     return seconds
