@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from eca_serve.api import schemas
 from eca_serve.pipelines.base import LayerWeights, ModelPipeline, StageTimes
 from eca_serve.pipelines.classification import ImageResult
@@ -24,7 +26,7 @@ def detections(result: DetectionResult) -> list[schemas.DetectionItem]:
 
 def layers(items: list[LayerWeights]) -> list[schemas.LayerAttention]:
     return [schemas.LayerAttention(name=l.name, kind=l.kind, channels=l.channels, k_size=l.k_size,
-                                   weights=[round(float(w), 6) for w in l.weights]) for l in items]
+                                   weights=np.round(l.weights.astype(np.float64), 6).tolist()) for l in items]
 
 
 def summary(pipeline: ModelPipeline, versions: list[int]) -> schemas.ModelSummary:

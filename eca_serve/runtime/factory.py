@@ -58,3 +58,18 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
     seconds = time.perf_counter() - start
     log.info("warmed up %s in %.2fs", backend.name, seconds)
     return seconds
+
+
+def time_single_run(backend: Any, config: Any, rounds: int = 3) -> float:
+    """Best of ``rounds`` timings, in seconds, of one warmed-up single-image run."""
+    h, w = config.input.size or (config.detection or {}).get("warmup_size", (320, 320))
+    image = np.random.default_rng(0).random((3, h, w), dtype=np.float32)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        if config.task == "classification":
+            backend.infer(image[None])
+        else:
+            backend.infer([image])
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -23,12 +23,14 @@ from eca_serve.settings import Settings
 from tests.reliability.clients import error_problems, server_errors_counted, wait_idle
 from tests.reliability.served import CLASSIFIER, DETECTOR, Served, assert_still_serving
 
-EXAMPLES_PER_OPERATION = 12  # x 2 modes (valid, invalid) x 23 operations: about 15 s on 2 idle cores
+EXAMPLES_PER_OPERATION = 25  # x 2 modes (valid, invalid) x 23 operations: about 800 requests, 15 s on 2 idle cores
 REQUEST_TIMEOUT_S = 10.0  # no request to an idle server may take longer; a hang fails the test
 
 
-def real_names(context: Any, path_parameters: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
+def real_names(context: Any, path_parameters: dict[str, Any] | None) -> st.SearchStrategy[dict[str, Any] | None]:
     """Mostly the served models and version 1, so requests reach the parsers behind the 404s; sometimes the generated values."""
+    if not path_parameters or "name" not in path_parameters:
+        return st.just(path_parameters)
     names = st.sampled_from([CLASSIFIER, DETECTOR, CLASSIFIER, path_parameters.get("name", "")])
     versions = st.sampled_from(["1", "1", str(path_parameters.get("version", ""))])
     updates = {"name": names, **({"version": versions} if "version" in path_parameters else {})}

@@ -1,0 +1,117 @@
+"""Floods far above capacity against a server with a tiny queue: fast 503s, right answers, nothing lost, bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import httpx
+import pytest
+
+from eca_serve.settings import Settings
+from tests.reliability.clients import error_problems, metric, same_classes, top_classes, wait_idle
+from tests.reliability.corpus import encode, picture
+from tests.reliability.served import CLASSIFIER, Repository, Served, assert_still_serving, serve
+
+FLOOD = 200  # concurrent requests per wave
+WAVES = 2
+QUEUE = 2  # max_queue_size: with batches of at most 2, at most 2 images wait
+INFLIGHT = 64  # max_inflight_requests: beyond this, 503 before the body is read
+IMAGES = [encode(picture((64, 64), seed=100 + i), "PNG") for i in range(8)]
+PATH = f"/v1/models/{CLASSIFIER}/classify?top_k=8"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One flood request: which image, its HTTP answer (None if it got none) and its latency."""
+
+    image: int
+    response: httpx.Response | None
+    error: str
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def overload_server(repository: Repository) -> Iterator[Served]:
+    settings = Settings(model_repository=repository.root, models=[CLASSIFIER], max_batch_size=2, max_queue_size=QUEUE,
+                        max_queue_delay_ms=0, max_inflight_requests=INFLIGHT, request_timeout_s=60)
+    with serve(settings) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def references(overload_server: Served) -> list[list[list[tuple[int, float]]]]:
+    """Each image's answer when it is the only request."""
+    answers = []
+    for data in IMAGES:
+        response = httpx.post(overload_server.url(PATH), content=data, headers={"content-type": "image/png"}, timeout=60)
+        assert response.status_code == 200, response.text
+        answers.append(top_classes(response.json()))
+    return answers
+
+
+async def one(client: httpx.AsyncClient, base: str, image: int) -> Outcome:
+    start = time.perf_counter()
+    try:
+        response = await client.post(base + PATH, content=IMAGES[image], headers={"content-type": "image/png"})
+        return Outcome(image, response, "", time.perf_counter() - start)
+    except httpx.HTTPError as exc:
+        return Outcome(image, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+
+
+async def watch(client: httpx.AsyncClient, base: str, peaks: dict[str, float]) -> None:
+    """Sample the queue-depth and in-flight gauges until cancelled, keeping each one's peak."""
+    while True:
+        text = (await client.get(f"{base}/metrics")).text
+        for name in ("eca_serve_queue_depth", "eca_serve_inflight_requests"):
+            peaks[name] = max(peaks.get(name, 0.0), metric(text, name))
+        await asyncio.sleep(0.02)
+
+
+async def flood(base: str, count: int) -> tuple[list[Outcome], dict[str, float]]:
+    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=count + 4)
+    peaks: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        watcher = asyncio.create_task(watch(client, base, peaks))
+        outcomes = await asyncio.gather(*(one(client, base, i % len(IMAGES)) for i in range(count)))
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    return list(outcomes), peaks
+
+
+def inference_count(served: Served) -> int:
+    stats = httpx.get(served.url(f"/v2/models/{CLASSIFIER}/stats"), timeout=30).json()["model_stats"]
+    return sum(entry["inference_count"] for entry in stats)
+
+
+@pytest.mark.parametrize("wave", range(WAVES))
+def test_flood_gets_fast_503s_right_answers_and_loses_nothing(overload_server: Served, references: list, wave: int) -> None:
+    before = inference_count(overload_server)
+    outcomes, peaks = asyncio.run(flood(overload_server.base, FLOOD))
+
+    lost = [o.error for o in outcomes if o.response is None]
+    assert not lost, f"{len(lost)} of {FLOOD} requests got no HTTP answer: {lost[:3]}"
+    statuses = {o.response.status_code for o in outcomes}
+    accepted = [o for o in outcomes if o.response.status_code == 200]
+    rejected = [o for o in outcomes if o.response.status_code == 503]
+    assert statuses <= {200, 503}, f"statuses {statuses}: {[o.response.text[:120] for o in outcomes if o.response.status_code not in (200, 503)][:3]}"
+    assert accepted and rejected, f"{len(accepted)} accepted, {len(rejected)} rejected: the flood must exceed capacity, yet be served"
+
+    for o in rejected:
+        assert o.response.headers.get("retry-after", "").isdigit(), f"503 without Retry-After: {dict(o.response.headers)}"
+        assert not error_problems(o.response), error_problems(o.response)
+    wrong = [o.image for o in accepted if not same_classes(top_classes(o.response.json()), references[o.image])]
+    assert not wrong, f"{len(wrong)} accepted requests got another image's or a wrong answer (images {wrong[:5]})"
+
+    wait_idle(overload_server.base)
+    assert inference_count(overload_server) - before == len(accepted), "inferences run != requests answered 200"
+    assert peaks.get("eca_serve_queue_depth", 0) <= QUEUE, f"queue depth peaked at {peaks}"
+    assert peaks.get("eca_serve_inflight_requests", 0) <= INFLIGHT, f"in-flight requests peaked at {peaks}"
+    fast, slow = statistics.median(o.seconds for o in rejected), statistics.median(o.seconds for o in accepted)
+    assert fast < slow, f"median 503 after {fast * 1000:.0f} ms, median 200 after {slow * 1000:.0f} ms"
+    print(f"wave {wave}: {len(accepted)} x 200 (median {slow * 1000:.0f} ms), {len(rejected)} x 503 "
+          f"(median {fast * 1000:.0f} ms), peaks {peaks}")
+    assert_still_serving(overload_server)
