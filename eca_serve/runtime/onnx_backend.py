@@ -30,7 +30,7 @@ class LoadAwareSession:
     A run that starts while no other run is active gets ``solo`` (all cores): lowest latency for a
     lone request. A run that starts next to another gets ``shared`` (its share of the cores): under
     load, concurrent single-threaded runs never wait at an intra-op barrier for a thread the OS gave
-    to image decoding. Measured on 2 cores, ECA-MobileNetV2 at batch 1: 152-171 img/s for one
+    to image decoding. Measured on 2 cores, ECA-MobileNetV2 at batch 1: 152-180 img/s for one
     2-thread run, 195 img/s for two concurrent 1-thread runs, 117-178 for one shared 2-thread
     session. Costs a second copy of the weights.
     """
@@ -77,10 +77,11 @@ def _create_session(path: Path, options: BackendOptions) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # torchvision's mask-paste loop triggers harmless shape warnings per detection
-    # Worker threads spin inside a run (a sleeping thread wakes slowly, measured 117 -> 152 img/s for
-    # MobileNetV2 on 2 threads) but stop at its end, so they burn no core that decoding needs between runs.
+    # Spinning workers: a sleeping thread wakes slowly on the VM (MobileNetV2, one run on 2 threads:
+    # 7.0 ms without spinning, 5.5 ms with). Forcing the spin to stop at the end of each run made
+    # runs flip between 5.7 and 10 ms for seconds at a time, so it is left to ORT's own spin limit.
+    # Under load, concurrent runs use the single-threaded shared session, which has no workers.
     so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    so.add_session_config_entry("session.force_spinning_stop", "1")
     # Denormal activations make some photos' runs much slower on x86 (measured 5.9 -> 9.9 ms for one
     # MobileNetV2 photo); flushing them to zero changes outputs by far less than export parity allows.
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
