@@ -431,6 +431,7 @@ def test_stats_and_on_batch_hook() -> None:
         ({"max_queue_delay_ms": float("nan")}, "max_queue_delay_ms must be a finite number >= 0"),
         ({"max_queue_delay_ms": True}, "max_queue_delay_ms must be a finite number >= 0"),
         ({"timeout_s": 0}, "timeout_s must be None or a finite number > 0"),
+        ({"instances": 0}, "instances must be an integer >= 1"),
         ({"timeout_s": float("inf")}, "timeout_s must be None or a finite number > 0"),
     ],
 )
@@ -439,10 +440,49 @@ def test_policy_validation_states_the_rule(kwargs: dict[str, Any], message: str)
         BatchPolicy(**kwargs)
 
 
+def test_instances_run_batches_at_the_same_time_and_each_answer_stays_its_own() -> None:
+    both_running = threading.Barrier(2, timeout=LIMIT_S)
+
+    def handler(items: list[int]) -> list[int]:
+        both_running.wait()  # only returns once two batches are inside the handler together
+        return [item * 10 for item in items]
+
+    async def body() -> None:
+        async with DynamicBatcher(handler, BatchPolicy(max_batch_size=1, max_queue_delay_ms=0, instances=2)) as b:
+            first = asyncio.create_task(b.submit(1))
+            await asyncio.sleep(0.05)
+            assert b.stats().in_flight == 1 and not first.done()  # waiting at the barrier for a partner
+            assert await asyncio.gather(first, b.submit(2)) == [10, 20]
+            assert b.stats().in_flight == 0 and b.stats().execution_count == 2
+
+    run(body)
+
+
+def test_one_instance_never_runs_two_batches_at_once() -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def handler(items: list[int]) -> list[int]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.01)
+        with lock:
+            running -= 1
+        return items
+
+    async def body() -> None:
+        async with DynamicBatcher(handler, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0, instances=1)) as b:
+            assert await asyncio.gather(*[b.submit(i) for i in range(12)]) == list(range(12))
+
+    run(body)
+    assert peak == 1
+
+
 def test_policy_device_defaults() -> None:
     cpu, cuda = BatchPolicy.for_device("cpu"), BatchPolicy.for_device("cuda:1")
-    assert (cpu.max_batch_size, cpu.max_queue_delay_ms) == (4, 0.0)
-    assert cuda.max_batch_size == 32 and 0 < cuda.max_queue_delay_ms <= 5
+    assert (cpu.max_batch_size, cpu.max_queue_delay_ms, cpu.instances) == (4, 0.0, 2)
+    assert cuda.max_batch_size == 32 and 0 < cuda.max_queue_delay_ms <= 5 and cuda.instances == 1
     assert BatchPolicy.for_device("cpu", timeout_s=5.0).timeout_s == 5.0
     assert BatchPolicy(timeout_s=None).timeout_s is None
     with pytest.raises(ConfigError, match="device must be one of"):
