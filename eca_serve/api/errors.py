@@ -28,6 +28,10 @@ class BodyTimeoutError(errors.EcaServeError):
     """The request body did not arrive within the configured time (a slow or stalled client)."""
 
 
+class ClientGoneError(errors.EcaServeError):
+    """The client disconnected before its request body arrived (nothing the server did wrong)."""
+
+
 class BadFormError(errors.EcaServeError):
     """A multipart body without the expected image field(s)."""
 
@@ -52,6 +56,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.ImageTooLargeError, 413),
     (BodyTooLargeError, 413),
     (BodyTimeoutError, 408),
+    (ClientGoneError, 499),  # nginx's "client closed request": counted apart from server errors
     (TooManyImagesError, 413),
     (errors.UnsupportedMediaTypeError, 415),
     (BadFormError, 422),

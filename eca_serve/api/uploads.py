@@ -8,8 +8,9 @@ from typing import AsyncIterator
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
-from eca_serve.api.errors import BadFormError, BodyTimeoutError, BodyTooLargeError, TooManyImagesError
+from eca_serve.api.errors import BadFormError, BodyTimeoutError, BodyTooLargeError, ClientGoneError, TooManyImagesError
 from eca_serve.errors import UnsupportedMediaTypeError
 from eca_serve.pipelines.base import ImageInput
 
@@ -35,11 +36,14 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
 
 async def _collect(request: Request, limit: int) -> bytes:
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGoneError(f"client disconnected after {size} bytes of the body") from None
     return b"".join(chunks)
 
 

@@ -289,13 +289,21 @@ class DynamicBatcher(Generic[T, R]):
             Exception: Whatever the handler raised for this item's batch.
         """
         self._check_accepting(timeout_s, priority)
-        if self._queue.size >= self._policy.max_queue_size:
+        self.check_room()
+        return await self._enqueue(item, key, priority, timeout_s).future
+
+    def check_room(self, n: int = 1) -> None:
+        """Raise ``QueueFullError`` now unless ``n`` more requests fit in the queue.
+
+        ``submit`` checks this itself; callers with costly work before their submit (decoding an
+        upload) call it first, so that a flood is refused before it is paid for.
+        """
+        if self._queue.size + n > self._policy.max_queue_size:
             self._stats.rejected_count += 1
             raise QueueFullError(
                 f"queue of batcher {self._name!r} is full "
                 f"({self._policy.max_queue_size} requests waiting); retry later"
             )
-        return await self._enqueue(item, key, priority, timeout_s).future
 
     def _check_accepting(self, timeout_s: float | None, priority: int) -> None:
         if self._closing:

@@ -171,6 +171,7 @@ class ModelPipeline:
     async def infer_images(self, images: list[ImageInput], times: StageTimes | None = None, **submit: object) -> list[tuple[Prepared, dict[str, np.ndarray]]]:
         """Decode, preprocess and run encoded images; raw outputs with each image's `Prepared` record."""
         times = times or StageTimes()
+        self.batcher.check_room(min(len(images), self.batcher.policy.max_queue_size))  # refuse a flood before decoding it
         prepared = await self.prepare(images, times)
         outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
         return list(zip(prepared, outputs))

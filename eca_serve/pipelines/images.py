@@ -24,6 +24,7 @@ import io
 import struct
 import threading
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +132,8 @@ def decode_image(
     im = _open(data)
     _check_declared_size(im.size, limits)
     fmt, orientation = str(im.format), _orientation(im)
+    if fmt == "PNG":
+        check_png_chunks(data)
     original = _upright(im.size, orientation)
     scale = _request_draft(im, target, orientation) if target is not None else 1.0
     _load(im)
@@ -176,6 +179,28 @@ def _open(data: bytes) -> ImageFile.ImageFile:
         ) from None
     except _DECODE_ERRORS as exc:
         raise InvalidImageError(f"corrupt image header: {exc}") from None
+
+
+def check_png_chunks(data: bytes) -> None:
+    """Raise `InvalidImageError` unless every PNG chunk up to IEND is complete with a matching CRC.
+
+    Pillow skips the CRC of pixel-data (IDAT) chunks and stops reading before the zlib checksum,
+    so a PNG with flipped pixel bytes or cut inside its last chunk would otherwise decode to
+    damaged pixels with a 200. Bytes after IEND are ignored, as by every PNG reader.
+    """
+    offset = 8  # signature
+    while offset + 12 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        end = offset + 8 + length
+        if end + 4 > len(data):
+            break
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[offset + 4:end]) != crc:
+            raise InvalidImageError(f"corrupt PNG: bad CRC in the {kind.decode('latin-1')!r} chunk at byte {offset}")
+        if kind == b"IEND":
+            return
+        offset = end + 4
+    raise InvalidImageError("truncated PNG: the file ends before its IEND chunk")
 
 
 def _check_declared_size(size: tuple[int, int], limits: DecodeLimits) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import struct
@@ -16,6 +15,16 @@ V2_HEADER = "Inference-Header-Content-Length"
 TRACE_MARKERS = ("Traceback", 'File "')
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def client_limits(connections: int) -> httpx.Limits:
+    """Connection limits for test clients.
+
+    Idle connections expire after 2 s, before uvicorn's 5 s keep-alive timeout: with equal timeouts
+    the client may send a request on a connection the server is just closing, and that request is
+    lost to the race, not to the server.
+    """
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0)
 
 
 @dataclass(frozen=True)
@@ -97,12 +106,12 @@ def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 def metric(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` (0 when there are none)."""
-    return sum(v for n, l, v in parse_metrics(text) if n == name and all(l.get(k) == w for k, w in labels.items()))
+    return sum(v for n, found, v in parse_metrics(text) if n == name and all(found.get(k) == w for k, w in labels.items()))
 
 
 def server_errors_counted(text: str) -> float:
     """Requests the server itself counted with a 5xx status."""
-    return sum(v for n, l, v in parse_metrics(text) if n == "eca_serve_requests_total" and l.get("status", "").startswith("5"))
+    return sum(v for n, found, v in parse_metrics(text) if n == "eca_serve_requests_total" and found.get("status", "").startswith("5"))
 
 
 def wait_idle(base: str, timeout_s: float = 15.0) -> float:
@@ -123,13 +132,3 @@ def wait_idle(base: str, timeout_s: float = 15.0) -> float:
     gauges = [line for line in text.splitlines() if line.startswith(("eca_serve_inflight", "eca_serve_queue_depth", "eca_serve_batch_in"))]
     raise AssertionError(f"server still busy after {timeout_s} s: {gauges}")
 
-
-async def wait_idle_async(client: httpx.AsyncClient, base: str, timeout_s: float = 15.0) -> None:
-    """`wait_idle` for code already inside an event loop."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = (await client.get(f"{base}/metrics")).text
-        if metric(text, "eca_serve_inflight_requests") + metric(text, "eca_serve_queue_depth") == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"server still busy after {timeout_s} s")

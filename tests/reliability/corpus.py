@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from tests.hostile_images import jpeg_bytes, png_bomb, png_bytes, png_header_only
+from tests.hostile_images import jpeg_bytes, png_bomb, png_header_only
 
 Transport = Literal["raw", "multipart", "v2"]
 ORIENTATION_TAG = 0x0112
@@ -152,11 +152,6 @@ def png_with_text(data: bytes) -> bytes:
     return data[:8] + _chunk(*chunks[0]) + text + b"".join(_chunk(c, p) for c, p in chunks[1:])
 
 
-def png_zero_width() -> bytes:
-    """A PNG whose IHDR declares a width of 0."""
-    return png_header_only(0, 16)
-
-
 def flip_bytes(data: bytes, start: int, end: int, count: int, seed: int) -> bytes:
     """``data`` with ``count`` bytes in ``[start, end)`` XOR-ed with 0x5A, never creating or breaking a JPEG marker."""
     rng = random.Random(seed)
@@ -172,6 +167,12 @@ def jpeg_scan_start(data: bytes) -> int:
     sos = data.index(b"\xff\xda")
     (length,) = struct.unpack(">H", data[sos + 2: sos + 4])
     return sos + 2 + length
+
+
+def jpeg_with_broken_huffman_table(data: bytes) -> bytes:
+    """``data`` with the code counts of its first Huffman table (DHT) overwritten by 0xFF."""
+    dht = data.index(b"\xff\xc4")
+    return data[: dht + 5] + b"\xff" * 16 + data[dht + 21:]
 
 
 def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
@@ -217,11 +218,13 @@ def _corruptions() -> list[Upload]:
     return [
         # libjpeg resynchronises after damaged entropy data (as browsers do): a damaged but decodable picture.
         Upload("jpeg flipped entropy bytes", flip_bytes(jpeg, scan + 10, len(jpeg) - 10, 24, seed=1), "image/jpeg", 200, "flip.jpg"),
-        Upload("jpeg bad huffman table", jpeg[: jpeg.index(b"\xff\xc4") + 5] + b"\xff" * 16 + jpeg[jpeg.index(b"\xff\xc4") + 21:], "image/jpeg", 400, "dht.jpg"),
+        Upload("jpeg bad huffman table", jpeg_with_broken_huffman_table(jpeg), "image/jpeg", 400, "dht.jpg"),
+        # PNG, unlike JPEG, carries checksums (CRC-32 per chunk, Adler-32 over the pixel data): damage is
+        # detectable, and eca_serve.pipelines.images promises InvalidImageError for corrupt images.
         Upload("png flipped idat bytes", flip_bytes(png, idat + 20, idat + 400, 8, seed=2), "image/png", 400, "flip.png"),
         Upload("png bad ihdr crc", png_with_bad_crc(png, b"IHDR"), "image/png", 400, "crc.png"),
         Upload("png bad text crc", png_with_bad_crc(png_with_text(png), b"tEXt"), "image/png", 400, "crc.png"),
-        Upload("png zero width", png_zero_width(), "image/png", 400, "zero.png"),
+        Upload("png zero width", png_header_only(0, 16), "image/png", 400, "zero.png"),
         Upload("jpeg zero height", jpeg_with_size(jpeg, 160, 0), "image/jpeg", 400, "zero.jpg"),
     ]
 
@@ -342,6 +345,3 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         out[start:start] = piece * rng.randint(1, 8)
     return bytes(out)
 
-
-__all__ = ["Upload", "animated", "encode", "exif_jpeg", "frame_png", "good_png", "hostile_corpus", "jpeg_bytes",
-           "mutate", "picture", "png_bytes", "upright_png"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -12,7 +14,7 @@ import httpx
 import pytest
 
 from eca_serve.settings import Settings
-from tests.reliability.clients import error_problems, metric, same_classes, top_classes, wait_idle
+from tests.reliability.clients import client_limits, error_problems, metric, same_classes, top_classes, wait_idle
 from tests.reliability.corpus import encode, picture
 from tests.reliability.served import CLASSIFIER, Repository, Served, assert_still_serving, serve
 
@@ -62,35 +64,48 @@ async def one(client: httpx.AsyncClient, base: str, image: int) -> Outcome:
         return Outcome(image, None, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
 
 
-async def watch(client: httpx.AsyncClient, base: str, peaks: dict[str, float]) -> None:
-    """Sample the queue-depth and in-flight gauges until cancelled, keeping each one's peak."""
-    while True:
-        text = (await client.get(f"{base}/metrics")).text
-        for name in ("eca_serve_queue_depth", "eca_serve_inflight_requests"):
-            peaks[name] = max(peaks.get(name, 0.0), metric(text, name))
-        await asyncio.sleep(0.02)
+class Peaks:
+    """Samples the server's own in-flight count and queue depths (what /metrics exports) every 2 ms in a thread:
+    a /metrics scrape would itself wait behind the flood and see only a few moments of it."""
+
+    def __init__(self, served: Served) -> None:
+        self.state = served.app.state
+        self.inflight = self.queue_depth = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Peaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.002):
+            self.inflight = max(self.inflight, self.state.inflight)
+            batchers = [p.batcher for versions in self.state.manager.pipelines.values() for p in versions.values()]
+            self.queue_depth = max(self.queue_depth, *(b.stats().queue_depth for b in batchers))
 
 
-async def flood(base: str, count: int) -> tuple[list[Outcome], dict[str, float]]:
-    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=count + 4)
-    peaks: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        watcher = asyncio.create_task(watch(client, base, peaks))
-        outcomes = await asyncio.gather(*(one(client, base, i % len(IMAGES)) for i in range(count)))
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-    return list(outcomes), peaks
+async def flood(base: str, count: int) -> list[Outcome]:
+    async with httpx.AsyncClient(timeout=120, limits=client_limits(count + 4)) as client:
+        return list(await asyncio.gather(*(one(client, base, i % len(IMAGES)) for i in range(count))))
 
 
-def inference_count(served: Served) -> int:
+def counters(served: Served) -> tuple[int, int, float]:
+    """Images inferred, requests the batcher refused (queue full), requests refused before their body (in-flight limit)."""
     stats = httpx.get(served.url(f"/v2/models/{CLASSIFIER}/stats"), timeout=30).json()["model_stats"]
-    return sum(entry["inference_count"] for entry in stats)
+    refused = metric(httpx.get(served.url("/metrics"), timeout=30).text, "eca_serve_requests_total", endpoint="refused", status="503")
+    return (sum(s["inference_count"] for s in stats), sum(s["inference_stats"]["fail"]["count"] for s in stats), refused)
 
 
 @pytest.mark.parametrize("wave", range(WAVES))
 def test_flood_gets_fast_503s_right_answers_and_loses_nothing(overload_server: Served, references: list, wave: int) -> None:
-    before = inference_count(overload_server)
-    outcomes, peaks = asyncio.run(flood(overload_server.base, FLOOD))
+    before = counters(overload_server)
+    with Peaks(overload_server) as peaks:
+        outcomes = asyncio.run(flood(overload_server.base, FLOOD))
 
     lost = [o.error for o in outcomes if o.response is None]
     assert not lost, f"{len(lost)} of {FLOOD} requests got no HTTP answer: {lost[:3]}"
@@ -107,11 +122,15 @@ def test_flood_gets_fast_503s_right_answers_and_loses_nothing(overload_server: S
     assert not wrong, f"{len(wrong)} accepted requests got another image's or a wrong answer (images {wrong[:5]})"
 
     wait_idle(overload_server.base)
-    assert inference_count(overload_server) - before == len(accepted), "inferences run != requests answered 200"
-    assert peaks.get("eca_serve_queue_depth", 0) <= QUEUE, f"queue depth peaked at {peaks}"
-    assert peaks.get("eca_serve_inflight_requests", 0) <= INFLIGHT, f"in-flight requests peaked at {peaks}"
+    inferred, queue_full, refused = (after - earlier for after, earlier in zip(counters(overload_server), before))
+    assert inferred == len(accepted), f"{inferred} images inferred for {len(accepted)} requests answered 200"
+    assert queue_full > 0, "the flood never filled the batch queue"
+    assert queue_full + refused == len(rejected), f"{len(rejected)} 503s, but {queue_full} queue-full + {refused:g} in-flight refusals"
+    assert peaks.queue_depth <= QUEUE, f"queue depth peaked at {peaks.queue_depth}"
+    assert peaks.inflight <= INFLIGHT, f"{peaks.inflight} requests in flight at once, above max_inflight_requests={INFLIGHT}"
     fast, slow = statistics.median(o.seconds for o in rejected), statistics.median(o.seconds for o in accepted)
     assert fast < slow, f"median 503 after {fast * 1000:.0f} ms, median 200 after {slow * 1000:.0f} ms"
     print(f"wave {wave}: {len(accepted)} x 200 (median {slow * 1000:.0f} ms), {len(rejected)} x 503 "
-          f"(median {fast * 1000:.0f} ms), peaks {peaks}")
+          f"(median {fast * 1000:.0f} ms), peaks: {peaks.inflight} in flight, {peaks.queue_depth} queued, "
+          f"503 reasons {collections.Counter(o.response.json()['error'][:40] for o in rejected)}")
     assert_still_serving(overload_server)
