@@ -16,17 +16,13 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -36,6 +32,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
+
+from tests.reliability.serverproc import start_server  # noqa: E402
 
 
 def photos() -> dict[str, bytes]:
@@ -115,28 +113,6 @@ def preprocess_cost(root: Path, name: str, images: dict[str, bytes]) -> dict[str
     return costs
 
 
-def start_server(root: Path, device: str, port: int, extra_env: list[str] = ()) -> subprocess.Popen:
-    env = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", **dict(item.split("=", 1) for item in extra_env)}
-    cmd = [sys.executable, "-m", "eca_serve.cli", "serve", "--model-repository", str(root), "--port", str(port), "--device", device]
-    process = subprocess.Popen(cmd, env=env, cwd=REPO)
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("server did not become ready")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each HTTP cell")
@@ -178,8 +154,8 @@ def main() -> None:
 def run_http(root: Path, served: list[str], raw: dict, small: list[bytes], huge: bytes, args: argparse.Namespace) -> list[dict]:
     from eca_serve.export import read_config
 
-    port = free_port()
-    server = start_server(root, args.device, port, [f"ECA_SERVE_MODELS={json.dumps(served)}", *args.server_env])
+    env = {"ECA_SERVE_DEVICE": args.device, "ECA_SERVE_MODELS": json.dumps(served), **dict(e.split("=", 1) for e in args.server_env)}
+    server = start_server(root, env, ready_timeout_s=600)
     rows = []
     try:
         for name in served:
@@ -188,15 +164,14 @@ def run_http(root: Path, served: list[str], raw: dict, small: list[bytes], huge:
             endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
             for endpoint in endpoints:
                 for c in (int(v) for v in args.concurrency.split(",")):
-                    url = f"http://127.0.0.1:{port}/v1/models/{name}/{endpoint}"
+                    url = f"{server.base}/v1/models/{name}/{endpoint}"
                     result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds))
                     rows.append(_row(name, endpoint, c, "300-640px", result, max(raw[name].values())))
-            url = f"http://127.0.0.1:{port}/v1/models/{name}/{endpoints[0]}"
+            url = f"{server.base}/v1/models/{name}/{endpoints[0]}"
             result = asyncio.run(run_load(url, [multipart_request(url, huge)], 4, args.seconds))
             rows.append(_row(name, endpoints[0], 4, "12MP", result, max(raw[name].values())))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        server.stop(timeout_s=60)
     return rows
 
 
