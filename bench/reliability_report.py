@@ -75,7 +75,7 @@ def parse_args() -> tuple[Path, str, str, Options]:
     parser.add_argument("--concurrency", type=int, default=4, help="clients of steady valid load")
     parser.add_argument("--flood-every", type=float, default=20.0, help="seconds between floods")
     parser.add_argument("--flood-size", type=int, default=800,
-                        help="concurrent requests per flood (default above the server's 512 in-flight limit)")
+                        help="concurrent requests per flood (default above the server's in-flight limit: 128 on CPU)")
     parser.add_argument("--body-timeout-s", type=float, default=2.0, help="server's ECA_SERVE_BODY_TIMEOUT_S")
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args()

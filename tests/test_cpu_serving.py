@@ -100,3 +100,11 @@ def test_the_served_pipeline_runs_two_instances_on_a_load_aware_session(entry: P
     assert pipeline.batcher.policy.instances == 2
     expected = LoadAwareSession if available_cores() > 1 else object
     assert isinstance(pipeline.backend.session, expected)
+
+
+def test_the_in_flight_limit_defaults_per_device_and_can_be_set() -> None:
+    from eca_serve.settings import Settings, inflight_limit
+
+    assert inflight_limit(Settings(device="cpu")) == 128
+    assert inflight_limit(Settings(device="cuda:0")) == 1024
+    assert inflight_limit(Settings(device="cpu", max_inflight_requests=7)) == 7

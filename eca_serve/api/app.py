@@ -19,7 +19,7 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
 from eca_serve.runtime import BackendOptions
-from eca_serve.settings import Settings
+from eca_serve.settings import Settings, inflight_limit
 
 log = logging.getLogger("eca_serve.api")
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.draining = False
     app.state.inflight = 0
+    app.state.max_inflight = inflight_limit(settings)
     app.state.metrics = metrics = ServerMetrics(inflight=lambda: app.state.inflight)
     app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
     metrics.watch(app.state.manager)

@@ -63,9 +63,9 @@ def _refusal(state: Any) -> str | None:
     """Why a request is turned away before its body is read, if it is."""
     if state.draining:
         return "server is shutting down"
-    if state.inflight >= state.settings.max_inflight_requests:
+    if state.inflight >= state.max_inflight:
         # Refusing before the body is read keeps a flood from buying decode work and memory.
-        return f"server is at its limit of {state.settings.max_inflight_requests} requests in flight; retry later"
+        return f"server is at its limit of {state.max_inflight} requests in flight; retry later"
     return None
 
 
