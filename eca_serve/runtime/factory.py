@@ -46,15 +46,12 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
     """Run real-shaped inputs through ``backend`` (kernel selection, allocator, JIT); returns seconds."""
     rng = np.random.default_rng(0)
     start = time.perf_counter()
-    h, w = config.input.size or (config.detection or {}).get("warmup_size", (320, 320))
+    h, w = _sample_size(config)
     for variant in getattr(backend, "variants", lambda: [nullcontext()])():
         with variant:
             for _ in range(rounds):
                 for n in batch_sizes:
-                    if config.task == "classification":
-                        backend.infer(rng.standard_normal((n, 3, h, w), dtype=np.float32))
-                    else:
-                        backend.infer([rng.random((3, h, w), dtype=np.float32) for _ in range(n)])
+                    _run(backend, config, rng.random((n, 3, h, w), dtype=np.float32))
     seconds = time.perf_counter() - start
     log.info("warmed up %s in %.2fs", backend.name, seconds)
     return seconds
@@ -62,14 +59,20 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
 
 def time_single_run(backend: Any, config: Any, rounds: int = 3) -> float:
     """Best of ``rounds`` timings, in seconds, of one warmed-up single-image run."""
-    h, w = config.input.size or (config.detection or {}).get("warmup_size", (320, 320))
-    image = np.random.default_rng(0).random((3, h, w), dtype=np.float32)
+    batch = np.random.default_rng(0).random((1, 3, *_sample_size(config)), dtype=np.float32)
     best = float("inf")
     for _ in range(rounds):
         start = time.perf_counter()
-        if config.task == "classification":
-            backend.infer(image[None])
-        else:
-            backend.infer([image])
+        _run(backend, config, batch)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _sample_size(config: Any) -> tuple[int, int]:
+    """(H, W) of sample inputs: the classifier's input size, or the detector's warm-up size."""
+    return tuple(config.input.size or (config.detection or {}).get("warmup_size", (320, 320)))
+
+
+def _run(backend: Any, config: Any, batch: np.ndarray) -> None:
+    """One backend call on ``batch`` [N, 3, H, W]: a batch for classifiers, a list of images for detectors."""
+    backend.infer(batch if config.task == "classification" else list(batch))
