@@ -113,7 +113,10 @@ class ModelPipeline:
             raise ConfigError("no image in the request")
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        prepared = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
+        if len(images) == 1:  # the common case, without gather's extra task per image
+            prepared = [await loop.run_in_executor(self.decode_executor, self._prepare_one, images[0])]
+        else:
+            prepared = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
         times.preprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "preprocess", time.perf_counter() - start)
         return list(prepared)
@@ -173,7 +176,10 @@ class ModelPipeline:
         times = times or StageTimes()
         self.batcher.check_room(min(len(images), self.batcher.policy.max_queue_size))  # refuse a flood before decoding it
         prepared = await self.prepare(images, times)
-        outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
+        if len(prepared) == 1:
+            outputs = [await self.submit(prepared[0].tensor, times, **submit)]
+        else:
+            outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
         return list(zip(prepared, outputs))
 
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
