@@ -21,7 +21,9 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from eca_serve.pipelines.preprocess import single_threaded_resizes  # noqa: E402
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
 from tests.reliability.serverproc import start_server  # noqa: E402
@@ -69,30 +72,51 @@ def build_repository(root: Path, models: list[str]) -> list[str]:
     return served
 
 
-def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8)) -> dict[int, float]:
-    """Backend images/s on pre-decoded tensors for ``batch_sizes`` (classifiers) or batch 1 (detectors)."""
+def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8)) -> dict[str, float]:
+    """Backend images/s on pre-decoded tensors, with the backend built exactly as the server builds it.
+
+    Keys: ``batch N`` for one caller running batches of N back to back (classifiers; detectors run
+    batch 1), and ``N instances`` for the policy's N callers each running batches of 1 at the same
+    time, the way the server's batcher instances run under load. The served/raw ratio compares
+    against the best of these.
+    """
+    from eca_serve.batching import BatchPolicy
     from eca_serve.export import read_config
+    from eca_serve.pipelines.manager import backend_options_for
     from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
     config = read_config(root / name / "1")
-    backend = create_backend(root / name / "1", config, BackendOptions("onnxruntime", device))
+    policy = BatchPolicy.for_device(device)
+    backend = create_backend(root / name / "1", config, backend_options_for(BackendOptions("onnxruntime", device), policy))
     warm_up(backend, config)
-    rates = {}
     sizes = batch_sizes if config.task == "classification" else (1,)
-    for batch in sizes:
-        if config.task == "classification":
-            x = np.random.default_rng(0).standard_normal((batch, 3, *config.input.size), dtype=np.float32)
-            call = lambda: backend.infer(x)  # noqa: E731
-        else:
-            side = config.detection["min_size"]
-            images = [np.random.default_rng(0).random((3, side, side), dtype=np.float32)]
-            call = lambda: backend.infer(images)  # noqa: E731
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 2:
-            call()
-            count += batch
-        rates[batch] = count / (time.perf_counter() - start)
+    rates = {f"batch {n}": n * _rate(_caller(backend, config, n), seconds / 2) for n in sizes}
+    if policy.instances > 1:
+        one = _caller(backend, config, 1)
+        with ThreadPoolExecutor(policy.instances) as pool:
+            runs = list(pool.map(lambda _: _rate(one, seconds / 2), range(policy.instances)))
+        rates[f"{policy.instances} instances"] = sum(runs)
     return rates
+
+
+def _caller(backend: Any, config: Any, batch: int) -> Callable[[], object]:
+    """A call of ``backend`` on a fixed input of ``batch`` images (classifiers) or one image (detectors)."""
+    rng = np.random.default_rng(0)
+    if config.task == "classification":
+        x = rng.standard_normal((batch, 3, *config.input.size), dtype=np.float32)
+        return lambda: backend.infer(x)
+    side = config.detection["min_size"]
+    images = [rng.random((3, side, side), dtype=np.float32)]
+    return lambda: backend.infer(images)
+
+
+def _rate(call: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``call`` run back to back for ``seconds``."""
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        call()
+        count += 1
+    return count / (time.perf_counter() - start)
 
 
 def preprocess_cost(root: Path, name: str, images: dict[str, bytes]) -> dict[str, float]:
@@ -138,9 +162,10 @@ def main() -> None:
             served = [name for name in served if name in args.only.split(",")]
         default_sizes = "1,4,8" if args.device == "cpu" else "1,8,32,64"
         sizes = tuple(int(v) for v in (args.batch_sizes or default_sizes).split(","))
+        single_threaded_resizes()  # as the server does: torch's idle OpenMP workers would steal ORT's cores
         raw = {name: raw_backend(root, name, args.device, args.seconds, sizes) for name in served}
         for name in served:
-            print(f"raw backend {name}: " + ", ".join(f"batch {b}: {r:.1f} img/s" for b, r in raw[name].items()))
+            print(f"raw backend {name}: " + ", ".join(f"{k}: {r:.1f} img/s" for k, r in raw[name].items()))
         for name in served:
             if name in args.models.split(","):
                 costs = preprocess_cost(root, name, images)
