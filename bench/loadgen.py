@@ -69,12 +69,18 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(url: str, requests: list[bytes], concurrency: int, seconds: float) -> LoadResult:
-    """``concurrency`` clients send ``requests`` round-robin for ``seconds``, each waiting for its answer."""
+async def run_load(url: str, requests: list[bytes], concurrency: int, seconds: float, warmup_s: float = 0.0) -> LoadResult:
+    """``concurrency`` clients send ``requests`` round-robin, each waiting for its answer.
+
+    Only answers that arrive in the window of ``seconds`` after ``warmup_s`` are recorded, so
+    neither the start-up burst (every client sending at once into idle model instances) nor the
+    drain at the end counts; the rate is those answers over the window.
+    """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     result = LoadResult(seconds=0.0)
-    deadline = time.perf_counter() + seconds
+    measured_from = time.perf_counter() + warmup_s
+    deadline = measured_from + seconds
 
     async def client(offset: int) -> None:
         reader, writer = await asyncio.open_connection(host, port)
@@ -91,13 +97,18 @@ async def run_load(url: str, requests: list[bytes], concurrency: int, seconds: f
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, port)
                     continue
-                result.latencies.append(time.perf_counter() - start)
-                result.statuses[status] = result.statuses.get(status, 0) + 1
+                end = time.perf_counter()
+                if measured_from <= end <= deadline:
+                    result.latencies.append(end - start)
+                    result.statuses[status] = result.statuses.get(status, 0) + 1
         finally:
             writer.close()
 
-    cpu, start = time.process_time(), time.perf_counter()
-    await asyncio.gather(*[client(i) for i in range(concurrency)])
-    result.seconds = time.perf_counter() - start
+    tasks = [asyncio.ensure_future(client(i)) for i in range(concurrency)]
+    await asyncio.sleep(max(0.0, measured_from - time.perf_counter()))
+    cpu = time.process_time()
+    await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
     result.client_cpu_s = time.process_time() - cpu
+    await asyncio.gather(*tasks)
+    result.seconds = seconds
     return result

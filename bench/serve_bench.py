@@ -140,6 +140,7 @@ def preprocess_cost(root: Path, name: str, images: dict[str, bytes]) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each HTTP cell")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each HTTP cell's measured window")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", default="eca_resnet50,eca_mobilenet_v2", help="zoo classifiers to export (comma list)")
     parser.add_argument("--concurrency", default="1,4,16,64")
@@ -190,10 +191,10 @@ def run_http(root: Path, served: list[str], raw: dict, small: list[bytes], huge:
             for endpoint in endpoints:
                 for c in (int(v) for v in args.concurrency.split(",")):
                     url = f"{server.base}/v1/models/{name}/{endpoint}"
-                    result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds))
+                    result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, args.warmup))
                     rows.append(_row(name, endpoint, c, "300-640px", result, max(raw[name].values())))
             url = f"{server.base}/v1/models/{name}/{endpoints[0]}"
-            result = asyncio.run(run_load(url, [multipart_request(url, huge)], 4, args.seconds))
+            result = asyncio.run(run_load(url, [multipart_request(url, huge)], 4, args.seconds, args.warmup))
             rows.append(_row(name, endpoints[0], 4, "12MP", result, max(raw[name].values())))
     finally:
         server.stop(timeout_s=60)

@@ -29,6 +29,7 @@ class RequestTracking:
         if scope["type"] != "http" or scope["path"] in UNTRACKED:
             await self.app(scope, receive, send)
             return
+        start = time.perf_counter()
         state = scope["app"].state
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         refusal = _refusal(state)
@@ -36,7 +37,7 @@ class RequestTracking:
             response = error_response(503, refusal)
             response.headers["X-Request-ID"] = request_id
             await response(scope, receive, send)
-            state.metrics.observe_request("", "refused", 503, 0.0)
+            state.metrics.observe_request("", "refused", 503, time.perf_counter() - start)
             _log(scope, request_id, 503)
             return
         status = 500
@@ -49,7 +50,6 @@ class RequestTracking:
                 message["headers"] = [*message.get("headers", []), tag]
             await send(message)
 
-        start = time.perf_counter()
         state.inflight += 1
         try:
             await self.app(scope, receive, send_with_id)

@@ -119,8 +119,9 @@ def encode_json(document: object) -> bytes:
 
 
 @st.composite
-def binary_requests(draw: st.DrawFn) -> tuple[bytes, str | None]:
-    """A JSON header whose inputs (mostly) declare binary_data_size, a binary tail, and a header length that may lie."""
+def binary_requests(draw: st.DrawFn) -> tuple[bytes, str | None, dict[str, Any]]:
+    """A JSON header whose inputs (mostly) declare binary_data_size, a binary tail, a header length that
+    may lie, and the header's document."""
     document = draw(plausible_requests)
     inputs = document.get("inputs")
     if isinstance(inputs, list):
@@ -133,7 +134,7 @@ def binary_requests(draw: st.DrawFn) -> tuple[bytes, str | None]:
     length = draw(st.sampled_from(["exact", "shorter", "longer", "other"]))
     value = {"exact": str(len(header)), "shorter": str(max(len(header) - draw(st.integers(1, 8)), 0)),
              "longer": str(len(header) + draw(st.integers(1, 400)))}.get(length) or draw(header_lengths)
-    return header + tail, value
+    return header + tail, value, document
 
 
 @st.composite
@@ -227,8 +228,9 @@ def test_nearly_valid_requests(configs: dict[str, Any], document: dict[str, Any]
 
 @IN_PROCESS
 @given(request=binary_requests())
-def test_binary_extension_bodies(configs: dict[str, Any], request: tuple[bytes, str | None]) -> None:
-    exercise(*request, configs)
+def test_binary_extension_bodies(configs: dict[str, Any], request: tuple[bytes, str | None, dict[str, Any]]) -> None:
+    body, header_length, _ = request
+    exercise(body, header_length, configs)
 
 
 @IN_PROCESS
@@ -318,11 +320,11 @@ def test_http_nearly_valid_requests_never_5xx(server: Served, document: dict[str
 
 @OVER_HTTP
 @given(request=binary_requests(), model=st.sampled_from([CLASSIFIER, DETECTOR]))
-def test_http_binary_bodies_never_5xx(server: Served, request: tuple[bytes, str | None], model: str) -> None:
-    body, header_length = request
+def test_http_binary_bodies_never_5xx(server: Served, request: tuple[bytes, str | None, dict[str, Any]], model: str) -> None:
+    body, header_length, document = request
     if header_length is not None:  # the client refuses control characters and surrounding blanks in header values
         header_length = header_length.strip() if header_length.isprintable() else None
-    assert_clean_4xx(post_infer(server, model, body, header_length))
+    assert_clean_4xx(post_infer(server, model, body, header_length), document)
 
 
 @pytest.mark.parametrize("case", list(FOUND))

@@ -128,6 +128,10 @@ def test_flood_gets_fast_503s_right_answers_and_loses_nothing(overload_server: S
     assert queue_full + refused == len(rejected), f"{len(rejected)} 503s, but {queue_full} queue-full + {refused:g} in-flight refusals"
     assert peaks.queue_depth <= QUEUE, f"queue depth peaked at {peaks.queue_depth}"
     assert peaks.inflight <= INFLIGHT, f"{peaks.inflight} requests in flight at once, above max_inflight_requests={INFLIGHT}"
+    if refused:
+        text = httpx.get(overload_server.url("/metrics"), timeout=30).text
+        refusal_seconds = metric(text, "eca_serve_request_duration_seconds_sum", endpoint="refused")
+        assert refusal_seconds > 0, "in-flight refusals are timed, not recorded as 0 s"
     # How fast rejections come back is a benchmark's question (bench/reliability_report.py prints it): with a
     # model this small the 200s are as quick as the 503s, and a fresh CI machine saw either order.
     fast, slow = statistics.median(o.seconds for o in rejected), statistics.median(o.seconds for o in accepted)
