@@ -241,6 +241,30 @@ def test_a_12_megapixel_photo_is_accepted():
     assert out.size == (4000, 3000) and out.scale == 1.0
 
 
+@lru_cache(maxsize=1)
+def phone_photo_48mp() -> bytes:
+    """An 8000x6000 JPEG, the size of a 48-megapixel phone camera's photos."""
+    im = Image.new("RGB", (8000, 6000), (90, 120, 150))
+    ImageDraw.Draw(im).ellipse((2000, 1500, 6000, 4500), fill=(200, 40, 40))
+    return encode(im, "JPEG", quality=80)
+
+
+def test_a_48_megapixel_jpeg_passes_when_decoded_at_a_reduced_scale():
+    out = decode(phone_photo_48mp(), target=(256, 256))
+    assert out.original_size == (8000, 6000) and out.scale == 8 and out.size == (1000, 750)
+    assert max(abs(a - b) for a, b in zip(pixel(out, 500, 375), (200, 40, 40))) <= 3
+
+
+def test_a_48_megapixel_image_decoded_at_full_scale_is_refused():
+    with pytest.raises(ImageTooLargeError, match="decodes to 8000x6000"):
+        decode(phone_photo_48mp())  # no target: full resolution
+    assert decode(phone_photo_48mp(), target=(4000, 3000)).size == (4000, 3000)  # 1/2: 12 MP fits
+    with pytest.raises(ImageTooLargeError, match="over the limit"):
+        decode(phone_photo_48mp(), target=(5000, 4000))  # needs the full scale
+    with pytest.raises(ImageTooLargeError):
+        decode(png_declaring(8000, 6000), target=(256, 256))  # no DCT scaling for PNG
+
+
 def test_body_over_max_bytes_is_refused():
     data = encode(photo_like(200, 150), "PNG")
     with pytest.raises(ImageTooLargeError, match="bytes"):
