@@ -3,7 +3,7 @@
 A mask is resized to the original image only inside the region that can exceed 0.5: Mask R-CNN's
 probabilities are zero outside their box, and a bilinear resize is a weighted mean of the source
 pixels under its filter, so an output pixel can pass 0.5 only near a source pixel that does. On a
-12-megapixel photo this made each mask's encoding about 20x cheaper than resizing the whole
+12-megapixel photo this cut the encoding of four masks from 542 to 74 ms against resizing the whole
 probability map, with the same pixels (Pillow's ``resize(box=...)`` keeps the full resize's
 sampling positions).
 """
