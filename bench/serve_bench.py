@@ -3,10 +3,12 @@
 Run: ``python bench/serve_bench.py [--seconds 8] [--device cpu] [--models eca_resnet50,eca_mobilenet_v2]``.
 
 It exports the requested zoo classifiers (seeded random weights) plus the shipped default models into a
-temporary repository, measures (1) the backend alone on pre-decoded tensors (img/s at batch 1/4/8 on CPU, 1/8/32/64 on CUDA),
-(2) decode + preprocess per photo, then (3) starts ``eca-serve serve`` as a separate process and drives
-it from this one asyncio process over HTTP with multipart JPEG uploads of real photographs
-(scikit-image's samples, plus one upscaled to 12 megapixels) at concurrency 1, 4, 16 and 64.
+temporary repository and starts ``eca-serve serve`` as a separate process. Then, per model and while the
+server idles: (1) the backend alone on pre-decoded tensors, built as the server builds it (img/s for one
+caller at batch 1/4/8 on CPU, 1/8/32/64 on CUDA, and for the policy's instances side by side), (2) decode +
+preprocess per photo; then (3) HTTP from this one asyncio process, multipart JPEG uploads of real photographs
+(scikit-image's samples, plus one upscaled to 12 megapixels) at concurrency 1, 4, 16 and 64, each cell
+measured for ``--seconds`` after ``--warmup`` seconds of the same load.
 It prints one table; "served/raw" is HTTP images/s divided by the backend's best images/s.
 """
 
@@ -152,7 +154,6 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
     args = parser.parse_args()
     images = photos()
-    small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
     with tempfile.TemporaryDirectory() as tmp:
         root = args.repository or Path(tmp)
         if args.repository and any(root.glob("*/1/config.json")):
@@ -164,40 +165,48 @@ def main() -> None:
         default_sizes = "1,4,8" if args.device == "cpu" else "1,8,32,64"
         sizes = tuple(int(v) for v in (args.batch_sizes or default_sizes).split(","))
         single_threaded_resizes()  # as the server does: torch's idle OpenMP workers would steal ORT's cores
-        raw = {name: raw_backend(root, name, args.device, args.seconds, sizes) for name in served}
-        for name in served:
-            print(f"raw backend {name}: " + ", ".join(f"{k}: {r:.1f} img/s" for k, r in raw[name].items()))
-        for name in served:
-            if name in args.models.split(","):
-                costs = preprocess_cost(root, name, images)
-                print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()))
-        rows = run_http(root, served, raw, small, images["coffee_12mp"], args)
+        rows = run_models(root, served, images, sizes, args)
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
 
-def run_http(root: Path, served: list[str], raw: dict, small: list[bytes], huge: bytes, args: argparse.Namespace) -> list[dict]:
-    from eca_serve.export import read_config
-
+def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: tuple[int, ...], args: argparse.Namespace) -> list[dict]:
+    """Per model: its raw limit (measured while the server idles, so both see the machine in the same state),
+    then its HTTP cells."""
     env = {"ECA_SERVE_DEVICE": args.device, "ECA_SERVE_MODELS": json.dumps(served), **dict(e.split("=", 1) for e in args.server_env)}
     server = start_server(root, env, ready_timeout_s=600)
     rows = []
     try:
         for name in served:
-            task = read_config(root / name / "1").task
-            endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
-            endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
-            for endpoint in endpoints:
-                for c in (int(v) for v in args.concurrency.split(",")):
-                    url = f"{server.base}/v1/models/{name}/{endpoint}"
-                    result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, args.warmup))
-                    rows.append(_row(name, endpoint, c, "300-640px", result, max(raw[name].values())))
-            url = f"{server.base}/v1/models/{name}/{endpoints[0]}"
-            result = asyncio.run(run_load(url, [multipart_request(url, huge)], 4, args.seconds, args.warmup))
-            rows.append(_row(name, endpoints[0], 4, "12MP", result, max(raw[name].values())))
+            raw = raw_backend(root, name, args.device, args.seconds, sizes)
+            print(f"raw backend {name}: " + ", ".join(f"{k}: {r:.1f} img/s" for k, r in raw.items()), flush=True)
+            if name in args.models.split(","):
+                costs = preprocess_cost(root, name, images)
+                print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
+            rows += run_http(server.base, root, name, max(raw.values()), images, args)
     finally:
         server.stop(timeout_s=60)
+    return rows
+
+
+def run_http(base: str, root: Path, name: str, raw: float, images: dict[str, bytes], args: argparse.Namespace) -> list[dict]:
+    """One model's cells: each endpoint at each concurrency on the small photos, then its first endpoint on 12 MP."""
+    from eca_serve.export import read_config
+
+    small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
+    task = read_config(root / name / "1").task
+    endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
+    endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
+    rows = []
+    for endpoint in endpoints:
+        for c in (int(v) for v in args.concurrency.split(",")):
+            url = f"{base}/v1/models/{name}/{endpoint}"
+            result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, args.warmup))
+            rows.append(_row(name, endpoint, c, "300-640px", result, raw))
+    url = f"{base}/v1/models/{name}/{endpoints[0]}"
+    result = asyncio.run(run_load(url, [multipart_request(url, images["coffee_12mp"])], 4, args.seconds, args.warmup))
+    rows.append(_row(name, endpoints[0], 4, "12MP", result, raw))
     return rows
 
 
@@ -207,7 +216,7 @@ def _row(name: str, endpoint: str, c: int, photos_kind: str, result: LoadResult,
     p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
     return {"model": name, "endpoint": endpoint, "concurrency": c, "photos": photos_kind, "req_per_s": round(rate, 1),
             "p50_ms": round(statistics.median(lat_ms), 1) if lat_ms else None, "p99_ms": round(p99, 1),
-            "served_over_raw": round(rate / raw, 2), "statuses": result.statuses,
+            "raw_img_per_s": round(raw, 1), "served_over_raw": round(rate / raw, 2), "statuses": result.statuses,
             "client_cpu_ms_per_req": round(1e3 * result.client_cpu_s / max(1, len(result.latencies)), 2),
             "transport_errors": result.errors}
 
