@@ -8,7 +8,7 @@ server idles: (1) the backend alone on pre-decoded tensors, built as the server 
 caller at batch 1/4/8 on CPU, 1/8/32/64 on CUDA, and for the policy's instances side by side), (2) decode +
 preprocess per photo; then (3) HTTP from this one asyncio process, multipart JPEG uploads of real photographs
 (scikit-image's samples, plus one upscaled to 12 megapixels) at concurrency 1, 4, 16 and 64, each cell
-measured for ``--seconds`` after ``--warmup`` seconds of the same load.
+measured for ``--seconds`` after a warm-up of the same load (``--warmup`` seconds, longer for long queues).
 It prints one table; "served/raw" is HTTP images/s divided by the backend's best images/s.
 """
 
@@ -198,12 +198,17 @@ def run_http(base: str, root: Path, name: str, raw: float, images: dict[str, byt
     task = read_config(root / name / "1").task
     endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
     endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
-    rows = []
-    for endpoint in endpoints:
-        for c in (int(v) for v in args.concurrency.split(",")):
+    rows, rate = [], 0.0
+    # Endpoints alternate at each concurrency: the VM's speed drifts over tens of seconds, so cells
+    # compared with each other are measured back to back. The warm-up covers 1.5 turnovers of the
+    # queue at the last measured rate, so that a long queue (64 clients of a slow model) is full.
+    for c in (int(v) for v in args.concurrency.split(",")):
+        warmup = max(args.warmup, 1.5 * c / rate) if rate else args.warmup
+        for endpoint in endpoints:
             url = f"{base}/v1/models/{name}/{endpoint}"
-            result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, args.warmup))
+            result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, warmup))
             rows.append(_row(name, endpoint, c, "300-640px", result, raw))
+            rate = result.rate or rate
     url = f"{base}/v1/models/{name}/{endpoints[0]}"
     result = asyncio.run(run_load(url, [multipart_request(url, images["coffee_12mp"])], 4, args.seconds, args.warmup))
     rows.append(_row(name, endpoints[0], 4, "12MP", result, raw))
@@ -222,6 +227,7 @@ def _row(name: str, endpoint: str, c: int, photos_kind: str, result: LoadResult,
 
 
 def print_table(rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: (r["model"], r["photos"] != "300-640px", r["endpoint"] == "attention", r["concurrency"]))
     header = f"{'model':22} {'endpoint':9} {'c':>3} {'photos':9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'served/raw':>10} {'client ms':>9}  statuses"
     print(header)
     for r in rows:
