@@ -7,7 +7,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -113,10 +113,7 @@ class ModelPipeline:
             raise ConfigError("no image in the request")
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        if len(images) == 1:  # the common case, without gather's extra task per image
-            prepared = [await loop.run_in_executor(self.decode_executor, self._prepare_one, images[0])]
-        else:
-            prepared = await asyncio.gather(*[loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
+        prepared = await _await_all([loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
         times.preprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "preprocess", time.perf_counter() - start)
         return list(prepared)
@@ -176,13 +173,17 @@ class ModelPipeline:
         times = times or StageTimes()
         self.batcher.check_room(min(len(images), self.batcher.policy.max_queue_size))  # refuse a flood before decoding it
         prepared = await self.prepare(images, times)
-        if len(prepared) == 1:
-            outputs = [await self.submit(prepared[0].tensor, times, **submit)]
-        else:
-            outputs = await asyncio.gather(*[self.submit(p.tensor, times, **submit) for p in prepared])
+        outputs = await _await_all([self.submit(p.tensor, times, **submit) for p in prepared])
         return list(zip(prepared, outputs))
 
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""
         return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1))
                 for a in self.config.attention]
+
+
+async def _await_all(awaitables: list[Awaitable[Any]]) -> list[Any]:
+    """Results of ``awaitables`` in order; one is awaited directly, without gather's extra task (the common case)."""
+    if len(awaitables) == 1:
+        return [await awaitables[0]]
+    return list(await asyncio.gather(*awaitables))
