@@ -31,7 +31,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eca_serve.export import read_config  # noqa: E402
+from eca_serve.repository import read_config  # noqa: E402
 from tests.reliability import rawhttp  # noqa: E402
 from tests.reliability.clients import Prepared, client_limits, error_problems, multipart_images, raw_image, wait_idle  # noqa: E402
 from tests.reliability.serverproc import ServerProcess, start_server  # noqa: E402

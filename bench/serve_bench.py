@@ -83,7 +83,7 @@ def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes:
     against the best of these.
     """
     from eca_serve.batching import BatchPolicy
-    from eca_serve.export import read_config
+    from eca_serve.repository import read_config
     from eca_serve.pipelines.manager import backend_options_for
     from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
@@ -123,7 +123,7 @@ def _rate(call: Callable[[], object], seconds: float) -> float:
 
 def preprocess_cost(root: Path, name: str, images: dict[str, bytes]) -> dict[str, float]:
     """Milliseconds of decode + preprocess per photo with the model's pipeline functions."""
-    from eca_serve.export import read_config
+    from eca_serve.repository import read_config
     from eca_serve.pipelines.images import DecodeLimits, decode_image
     from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
 
@@ -192,7 +192,7 @@ def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: t
 
 def run_http(base: str, root: Path, name: str, raw: float, images: dict[str, bytes], args: argparse.Namespace) -> list[dict]:
     """One model's cells: each endpoint at each concurrency on the small photos, then its first endpoint on 12 MP."""
-    from eca_serve.export import read_config
+    from eca_serve.repository import read_config
 
     small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
     task = read_config(root / name / "1").task

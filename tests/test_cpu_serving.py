@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from eca_serve.batching import BatchPolicy
-from eca_serve.export import read_config
+from eca_serve.repository import read_config
 from eca_serve.pipelines import manager as manager_module
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions, available_cores, backend_options_for

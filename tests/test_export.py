@@ -12,7 +12,8 @@ import torch
 import eca_serve
 from eca_serve.cli import main
 from eca_serve.errors import ConfigError
-from eca_serve.export import ExportOptions, ExportParityError, Tolerance, export_model, list_entries, read_config
+from eca_serve.export import ExportOptions, ExportParityError, Tolerance, export_model
+from eca_serve.repository import list_entries, read_config
 from tests.conftest import calm_state_dict, load_reference, save_authors_format
 
 SMALL = {"widths": [16, 32, 64, 128], "stem_width": 16}

@@ -10,7 +10,8 @@ import torch
 
 import eca_serve
 from eca_serve.cli import main
-from eca_serve.export import ExportOptions, export_model, read_config
+from eca_serve.export import ExportOptions, export_model
+from eca_serve.repository import read_config
 from eca_serve.export.parity import box_iou, match_detections
 
 SMALL_MASKRCNN = dict(num_classes=5, widths=[16, 32, 64, 128], stem_width=16, out_channels=32, box_head_dim=64,

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFile, ImageOps
 from eca_serve.errors import (
     ConfigError, ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError,
 )
-from eca_serve.export.repository import InputSpec
+from eca_serve.repository import InputSpec
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import (
     boxes_to_original, decode_target, original_scale, preprocess_classification, preprocess_detection,

@@ -13,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 
 from eca_serve.api.v2_codec import deserialize_bytes, serialize_bytes
 from eca_serve.errors import InferenceRequestError
-from eca_serve.export import read_config
+from eca_serve.repository import read_config
 from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
 from eca_serve.settings import Settings

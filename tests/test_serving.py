@@ -13,7 +13,7 @@ import torch
 
 from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
-from eca_serve.export import read_config
+from eca_serve.repository import read_config
 from eca_serve.export.parity import match_detections
 from eca_serve.pipelines.detection import detector_input, model_input_size, to_original_pixels
 from eca_serve.pipelines.masks import to_original_size
@@ -234,7 +234,7 @@ def test_classify_on_a_detector_is_422(detection_server) -> None:
 
 
 def preprocess_for_detector(data: bytes) -> np.ndarray:
-    from eca_serve.export.repository import InputSpec
+    from eca_serve.repository import InputSpec
 
     spec = InputSpec(layout="CHW", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), normalized_in_model=True)
     return detector_input(decode_image(data, limits=DecodeLimits()).image, spec, {"min_size": 128, "max_size": 192})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from eca_serve.data import ShapesClassification, write_coco
-from eca_serve.export import read_config
+from eca_serve.repository import read_config
 from eca_serve.runtime import BackendOptions, create_backend
 
 MODELS = Path(__file__).resolve().parents[1] / "models"

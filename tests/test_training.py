@@ -9,7 +9,7 @@ import eca_serve
 from eca_serve.cli import main
 from eca_serve.data import generate
 from eca_serve.errors import ConfigError
-from eca_serve.export import read_config
+from eca_serve.repository import read_config
 from eca_serve.training import TrainConfig
 
 NARROW = ["--arg", "widths=[8,16,32,64]", "--arg", "stem_width=8"]

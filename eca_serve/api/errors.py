@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eca_serve import errors
-from eca_serve.pipelines.manager import NotReadyError
+from eca_serve.errors import NotReadyError, TooManyImagesError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
@@ -18,10 +18,6 @@ RETRY_AFTER_S = "1"
 
 class BodyTooLargeError(errors.EcaServeError):
     """The request body is larger than the configured limit."""
-
-
-class TooManyImagesError(errors.EcaServeError):
-    """More images in one request than the configured limit."""
 
 
 class BodyTimeoutError(errors.EcaServeError):
@@ -44,7 +40,7 @@ class UnauthorizedError(errors.EcaServeError):
     """An admin endpoint was called without the right token."""
 
 
-# Most specific first: NotReadyError is a ConfigError.
+# Most specific first.
 STATUS: list[tuple[type[Exception], int]] = [
     (NotReadyError, 503),
     (errors.QueueFullError, 503),
@@ -62,7 +58,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (BadFormError, 422),
     (UnauthorizedError, 401),
     (AdminDisabledError, 403),
-    (errors.ConfigError, 422),
+    (errors.InvalidParameterError, 422),
 ]
 
 

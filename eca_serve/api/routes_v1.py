@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from eca_serve.api import convert, schemas
 from eca_serve.api.deps import AppSettings, Manager
 from eca_serve.api.uploads import read_images
-from eca_serve.errors import ConfigError
+from eca_serve.errors import InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.base import StageTimes
 from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.detection import DetectionPipeline, DetectOptions
@@ -99,7 +99,7 @@ async def attention(
     pipeline = manager.get(name, version)
     images = await _images(request, settings)
     if format == "png" and len(images) != 1:
-        raise ConfigError("format=png plots one image; send exactly one")
+        raise InvalidParameterError("format=png plots one image; send exactly one")
     times = StageTimes()
     if isinstance(pipeline, ClassificationPipeline):
         raw = await pipeline.classify(images, top_k=top_k, attention=True, times=times)
@@ -130,5 +130,5 @@ async def _png(pipeline: object, layers: list) -> Response:
 def _pipeline(manager: Manager, name: str, version: int | None, kind: type, action: str):  # noqa: ANN202
     pipeline = manager.get(name, version)
     if not isinstance(pipeline, kind):
-        raise ConfigError(f"model {name!r} is a {pipeline.config.task} model; it does not {action}")
+        raise WrongTaskError(f"model {name!r} is a {pipeline.config.task} model; it does not {action}")
     return pipeline

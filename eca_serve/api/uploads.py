@@ -10,7 +10,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from eca_serve.api.errors import BadFormError, BodyTimeoutError, BodyTooLargeError, ClientGoneError, TooManyImagesError
+from eca_serve.api.errors import BadFormError, BodyTimeoutError, BodyTooLargeError, ClientGoneError
+from eca_serve.errors import TooManyImagesError
 from eca_serve.errors import UnsupportedMediaTypeError
 from eca_serve.pipelines.base import ImageInput
 

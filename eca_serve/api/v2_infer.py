@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from eca_serve.api.errors import TooManyImagesError
+from eca_serve.errors import TooManyImagesError
 from eca_serve.api.v2_codec import InferRequest, OutputRequest, ShapeCheck, Tensor, request_priority, request_timeout_s
 from eca_serve.api.v2_models import IMAGE, INPUT, LOGITS, MASKS, PROBABILITIES, TensorSpec, input_specs, is_classifier, output_specs
 from eca_serve.errors import ImageTooLargeError, InferenceRequestError
-from eca_serve.export.repository import EntryConfig
+from eca_serve.repository import EntryConfig
 from eca_serve.pipelines.base import ImageInput, ModelPipeline
 from eca_serve.pipelines.classification import softmax
 from eca_serve.pipelines.detection import to_original_pixels

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eca_serve.export.repository import EntryConfig
+from eca_serve.repository import EntryConfig
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.manager import ModelManager
 

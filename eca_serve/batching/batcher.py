@@ -22,6 +22,7 @@ from eca_serve.batching.policy import BatchPolicy, check_timeout_s
 from eca_serve.errors import (
     BatchResultError,
     ConfigError,
+    InvalidParameterError,
     QueueFullError,
     RequestTimeoutError,
     ShuttingDownError,
@@ -310,9 +311,12 @@ class DynamicBatcher(Generic[T, R]):
             raise ShuttingDownError(f"batcher {self._name!r} is shutting down; request refused")
         if not self._workers or asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"batcher {self._name!r} is not started on this event loop")
-        check_timeout_s(timeout_s)
+        try:
+            check_timeout_s(timeout_s)
+        except ConfigError as exc:
+            raise InvalidParameterError(str(exc)) from None
         if not isinstance(priority, int) or isinstance(priority, bool):
-            raise ConfigError(f"priority must be an integer, got {priority!r}")
+            raise InvalidParameterError(f"priority must be an integer, got {priority!r}")
 
     def _enqueue(self, item: T, key: Hashable, priority: int, timeout_s: float | None) -> _Request:
         loop = asyncio.get_running_loop()

@@ -47,7 +47,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import_official(args: argparse.Namespace) -> int:
-    from eca_serve.export.repository import check_safe_name, sha256_file
+    from eca_serve.repository import check_safe_name, sha256_file
     from eca_serve.models import create_model, read_checkpoint
     from eca_serve.models.arch_detect import detect_architecture
 

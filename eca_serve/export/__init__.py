@@ -1,7 +1,22 @@
-"""TorchScript/ONNX export with parity checks, written into a model repository."""
+"""TorchScript/ONNX export with parity checks, written into a model repository.
 
-from eca_serve.export.exporter import ExportOptions, ExportParityError, export_model
-from eca_serve.export.parity import Tolerance
-from eca_serve.export.repository import EntryConfig, list_entries, read_config
+The exporter imports torch; it is loaded on first use so that importing this package stays light.
+"""
 
-__all__ = ["EntryConfig", "ExportOptions", "ExportParityError", "Tolerance", "export_model", "list_entries", "read_config"]
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ExportOptions", "ExportParityError", "Tolerance", "export_model"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ExportOptions", "ExportParityError", "export_model"):
+        from eca_serve.export import exporter
+
+        return getattr(exporter, name)
+    if name == "Tolerance":
+        from eca_serve.export.parity import Tolerance
+
+        return Tolerance
+    raise AttributeError(f"module 'eca_serve.export' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
 from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
-from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
+from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
 
 
 def export_classifier(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
 from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
-from eca_serve.export.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
-from eca_serve.models.detection.sizes import model_input_size
+from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
+from eca_serve.repository import model_input_size
 
 DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
 

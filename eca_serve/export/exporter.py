@@ -14,7 +14,7 @@ from torch import nn
 import eca_serve
 from eca_serve.errors import EcaServeError
 from eca_serve.export import formats, parity
-from eca_serve.export.repository import (
+from eca_serve.repository import (
     ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, check_safe_name, write_config,
 )
 from eca_serve.introspect import attention_layers

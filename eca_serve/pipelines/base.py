@@ -12,8 +12,8 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from eca_serve.batching import BatchPolicy, DynamicBatcher
-from eca_serve.errors import ConfigError
-from eca_serve.export.repository import EntryConfig
+from eca_serve.errors import InvalidParameterError
+from eca_serve.repository import EntryConfig
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target
 from eca_serve.runtime import attention_key
@@ -110,7 +110,7 @@ class ModelPipeline:
     async def prepare(self, images: list[ImageInput], times: StageTimes) -> list[Prepared]:
         """Decode and preprocess every image in the decode threads, concurrently."""
         if not images:
-            raise ConfigError("no image in the request")
+            raise InvalidParameterError("no image in the request")
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         prepared = await _await_all([loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
@@ -151,7 +151,7 @@ class ModelPipeline:
         """Raw model outputs for already-preprocessed inputs (each [3, H, W] float32), batched with other requests.
 
         Raises:
-            ConfigError: an input of the wrong rank, channel count or (classifiers) spatial size.
+            InvalidParameterError: an input of the wrong rank, channel count or (classifiers) spatial size.
         """
         times = times or StageTimes()
         for tensor in tensors:
@@ -162,11 +162,11 @@ class ModelPipeline:
         """Shape rules of a preprocessed input: [3, H, W]; classifiers need the configured (H, W)."""
         size = self.config.input.size
         if tensor.ndim != 3 or tensor.shape[0] != 3:
-            raise ConfigError(f"each input must be [3, H, W], got {list(tensor.shape)}")
+            raise InvalidParameterError(f"each input must be [3, H, W], got {list(tensor.shape)}")
         if size is not None and tuple(tensor.shape[1:]) != tuple(size):
-            raise ConfigError(f"{self.config.name} takes [3, {size[0]}, {size[1]}] inputs, got {list(tensor.shape)}")
+            raise InvalidParameterError(f"{self.config.name} takes [3, {size[0]}, {size[1]}] inputs, got {list(tensor.shape)}")
         if tensor.shape[1] < 1 or tensor.shape[2] < 1 or tensor.shape[1] * tensor.shape[2] > self.limits.max_pixels:
-            raise ConfigError(f"input size {list(tensor.shape)} is outside 1..{self.limits.max_pixels} pixels")
+            raise InvalidParameterError(f"input size {list(tensor.shape)} is outside 1..{self.limits.max_pixels} pixels")
 
     async def infer_images(self, images: list[ImageInput], times: StageTimes | None = None, **submit: object) -> list[tuple[Prepared, dict[str, np.ndarray]]]:
         """Decode, preprocess and run encoded images; raw outputs with each image's `Prepared` record."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eca_serve.errors import ConfigError
+from eca_serve.errors import InvalidParameterError
 from eca_serve.pipelines.base import ImageInput, LayerWeights, ModelPipeline, StageTimes
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.preprocess import preprocess_classification, stack_batch
@@ -62,7 +62,7 @@ class ClassificationPipeline(ModelPipeline):
 
     def check_top_k(self, top_k: int) -> int:
         if not 1 <= top_k <= self.config.num_classes:
-            raise ConfigError(f"top_k must be between 1 and {self.config.num_classes}, got {top_k}")
+            raise InvalidParameterError(f"top_k must be between 1 and {self.config.num_classes}, got {top_k}")
         return top_k
 
     def postprocess(self, outputs: dict[str, np.ndarray], filename: str | None, top_k: int, attention: bool) -> ImageResult:

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from eca_serve.errors import ConfigError
-from eca_serve.models.detection.sizes import model_input_size
+from eca_serve.errors import InvalidParameterError
+from eca_serve.repository import model_input_size
 from eca_serve.pipelines.base import ImageInput, LayerWeights, ModelPipeline, Prepared, StageTimes
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.masks import MASK_FORMATS, encode_mask
@@ -50,11 +50,11 @@ class DetectOptions:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
-            raise ConfigError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
+            raise InvalidParameterError(f"score_threshold must be in [0, 1], got {self.score_threshold}")
         if self.max_detections < 1:
-            raise ConfigError(f"max_detections must be >= 1, got {self.max_detections}")
+            raise InvalidParameterError(f"max_detections must be >= 1, got {self.max_detections}")
         if self.masks not in MASK_FORMATS:
-            raise ConfigError(f"masks must be one of {list(MASK_FORMATS)}, got {self.masks!r}")
+            raise InvalidParameterError(f"masks must be one of {list(MASK_FORMATS)}, got {self.masks!r}")
 
 
 def detector_input(image: Image.Image, spec: Any, detection: dict[str, Any]) -> np.ndarray:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eca_serve.batching import BatchPolicy
-from eca_serve.errors import ConfigError, UnknownModelError
-from eca_serve.export.repository import EntryConfig, check_safe_name, list_entries, read_config
+from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
+from eca_serve.repository import EntryConfig, check_safe_name, list_entries, read_config
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.detection import DetectionPipeline
@@ -24,10 +24,6 @@ from eca_serve.runtime import BackendOptions, create_backend, time_single_run, w
 
 log = logging.getLogger(__name__)
 CPU_BATCHING_LIMIT_S = 0.02
-
-
-class NotReadyError(ConfigError):
-    """The model exists but is still loading (or unloading)."""
 
 
 @dataclass

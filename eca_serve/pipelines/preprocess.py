@@ -35,7 +35,7 @@ from eca_serve.errors import ConfigError
 from eca_serve.pipelines.images import DecodedImage
 
 if TYPE_CHECKING:
-    from eca_serve.export.repository import InputSpec
+    from eca_serve.repository import InputSpec
 
 _RESAMPLE = {
     "bilinear": Image.Resampling.BILINEAR,

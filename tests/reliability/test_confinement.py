@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from eca_serve.errors import ConfigError
-from eca_serve.export.repository import read_config
+from eca_serve.repository import read_config
 from tests.reliability.served import Repository, Served
 
 ESCAPES = ["../../etc/passwd", "/etc/passwd", "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "sub/../../x", "x\\..\\y"]

@@ -23,7 +23,7 @@ from eca_serve.api.v2_codec import (BYTES, DTYPES, HEADER_LENGTH, InferRequest, 
                                     encode_infer_response, parse_infer_request, request_priority, request_timeout_s)
 from eca_serve.api.v2_infer import InferLimits, detect_parameters, select_outputs, shape_checker
 from eca_serve.errors import EcaServeError
-from eca_serve.export import read_config
+from eca_serve.repository import read_config
 from tests.reliability.clients import error_problems
 from tests.reliability.served import CLASSIFIER, DETECTOR, Repository, Served
 
