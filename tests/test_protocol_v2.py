@@ -152,7 +152,7 @@ def test_detector_image_matches_v1_detect(client, server) -> None:
 
     base, _, _ = server
     data = png_bytes((150, 110), seed=7)
-    result = client.infer(DET, [image_input(data)])
+    result = client.infer(DET, [image_input(data)], parameters={"score_threshold": 0.0, "max_detections": 1000})
     boxes, scores, labels = result.as_numpy("boxes"), result.as_numpy("scores"), result.as_numpy("labels")
     v1 = http.post(f"{base}/v1/models/{DET}/detect?score_threshold=0&max_detections=1000", content=data).json()
     served = v1["results"][0]["detections"]

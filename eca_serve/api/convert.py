@@ -1,13 +1,13 @@
-"""Pipeline results -> response schemas."""
+"""Task `Result`s -> v1 response bodies (the HTTP API and ``eca-serve predict`` print the same ones)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from eca_serve.api import schemas
-from eca_serve.pipelines.base import LayerWeights, ModelPipeline, StageTimes
-from eca_serve.pipelines.classification import ImageResult
-from eca_serve.pipelines.detection import DetectionResult
+from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.contract import Classification, DetectionResult, LayerWeights, Result, StageTimes
+from eca_serve.repository import EntryConfig
 
 
 def timing(times: StageTimes) -> schemas.Timing:
@@ -15,8 +15,8 @@ def timing(times: StageTimes) -> schemas.Timing:
                           inference_ms=round(times.inference * 1e3, 3), postprocess_ms=round(times.postprocess * 1e3, 3))
 
 
-def predictions(result: ImageResult) -> list[schemas.Prediction]:
-    return [schemas.Prediction(index=l.index, label=l.label, score=l.score) for l in result.labels]
+def predictions(result: Classification) -> list[schemas.Prediction]:
+    return [schemas.Prediction(index=l.index, label=l.label, score=l.score) for l in result.predictions]
 
 
 def detections(result: DetectionResult) -> list[schemas.DetectionItem]:
@@ -27,6 +27,34 @@ def detections(result: DetectionResult) -> list[schemas.DetectionItem]:
 def layers(items: list[LayerWeights]) -> list[schemas.LayerAttention]:
     return [schemas.LayerAttention(name=l.name, kind=l.kind, channels=l.channels, k_size=l.k_size,
                                    weights=np.round(l.weights.astype(np.float64), 6).tolist()) for l in items]
+
+
+def classify_body(config: EntryConfig, results: list[Classification], times: StageTimes) -> schemas.ClassifyResponse:
+    """The body of ``POST /v1/models/{name}/classify``."""
+    return schemas.ClassifyResponse(
+        model=config.name, version=config.version, timing=timing(times),
+        results=[schemas.ClassifyResult(filename=r.filename, predictions=predictions(r)) for r in results])
+
+
+def detect_body(config: EntryConfig, results: list[DetectionResult], times: StageTimes) -> schemas.DetectResponse:
+    """The body of ``POST /v1/models/{name}/detect``."""
+    return schemas.DetectResponse(
+        model=config.name, version=config.version, timing=timing(times),
+        results=[schemas.DetectResult(filename=r.filename, width=r.width, height=r.height, detections=detections(r))
+                 for r in results])
+
+
+def attention_body(config: EntryConfig, results: list[Result], times: StageTimes) -> schemas.AttentionResponse:
+    """The body of ``POST /v1/models/{name}/attention``: layers plus the predictions of the same pass."""
+    return schemas.AttentionResponse(
+        model=config.name, version=config.version, timing=timing(times),
+        results=[_attention_result(r) for r in results])
+
+
+def _attention_result(result: Result) -> schemas.AttentionResult:
+    if isinstance(result, Classification):
+        return schemas.AttentionResult(filename=result.filename, predictions=predictions(result), layers=layers(result.attention or []))
+    return schemas.AttentionResult(filename=result.filename, detections=detections(result), layers=layers(result.attention or []))
 
 
 def summary(pipeline: ModelPipeline, versions: list[int]) -> schemas.ModelSummary:

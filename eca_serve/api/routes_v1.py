@@ -12,9 +12,8 @@ from eca_serve.api import convert, schemas
 from eca_serve.api.deps import AppSettings, Manager
 from eca_serve.api.uploads import read_images
 from eca_serve.errors import InvalidParameterError, WrongTaskError
-from eca_serve.pipelines.base import StageTimes
-from eca_serve.pipelines.classification import ClassificationPipeline
-from eca_serve.pipelines.detection import DetectionPipeline, DetectOptions
+from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.contract import ClassifyParams, DetectParams, StageTimes
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 ERRORS = {s: {"model": schemas.ErrorBody} for s in (400, 404, 413, 415, 422, 503, 504)}
@@ -30,7 +29,11 @@ IMAGE_BODY = {
     }
 }
 Version = Annotated[int | None, Query(ge=1, description="model version (default: newest)")]
+CLASSIFY, DETECT = ClassifyParams(), DetectParams()  # the defaults of each task, in one place
 TopK = Annotated[int, Query(ge=1, le=1000, description="number of classes to return")]
+Threshold = Annotated[float, Query(ge=0, le=1, description="drop detections scoring below this")]
+MaxDetections = Annotated[int, Query(ge=1, le=1000, description="most detections per image")]
+MaskFormat = Literal["rle", "polygon", "none"]
 
 
 @router.get("/models", response_model=schemas.ModelList)
@@ -55,36 +58,27 @@ async def _images(request: Request, settings: AppSettings) -> list:
 
 @router.post("/models/{name}/classify", response_model=schemas.ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
 async def classify(name: str, request: Request, manager: Manager, settings: AppSettings,
-                   top_k: TopK = 5, version: Version = None) -> Response:
+                   top_k: TopK = CLASSIFY.top_k, version: Version = None) -> Response:
     """Top-k classes of each uploaded image (multipart field ``file``, repeatable, or a raw image body)."""
-    pipeline = _pipeline(manager, name, version, ClassificationPipeline, "classify")
-    images = await _images(request, settings)
+    pipeline = _pipeline(manager, name, version, "classify")
+    params = ClassifyParams.parse({"top_k": top_k})
     times = StageTimes()
-    results = await pipeline.classify(images, top_k=top_k, times=times)
-    return _json(schemas.ClassifyResponse(
-        model=name, version=pipeline.config.version, timing=convert.timing(times),
-        results=[schemas.ClassifyResult(filename=r.filename, predictions=convert.predictions(r)) for r in results],
-    ))
+    results = await pipeline.run(await _images(request, settings), params, times)
+    return _json(convert.classify_body(pipeline.config, results, times))
 
 
 @router.post("/models/{name}/detect", response_model=schemas.DetectResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
 async def detect(
     name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
-    score_threshold: Annotated[float, Query(ge=0, le=1)] = 0.5,
-    max_detections: Annotated[int, Query(ge=1, le=1000)] = 100,
-    masks: Literal["rle", "polygon", "none"] = "rle",
+    score_threshold: Threshold = DETECT.score_threshold, max_detections: MaxDetections = DETECT.max_detections,
+    masks: MaskFormat = DETECT.masks,
 ) -> Response:
     """Boxes (original pixels), classes, scores and instance masks of each uploaded image."""
-    pipeline = _pipeline(manager, name, version, DetectionPipeline, "detect")
-    options = DetectOptions(score_threshold, max_detections, masks)
-    images = await _images(request, settings)
+    pipeline = _pipeline(manager, name, version, "detect")
+    params = DetectParams.parse({"score_threshold": score_threshold, "max_detections": max_detections, "masks": masks})
     times = StageTimes()
-    results = await pipeline.detect(images, options, times=times)
-    return _json(schemas.DetectResponse(
-        model=name, version=pipeline.config.version, timing=convert.timing(times),
-        results=[schemas.DetectResult(filename=r.filename, width=r.width, height=r.height,
-                                      detections=convert.detections(r)) for r in results],
-    ))
+    results = await pipeline.run(await _images(request, settings), params, times)
+    return _json(convert.detect_body(pipeline.config, results, times))
 
 
 @router.post("/models/{name}/attention", response_model=schemas.AttentionResponse, responses={
@@ -92,24 +86,20 @@ async def detect(
     openapi_extra=IMAGE_BODY)
 async def attention(
     name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
-    top_k: TopK = 5, format: Literal["json", "png"] = "json",
-    score_threshold: Annotated[float, Query(ge=0, le=1)] = 0.5,
+    top_k: TopK = CLASSIFY.top_k, format: Literal["json", "png"] = "json",
+    score_threshold: Threshold = DETECT.score_threshold,
 ) -> Response:
     """Per-layer channel attention of each image, with the predictions of the same forward pass."""
     pipeline = manager.get(name, version)
+    params = pipeline.params_type.parse({"top_k": top_k, "score_threshold": score_threshold, "masks": "none", "attention": True})
     images = await _images(request, settings)
     if format == "png" and len(images) != 1:
         raise InvalidParameterError("format=png plots one image; send exactly one")
     times = StageTimes()
-    if isinstance(pipeline, ClassificationPipeline):
-        raw = await pipeline.classify(images, top_k=top_k, attention=True, times=times)
-        results = [schemas.AttentionResult(filename=r.filename, predictions=convert.predictions(r), layers=convert.layers(r.attention)) for r in raw]
-    else:
-        raw = await pipeline.detect(images, DetectOptions(score_threshold, 100, "none"), attention=True, times=times)
-        results = [schemas.AttentionResult(filename=r.filename, detections=convert.detections(r), layers=convert.layers(r.attention)) for r in raw]
+    results = await pipeline.run(images, params, times)
     if format == "png":
-        return await _png(pipeline, raw[0].attention)
-    return _json(schemas.AttentionResponse(model=name, version=pipeline.config.version, results=results, timing=convert.timing(times)))
+        return await _png(pipeline, results[0].attention)
+    return _json(convert.attention_body(pipeline.config, results, times))
 
 
 def _json(body: BaseModel) -> Response:
@@ -127,8 +117,9 @@ async def _png(pipeline: object, layers: list) -> Response:
     return Response(png, media_type="image/png")
 
 
-def _pipeline(manager: Manager, name: str, version: int | None, kind: type, action: str):  # noqa: ANN202
+def _pipeline(manager: Manager, name: str, version: int | None, action: str) -> ModelPipeline:
+    """The pipeline of ``name``, refusing (before the upload is read) a model whose task does not ``action``."""
     pipeline = manager.get(name, version)
-    if not isinstance(pipeline, kind):
+    if pipeline.action != action:
         raise WrongTaskError(f"model {name!r} is a {pipeline.config.task} model; it does not {action}")
     return pipeline

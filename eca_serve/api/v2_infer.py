@@ -1,29 +1,22 @@
-"""A parsed v2 infer request on a pipeline: input checks, the model's batcher, output tensors.
+"""A parsed v2 infer request on the task contract: input checks, parameters, `Result`s -> output tensors.
 
 The tensors each task takes and returns are described in `eca_serve.api.v2_models`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from eca_serve.errors import TooManyImagesError
 from eca_serve.api.v2_codec import InferRequest, OutputRequest, ShapeCheck, Tensor, request_priority, request_timeout_s
 from eca_serve.api.v2_models import IMAGE, INPUT, LOGITS, MASKS, PROBABILITIES, TensorSpec, input_specs, is_classifier, output_specs
-from eca_serve.errors import ImageTooLargeError, InferenceRequestError
+from eca_serve.errors import ImageTooLargeError, InferenceRequestError, TooManyImagesError
+from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.contract import Classification, DetectionResult, ImageInput, Result
 from eca_serve.repository import EntryConfig
-from eca_serve.pipelines.base import ImageInput, ModelPipeline
-from eca_serve.pipelines.classification import softmax
-from eca_serve.pipelines.detection import to_original_pixels
-from eca_serve.pipelines.masks import encode_mask
-from eca_serve.runtime import attention_key
-
-Raw = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -42,15 +35,6 @@ class Selected:
     spec: TensorSpec
     binary: bool
     classification: int = 0
-
-
-@dataclass(frozen=True)
-class _Ran:
-    """One image's raw outputs, its model input shape [3, h, w] and the (width, height) boxes map to."""
-
-    raw: Raw
-    input_shape: tuple[int, ...]
-    size: tuple[int, int]
 
 
 def shape_checker(config: EntryConfig, limits: InferLimits) -> ShapeCheck:
@@ -117,114 +101,80 @@ def _check_classification(config: EntryConfig, output: OutputRequest) -> None:
 
 
 async def run_inference(pipeline: ModelPipeline, request: InferRequest) -> list[tuple[Tensor, bool]]:
-    """Run ``request`` through the pipeline's batcher; (output tensor, send as binary) in response order."""
+    """Run ``request`` through the task contract; (output tensor, send as binary) in response order."""
     selected = select_outputs(pipeline.config, request)
     if len(request.inputs) != 1:
         raise InferenceRequestError(f"send exactly one input, {INPUT!r} or {IMAGE!r}; got {[t.name for t in request.inputs]}")
-    source = request.inputs[0]
-    submit = {"priority": request_priority(request.parameters), "timeout_s": request_timeout_s(request.parameters)}
+    params = pipeline.params_type.parse(_task_parameters(pipeline.config, request, selected), error=InferenceRequestError)
+    results = await pipeline.run(_inputs(request.inputs[0]), params)
     if is_classifier(pipeline.config):
-        ran = await _run(pipeline, source, submit)
-        return classifier_outputs(pipeline.config, [r.raw for r in ran], selected)
-    options = detect_parameters(request.parameters)
-    ran = await _run(pipeline, source, submit)
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(pipeline.decode_executor, detector_outputs, pipeline.config, ran, selected, options)
+        return classifier_outputs(pipeline.config, results, selected)
+    return detector_outputs(pipeline.config, results, selected)
 
 
-async def _run(pipeline: ModelPipeline, source: Tensor, submit: dict[str, Any]) -> list[_Ran]:
+def _task_parameters(config: EntryConfig, request: InferRequest, selected: list[Selected]) -> dict[str, Any]:
+    """The request's ``parameters`` plus what its outputs ask for (classification count, attention, masks)."""
+    names = {s.spec.name for s in selected}
+    return {
+        **request.parameters,
+        "priority": request_priority(request.parameters),
+        "timeout_s": request_timeout_s(request.parameters),
+        "top_k": max([s.classification for s in selected] + [1]),
+        "attention": any(a.output in names for a in config.attention),
+        "masks": "rle" if MASKS in names else "none",
+    }
+
+
+def _inputs(source: Tensor) -> list[ImageInput] | list[np.ndarray]:
+    """Encoded images, or writable float32 copies of the rows [3, H, W] of an FP32 [N, 3, H, W] input."""
     if source.name == INPUT:
-        rows = _rows(source)
-        raws = await pipeline.infer_tensors(rows, **submit)
-        return [_Ran(raw, row.shape, (row.shape[2], row.shape[1])) for raw, row in zip(raws, rows)]
-    ran = await pipeline.infer_images([ImageInput(item) for item in source.data], **submit)
-    return [_Ran(raw, p.tensor.shape, p.decoded.original_size) for p, raw in ran]
+        return [np.array(row, dtype=np.float32) for row in np.asarray(source.data)]
+    return [ImageInput(item) for item in source.data]
 
 
-def _rows(source: Tensor) -> list[np.ndarray]:
-    """Writable float32 copies of the rows [3, H, W] of an FP32 [N, 3, H, W] input."""
-    data = np.asarray(source.data)
-    if not np.isfinite(data).all():
-        raise InferenceRequestError("input 'input' holds NaN or infinite values")
-    return [np.array(row, dtype=np.float32) for row in data]
-
-
-def classifier_outputs(config: EntryConfig, raws: list[Raw], selected: list[Selected]) -> list[tuple[Tensor, bool]]:
-    """Output tensors of N images from their raw outputs (logits [K], attention [C] each)."""
-    logits = np.stack([np.asarray(r[LOGITS], np.float32).reshape(-1) for r in raws])
-    probabilities = softmax(logits)
-    keys = {a.output: attention_key(a.name) for a in config.attention}
+def classifier_outputs(config: EntryConfig, results: list[Classification], selected: list[Selected]) -> list[tuple[Tensor, bool]]:
+    """Output tensors of N images: logits and probabilities [N, K], attention [N, C], or top-k BYTES [N, k]."""
+    columns = {LOGITS: np.stack([r.logits for r in results]).astype(np.float32),
+               PROBABILITIES: np.stack([r.probabilities for r in results]).astype(np.float32),
+               **_attention_columns(config, results)}
     out = []
     for sel in selected:
         name = sel.spec.name
         if sel.classification:
-            out.append((classification_tensor(name, probabilities, sel.classification, config.categories), sel.binary))
-            continue
-        value = logits if name == LOGITS else probabilities.astype(np.float32) if name == PROBABILITIES else _stack(raws, keys[name])
-        out.append((Tensor(name, "FP32", value.shape, value), sel.binary))
+            out.append((classification_tensor(name, results, sel.classification), sel.binary))
+        else:
+            out.append((Tensor(name, "FP32", columns[name].shape, columns[name]), sel.binary))
     return out
 
 
-def classification_tensor(name: str, probabilities: np.ndarray, k: int, categories: list[str]) -> Tensor:
+def classification_tensor(name: str, results: list[Classification], k: int) -> Tensor:
     """BYTES [N, k] of ``"<probability>:<index>:<label>"``, most probable first (classification extension)."""
-    items = []
-    for row in probabilities:
-        for index in np.argsort(-row, kind="stable")[:k]:
-            items.append(f"{row[index]:f}:{index}:{categories[index]}".encode())
-    return Tensor(name, "BYTES", (len(probabilities), k), items)
+    items = [f"{p.score:f}:{p.index}:{p.label}".encode() for r in results for p in r.predictions[:k]]
+    return Tensor(name, "BYTES", (len(results), k), items)
 
 
-def _stack(raws: list[Raw], key: str) -> np.ndarray:
-    """One attention layer of N images: [N, C]."""
-    return np.stack([np.asarray(r[key], np.float32).reshape(-1) for r in raws])
+def _attention_columns(config: EntryConfig, results: list[Result]) -> dict[str, np.ndarray]:
+    """Each attention output of N images, [N, C], when the results carry attention."""
+    if not results or results[0].attention is None:
+        return {}
+    return {spec.output: np.stack([r.attention[i].weights.astype(np.float32) for r in results])
+            for i, spec in enumerate(config.attention)}
 
 
-@dataclass(frozen=True)
-class DetectParameters:
-    """Request parameters ``score_threshold`` (default 0: everything the model returns) and ``max_detections``."""
-
-    score_threshold: float = 0.0
-    max_detections: int | None = None
-
-
-def detect_parameters(parameters: dict[str, Any]) -> DetectParameters:
-    threshold = parameters.get("score_threshold", 0.0)
-    limit = parameters.get("max_detections")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise InferenceRequestError(f"parameters.score_threshold must be a number in [0, 1], got {threshold!r}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InferenceRequestError(f"parameters.max_detections must be an integer >= 1, got {limit!r}")
-    return DetectParameters(float(threshold), limit)
-
-
-def detector_outputs(config: EntryConfig, ran: list[_Ran], selected: list[Selected],
-                     options: DetectParameters) -> list[tuple[Tensor, bool]]:
+def detector_outputs(config: EntryConfig, results: list[DetectionResult], selected: list[Selected]) -> list[tuple[Tensor, bool]]:
     """Detections of N images concatenated ([D, ...] with ``batch_index``), attention [N, C]."""
-    want_masks = any(s.spec.name == MASKS for s in selected)
-    per_image = [_detections(r, options, want_masks) for r in ran]
+    found = [(i, d) for i, r in enumerate(results) for d in r.detections]
     columns: dict[str, np.ndarray | list[bytes]] = {
-        "boxes": np.concatenate([d["boxes"] for d in per_image]).reshape(-1, 4),
-        "scores": np.concatenate([d["scores"] for d in per_image]),
-        "labels": np.concatenate([d["labels"] for d in per_image]),
-        "batch_index": np.concatenate([np.full(len(d["scores"]), i, np.int64) for i, d in enumerate(per_image)]),
-        MASKS: [m for d in per_image for m in d.get(MASKS, [])],
+        "boxes": np.array([d.box for _, d in found], np.float32).reshape(-1, 4),
+        "scores": np.array([d.score for _, d in found], np.float32),
+        "labels": np.array([d.label for _, d in found], np.int64),
+        "batch_index": np.array([i for i, _ in found], np.int64),
+        MASKS: [json.dumps(d.mask, separators=(",", ":")).encode() for _, d in found if d.mask is not None],
+        **_attention_columns(config, results),
     }
-    keys = {a.output: attention_key(a.name) for a in config.attention}
     out = []
     for sel in selected:
-        name = sel.spec.name
-        value = _stack([r.raw for r in ran], keys[name]) if name in keys else columns[name]
+        value = columns[sel.spec.name]
         shape = value.shape if isinstance(value, np.ndarray) else (len(value),)
-        out.append((Tensor(name, sel.spec.datatype, shape, value), sel.binary))
+        out.append((Tensor(sel.spec.name, sel.spec.datatype, shape, value), sel.binary))
     return out
-
-
-def _detections(ran: _Ran, options: DetectParameters, want_masks: bool) -> dict[str, Any]:
-    """One image's kept detections: boxes [d, 4] mapped to ``ran.size``, scores, labels and RLE masks."""
-    raw = ran.raw
-    keep = np.flatnonzero(np.asarray(raw["scores"]) >= options.score_threshold)[: options.max_detections]
-    found = {"boxes": to_original_pixels(np.asarray(raw["boxes"])[keep], ran.input_shape, ran.size),
-             "scores": np.asarray(raw["scores"], np.float32)[keep], "labels": np.asarray(raw["labels"], np.int64)[keep]}
-    if want_masks and raw.get(MASKS) is not None:
-        found[MASKS] = [json.dumps(encode_mask(raw[MASKS][i, 0], ran.size, "rle"), separators=(",", ":")).encode() for i in keep]
-    return found

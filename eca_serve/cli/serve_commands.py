@@ -27,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-repository", type=Path, default=Path("models"))
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torchscript", "eager"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--score-threshold", type=float, default=0.5)
-    p.add_argument("--attention", action="store_true", help="include per-layer attention weights")
+    p.add_argument("--top-k", type=int, default=5, help="classifiers: classes to print (default: %(default)s)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept (default: %(default)s)")
+    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"], help="detectors: mask format (default: %(default)s)")
+    p.add_argument("--attention", action="store_true", help="print the attention endpoint's body (per-layer weights)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -65,32 +66,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from eca_serve.pipelines.base import ImageInput
+    """Print exactly the body the v1 API answers for this image (classify, detect, or attention)."""
+    from eca_serve.api.app import serving_options
     from eca_serve.pipelines.manager import ModelManager
     from eca_serve.settings import Settings
 
-    from eca_serve.api.app import serving_options
-
     settings = Settings(model_repository=args.model_repository, backend=args.backend, device=args.device, models=[args.model])
     manager = ModelManager(serving_options(settings))
-    image = ImageInput(args.image.read_bytes(), None, args.image.name)
-    print(json.dumps(asyncio.run(_predict(manager, args, image)), indent=2))
+    print(asyncio.run(_predict(manager, args)).model_dump_json(indent=2))
     return 0
 
 
-async def _predict(manager: Any, args: argparse.Namespace, image: Any) -> Any:
-    from dataclasses import asdict
-
-    from eca_serve.pipelines.classification import ClassificationPipeline
-    from eca_serve.pipelines.detection import DetectOptions
+async def _predict(manager: Any, args: argparse.Namespace) -> Any:
+    from eca_serve.api import convert
+    from eca_serve.pipelines.contract import ImageInput, StageTimes
 
     await manager.load_all()
     try:
         pipeline = manager.get(args.model)
-        if isinstance(pipeline, ClassificationPipeline):
-            result = (await pipeline.classify([image], top_k=args.top_k, attention=args.attention))[0]
-        else:
-            result = (await pipeline.detect([image], DetectOptions(args.score_threshold), attention=args.attention))[0]
-        return json.loads(json.dumps(asdict(result), default=lambda a: a.tolist()))
+        values = {"top_k": args.top_k, "score_threshold": args.score_threshold, "attention": args.attention,
+                  "masks": "none" if args.attention else args.masks}
+        times = StageTimes()
+        results = await pipeline.run([ImageInput(args.image.read_bytes(), None, args.image.name)], pipeline.params_type.parse(values), times)
+        if args.attention:
+            return convert.attention_body(pipeline.config, results, times)
+        body = convert.classify_body if pipeline.action == "classify" else convert.detect_body
+        return body(pipeline.config, results, times)
     finally:
         await manager.stop(grace_s=1.0)

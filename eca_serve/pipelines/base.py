@@ -7,41 +7,19 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, ClassVar
 
 import numpy as np
 
 from eca_serve.batching import BatchPolicy, DynamicBatcher
-from eca_serve.errors import InvalidParameterError
-from eca_serve.repository import EntryConfig
+from eca_serve.errors import InvalidParameterError, WrongTaskError
+from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target
+from eca_serve.repository import EntryConfig
 from eca_serve.runtime import attention_key
 
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One encoded image of a request.
-
-    Attributes:
-        data: The file's bytes.
-        content_type: The client's declared media type (a hint; the bytes decide).
-        filename: Client-side name, echoed in answers.
-    """
-
-    data: bytes
-    content_type: str | None = None
-    filename: str | None = None
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per stage for one request (summed over its images where stages repeat)."""
-
-    preprocess: float = 0.0
-    queue: float = 0.0
-    inference: float = 0.0
-    postprocess: float = 0.0
+__all__ = ["ImageInput", "LayerWeights", "ModelPipeline", "Prepared", "Ran", "StageTimes"]
 
 
 @dataclass
@@ -53,15 +31,21 @@ class Prepared:
     filename: str | None = None
 
 
-@dataclass
-class LayerWeights:
-    """One attention layer's weights for one image."""
+@dataclass(frozen=True)
+class Ran:
+    """One input after inference.
 
-    name: str
-    kind: str
-    channels: int
-    k_size: int | None
-    weights: np.ndarray  # [C] float32 in (0, 1)
+    Attributes:
+        outputs: The model's outputs for this input (see `eca_serve.runtime.base`).
+        input_shape: The model input [3, h, w] it ran on.
+        size: (width, height) the answer's coordinates refer to: the image sent, or the tensor.
+        filename: Client-side name of the image, if any.
+    """
+
+    outputs: dict[str, np.ndarray]
+    input_shape: tuple[int, ...]
+    size: tuple[int, int]
+    filename: str | None = None
 
 
 @dataclass
@@ -74,7 +58,9 @@ StageObserver = Callable[[str, str, float], None]  # (model, stage, seconds)
 
 
 class ModelPipeline:
-    """Decode -> preprocess -> batch -> infer for one model version.
+    """Decode -> preprocess -> batch -> infer -> postprocess for one model version (see `run`).
+
+    Subclasses are the task pipelines: each names its parameter model and the action it performs.
 
     Args:
         config: The entry's config (the single source of preprocessing truth).
@@ -85,6 +71,9 @@ class ModelPipeline:
         decode_executor: Threads for decoding/preprocessing (shared between models).
         on_stage: Optional observer of stage durations (metrics).
     """
+
+    params_type: ClassVar[type[RunParams]] = RunParams
+    action: ClassVar[str] = "run"
 
     def __init__(self, config: EntryConfig, folder: Path, backend: Any, policy: BatchPolicy, limits: DecodeLimits,
                  decode_executor: Executor | None = None, on_stage: StageObserver | None = None,
@@ -147,19 +136,54 @@ class ModelPipeline:
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    async def infer_tensors(self, tensors: list[np.ndarray], times: StageTimes | None = None, **submit: object) -> list[dict[str, np.ndarray]]:
-        """Raw model outputs for already-preprocessed inputs (each [3, H, W] float32), batched with other requests.
+    async def run(self, inputs: Inputs, params: RunParams, times: StageTimes | None = None) -> list[Result]:
+        """The task contract: one `Result` per input, in order.
+
+        Args:
+            inputs: Encoded images (`ImageInput`) or preprocessed tensors [3, H, W], not mixed.
+            params: This task's parameter model (``self.params_type``).
+            times: Receives the seconds spent per stage.
 
         Raises:
-            InvalidParameterError: an input of the wrong rank, channel count or (classifiers) spatial size.
+            InvalidParameterError: no input, mixed inputs, a tensor of the wrong shape, or bad parameters.
+            WrongTaskError: parameters of another task.
         """
-        times = times or StageTimes()
+        times = times if times is not None else StageTimes()
+        params = self.check_params(params)
+        submit = {"priority": params.priority, "timeout_s": params.timeout_s}
+        ran = await self._infer(inputs, times, submit)
+        start = time.perf_counter()
+        results = await self.postprocess(ran, params)
+        times.postprocess += time.perf_counter() - start
+        self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
+        return results
+
+    def check_params(self, params: RunParams) -> RunParams:
+        """``params`` if they are this task's; subclasses add model-dependent rules."""
+        if not isinstance(params, self.params_type):
+            raise WrongTaskError(f"model {self.config.name!r} is a {self.config.task} model; it does not {self.action}")
+        return params
+
+    async def postprocess(self, ran: list[Ran], params: Any) -> list[Result]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _infer(self, inputs: Inputs, times: StageTimes, submit: dict[str, Any]) -> list[Ran]:
+        if not inputs:
+            raise InvalidParameterError("no image in the request")
+        if all(isinstance(i, ImageInput) for i in inputs):
+            return await self._infer_images(list(inputs), times, submit)
+        if all(isinstance(i, np.ndarray) for i in inputs):
+            return await self._infer_tensors(list(inputs), times, submit)
+        raise InvalidParameterError("a request sends either encoded images or tensors, not both")
+
+    async def _infer_tensors(self, tensors: list[np.ndarray], times: StageTimes, submit: dict[str, Any]) -> list[Ran]:
         for tensor in tensors:
             self.check_tensor(tensor)
-        return list(await asyncio.gather(*[self.submit(np.ascontiguousarray(t, dtype=np.float32), times, **submit) for t in tensors]))
+        outputs = await _await_all([self.submit(np.ascontiguousarray(t, dtype=np.float32), times, **submit) for t in tensors])
+        return [Ran(out, t.shape, (t.shape[2], t.shape[1])) for out, t in zip(outputs, tensors)]
 
     def check_tensor(self, tensor: np.ndarray) -> None:
-        """Shape rules of a preprocessed input: [3, H, W]; classifiers need the configured (H, W)."""
+        """Rules of a preprocessed input: finite [3, H, W]; classifiers need the configured (H, W)."""
         size = self.config.input.size
         if tensor.ndim != 3 or tensor.shape[0] != 3:
             raise InvalidParameterError(f"each input must be [3, H, W], got {list(tensor.shape)}")
@@ -167,14 +191,14 @@ class ModelPipeline:
             raise InvalidParameterError(f"{self.config.name} takes [3, {size[0]}, {size[1]}] inputs, got {list(tensor.shape)}")
         if tensor.shape[1] < 1 or tensor.shape[2] < 1 or tensor.shape[1] * tensor.shape[2] > self.limits.max_pixels:
             raise InvalidParameterError(f"input size {list(tensor.shape)} is outside 1..{self.limits.max_pixels} pixels")
+        if not np.isfinite(tensor).all():
+            raise InvalidParameterError("an input holds NaN or infinite values")
 
-    async def infer_images(self, images: list[ImageInput], times: StageTimes | None = None, **submit: object) -> list[tuple[Prepared, dict[str, np.ndarray]]]:
-        """Decode, preprocess and run encoded images; raw outputs with each image's `Prepared` record."""
-        times = times or StageTimes()
+    async def _infer_images(self, images: list[ImageInput], times: StageTimes, submit: dict[str, Any]) -> list[Ran]:
         self.batcher.check_room(min(len(images), self.batcher.policy.max_queue_size))  # refuse a flood before decoding it
         prepared = await self.prepare(images, times)
         outputs = await _await_all([self.submit(p.tensor, times, **submit) for p in prepared])
-        return list(zip(prepared, outputs))
+        return [Ran(out, p.tensor.shape, p.decoded.original_size, p.filename) for out, p in zip(outputs, prepared)]
 
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""

@@ -1,34 +1,14 @@
-"""Classification and attention read-out for classifiers."""
+"""Classification: top-k classes, the full probabilities, and the attention of the same forward pass."""
 
 from __future__ import annotations
-
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from eca_serve.errors import InvalidParameterError
-from eca_serve.pipelines.base import ImageInput, LayerWeights, ModelPipeline, StageTimes
+from eca_serve.pipelines.base import ModelPipeline, Ran
+from eca_serve.pipelines.contract import Classification, ClassifyParams, Label, RunParams
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.preprocess import preprocess_classification, stack_batch
-
-
-@dataclass
-class Label:
-    """One of the top-k classes."""
-
-    index: int
-    label: str
-    score: float
-
-
-@dataclass
-class ImageResult:
-    """Predictions (and optionally attention) for one image."""
-
-    filename: str | None
-    labels: list[Label]
-    attention: list[LayerWeights] | None = None
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -41,6 +21,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassificationPipeline(ModelPipeline):
     """Decode -> resize/crop/normalise -> batch -> logits + attention -> top-k."""
 
+    params_type = ClassifyParams
+    action = "classify"
+
     def preprocess(self, decoded: DecodedImage) -> np.ndarray:
         return preprocess_classification(decoded, self.config.input)
 
@@ -48,26 +31,20 @@ class ClassificationPipeline(ModelPipeline):
         outputs = self.backend.infer(stack_batch(tensors))
         return [{name: value[i] for name, value in outputs.items()} for i in range(len(tensors))]
 
-    async def classify(self, images: list[ImageInput], *, top_k: int = 5, attention: bool = False,
-                       times: StageTimes | None = None, **submit: object) -> list[ImageResult]:
-        """Top-k labels (and per-layer attention) for each image, in request order."""
-        times = times or StageTimes()
-        top_k = self.check_top_k(top_k)
-        ran = await self.infer_images(images, times, **submit)
-        start = time.perf_counter()
-        results = [self.postprocess(out, p.filename, top_k, attention) for p, out in ran]
-        times.postprocess += time.perf_counter() - start
-        self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
-        return results
+    def check_params(self, params: RunParams) -> ClassifyParams:
+        params = super().check_params(params)
+        if params.top_k > self.config.num_classes:
+            raise InvalidParameterError(f"top_k must be between 1 and {self.config.num_classes}, got {params.top_k}")
+        return params
 
-    def check_top_k(self, top_k: int) -> int:
-        if not 1 <= top_k <= self.config.num_classes:
-            raise InvalidParameterError(f"top_k must be between 1 and {self.config.num_classes}, got {top_k}")
-        return top_k
+    async def postprocess(self, ran: list[Ran], params: ClassifyParams) -> list[Classification]:
+        return [self.classify_one(r, params) for r in ran]
 
-    def postprocess(self, outputs: dict[str, np.ndarray], filename: str | None, top_k: int, attention: bool) -> ImageResult:
+    def classify_one(self, ran: Ran, params: ClassifyParams) -> Classification:
         """Top-k of the softmax of one image's logits [K]; attention layers in config order."""
-        probs = softmax(outputs["logits"])
-        order = np.argsort(-probs, kind="stable")[:top_k]
+        logits = np.asarray(ran.outputs["logits"], np.float32).reshape(-1)
+        probs = softmax(logits)
+        order = np.argsort(-probs, kind="stable")[: params.top_k]
         labels = [Label(int(i), self.config.categories[i], float(probs[i])) for i in order]
-        return ImageResult(filename, labels, self.layer_weights(outputs) if attention else None)
+        attention = self.layer_weights(ran.outputs) if params.attention else None
+        return Classification(ran.filename, labels, logits, probs, attention)

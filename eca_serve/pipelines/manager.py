@@ -16,10 +16,9 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
 from eca_serve.repository import EntryConfig, check_safe_name, list_entries, read_config
 from eca_serve.pipelines.base import ModelPipeline
-from eca_serve.pipelines.classification import ClassificationPipeline
-from eca_serve.pipelines.detection import DetectionPipeline
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.preprocess import single_threaded_resizes
+from eca_serve.pipelines.tasks import pipeline_class
 from eca_serve.runtime import BackendOptions, create_backend, time_single_run, warm_up
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ class ModelManager:
         backend = create_backend(folder, config, backend_options_for(self.options.backend, policy))
         warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))
         policy = self._fit_batch_size(policy, backend, config)
-        cls = ClassificationPipeline if config.task == "classification" else DetectionPipeline
+        cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch)
 
