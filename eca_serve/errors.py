@@ -44,6 +44,10 @@ class WrongTaskError(InvalidParameterError):
     """An endpoint called on a model of another task (e.g. ``detect`` on a classifier)."""
 
 
+class NoDriftReferenceError(ClientError):
+    """Drift scores asked of a model whose entry has no attention reference summary."""
+
+
 class InvalidImageError(ClientError):
     """An upload that is not an image of an accepted format, or is corrupt or truncated."""
 

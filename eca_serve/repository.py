@@ -84,6 +84,20 @@ class ArtifactSpec(_Strict):
         return check_safe_name(value, "artifact file")
 
 
+class DriftSpec(_Strict):
+    """The entry's attention drift reference (`eca_serve.pipelines.drift`), written by ``eca-serve calibrate-drift``."""
+
+    file: str
+    sha256: str
+    images: int = Field(ge=1, description="held-out images the reference summarises")
+    source: str = Field("", description="where those images came from")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file(cls, value: str) -> str:
+        return check_safe_name(value, "drift reference file")
+
+
 class EntryConfig(_Strict):
     """``config.json`` of one model version."""
 
@@ -103,6 +117,7 @@ class EntryConfig(_Strict):
     parity: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
+    drift: DriftSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -147,10 +162,12 @@ def read_config(folder: Path, *, verify: bool = True) -> EntryConfig:
     if verify:
         for key, spec in config.artifacts.items():
             _verify_artifact(folder, key, spec)
+        if config.drift is not None:
+            _verify_artifact(folder, "drift", config.drift)
     return config
 
 
-def _verify_artifact(folder: Path, key: str, spec: ArtifactSpec) -> None:
+def _verify_artifact(folder: Path, key: str, spec: ArtifactSpec | DriftSpec) -> None:
     file = folder / spec.file
     if not file.is_file():
         raise ConfigError(f"{folder}: artifact {key} ({spec.file}) is missing")

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
     max_images_per_request: int = Field(16, ge=1)
     grace_period_s: float = Field(30.0, ge=0)
+    drift_window: int = Field(512, ge=0, description="recent images per model in the attention drift summary (0 = off)")
     models: list[str] = Field(default_factory=list, description="serve only these names (default: all)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 import eca_serve
 from eca_serve.api import routes_admin, routes_v1, routes_v2
+from eca_serve.api.drift_metrics import DriftCollector
 from eca_serve.api.errors import install_error_handlers
 from eca_serve.api.metrics import ServerMetrics
 from eca_serve.api.tracking import RequestTracking
@@ -37,6 +38,7 @@ def serving_options(settings: Settings) -> ServingOptions:
         policy_overrides=overrides,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         decode_threads=settings.decode_threads, only=list(settings.models), grace_period_s=settings.grace_period_s,
+        drift_window=settings.drift_window,
     )
 
 
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics = ServerMetrics(inflight=lambda: app.state.inflight)
     app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
     metrics.watch(app.state.manager)
+    metrics.registry.register(DriftCollector(app.state.manager))
     install_error_handlers(app)
     app.add_middleware(RequestTracking)
     app.include_router(routes_v1.router)

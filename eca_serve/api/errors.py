@@ -47,6 +47,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.ShuttingDownError, 503),
     (errors.RequestTimeoutError, 504),
     (errors.UnknownModelError, 404),
+    (errors.NoDriftReferenceError, 404),
     (errors.InvalidImageError, 400),
     (errors.InferenceRequestError, 400),
     (errors.ImageTooLargeError, 413),

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from eca_serve.api import convert, schemas
 from eca_serve.api.deps import AppSettings, Manager
 from eca_serve.api.uploads import read_images
-from eca_serve.errors import InvalidParameterError, WrongTaskError
+from eca_serve.errors import InvalidParameterError, NoDriftReferenceError, WrongTaskError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.contract import ClassifyParams, DetectParams, StageTimes
 
@@ -49,6 +49,18 @@ async def model_detail(name: str, manager: Manager, settings: AppSettings, versi
     """Task, inputs, categories, attention layers and metrics of a model."""
     pipeline = manager.get(name, version)
     return convert.detail(pipeline, sorted(manager.pipelines[name]), settings.backend)
+
+
+@router.get("/models/{name}/drift", response_model=schemas.DriftResponse, responses=ERRORS)
+async def drift(name: str, manager: Manager, version: Version = None) -> schemas.DriftResponse:
+    """How far the attention of recent requests has moved from the model's held-out reference."""
+    pipeline = manager.get(name, version)
+    if pipeline.drift is None:
+        raise NoDriftReferenceError(f"model {name!r} has no drift reference (eca-serve calibrate-drift), or monitoring is off")
+    scores = pipeline.drift.scores()
+    return schemas.DriftResponse(model=name, version=pipeline.config.version, score=round(scores.score, 6),
+                                 layers=[schemas.DriftLayer(name=n, score=round(v, 6)) for n, v in scores.layers],
+                                 requests=scores.requests, window=pipeline.drift.window)
 
 
 async def _images(request: Request, settings: AppSettings) -> list:

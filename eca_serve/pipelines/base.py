@@ -14,6 +14,7 @@ import numpy as np
 from eca_serve.batching import BatchPolicy, DynamicBatcher
 from eca_serve.errors import InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
+from eca_serve.pipelines.drift import DEFAULT_WINDOW, DriftMonitor, DriftReference
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target
 from eca_serve.repository import EntryConfig
@@ -70,6 +71,8 @@ class ModelPipeline:
         limits: Image decoding limits.
         decode_executor: Threads for decoding/preprocessing (shared between models).
         on_stage: Optional observer of stage durations (metrics).
+        on_batch: Optional observer of each batch (size, queue seconds per item, compute seconds).
+        drift_window: Images the attention drift summary holds (0 = no drift monitoring).
     """
 
     params_type: ClassVar[type[RunParams]] = RunParams
@@ -77,11 +80,12 @@ class ModelPipeline:
 
     def __init__(self, config: EntryConfig, folder: Path, backend: Any, policy: BatchPolicy, limits: DecodeLimits,
                  decode_executor: Executor | None = None, on_stage: StageObserver | None = None,
-                 on_batch: Callable[[int, list[float], float], None] | None = None) -> None:
+                 on_batch: Callable[[int, list[float], float], None] | None = None, drift_window: int = DEFAULT_WINDOW) -> None:
         self.config, self.folder, self.backend, self.limits = config, folder, backend, limits
         self.decode_executor = decode_executor
         self.on_stage = on_stage or (lambda *_: None)
         self.batcher: DynamicBatcher = DynamicBatcher(self._run_batch, policy, name=config.name, on_batch=on_batch)
+        self.drift = drift_monitor(config, folder, drift_window)
         self.ready = False
 
     @property
@@ -131,6 +135,8 @@ class ModelPipeline:
         outputs = self.infer_batch([i.tensor for i in items])
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
+        if self.drift is not None:
+            self.drift.observe(self.batch_attention(outputs))
         return [(out, start - item.enqueued, seconds) for out, item in zip(outputs, items)]
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
@@ -200,6 +206,10 @@ class ModelPipeline:
         outputs = await _await_all([self.submit(p.tensor, times, **submit) for p in prepared])
         return [Ran(out, p.tensor.shape, p.decoded.original_size, p.filename) for out, p in zip(outputs, prepared)]
 
+    def batch_attention(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Each attention layer of a batch's per-item ``outputs``: layer name -> weights [N, C]."""
+        return {a.name: np.stack([np.asarray(o[attention_key(a.name)]).reshape(-1) for o in outputs]) for a in self.config.attention}
+
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""
         return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1))
@@ -211,3 +221,10 @@ async def _await_all(awaitables: list[Awaitable[Any]]) -> list[Any]:
     if len(awaitables) == 1:
         return [await awaitables[0]]
     return list(await asyncio.gather(*awaitables))
+
+
+def drift_monitor(config: EntryConfig, folder: Path, window: int) -> DriftMonitor | None:
+    """The entry's drift monitor, or None without a reference (or with ``window`` 0)."""
+    if config.drift is None or window <= 0:
+        return None
+    return DriftMonitor(DriftReference.load(folder / config.drift.file), window)

@@ -16,6 +16,7 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
 from eca_serve.repository import EntryConfig, check_safe_name, list_entries, read_config
 from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.drift import DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.preprocess import single_threaded_resizes
 from eca_serve.pipelines.tasks import pipeline_class
@@ -36,6 +37,7 @@ class ServingOptions:
     decode_threads: int = 2
     only: list[str] = field(default_factory=list)
     grace_period_s: float = 30.0
+    drift_window: int = DEFAULT_WINDOW
 
 
 def backend_options_for(options: BackendOptions, policy: BatchPolicy) -> BackendOptions:
@@ -107,7 +109,8 @@ class ModelManager:
         policy = self._fit_batch_size(policy, backend, config)
         cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
-        return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch)
+        return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch,
+                   drift_window=self.options.drift_window)
 
     def _fit_batch_size(self, policy: BatchPolicy, backend: Any, config: EntryConfig) -> BatchPolicy:
         """On CPU, batches of 1 for a model whose single run takes longer than `CPU_BATCHING_LIMIT_S`.

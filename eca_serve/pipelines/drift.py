@@ -1,0 +1,159 @@
+"""Attention statistics as a drift signal: a reference summary per layer, a rolling window, a PSI score.
+
+Every request already computes every attention layer (one graph serves classify and attention), so
+the summary is free to collect. Per layer and image, the attention vector ``a`` [C] is reduced to one
+scalar, its standardised distance to the reference mean::
+
+    d = sqrt(mean_c(((a_c - mean_c) / scale_c) ** 2))
+
+The reference holds the mean and scale vectors [C] of held-out data and the equal-mass bin edges of
+``d`` over that data. While serving, the bins of the last ``window`` images are counted, and a layer's
+score is the population stability index (PSI) of those counts against the reference's equal masses:
+about (bins - 1) / n for data like the reference (0.02 for 512 images), with the usual reading of
+< 0.1 stable, 0.1-0.25 moderate, > 0.25 a shift. Memory is ``window`` bytes per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from eca_serve.errors import ConfigError
+
+DEFAULT_BINS = 10
+DEFAULT_WINDOW = 512
+_MIN_SCALE = 1e-3  # a channel that never moved in the reference must not turn noise into drift
+
+
+@dataclass(frozen=True)
+class LayerReference:
+    """One layer's reference: ``mean`` and ``scale`` [C] float32, ``edges`` [bins - 1] of the distances."""
+
+    name: str
+    mean: np.ndarray
+    scale: np.ndarray
+    edges: np.ndarray
+
+    def distances(self, weights: np.ndarray) -> np.ndarray:
+        """Standardised distances [N] of attention ``weights`` [N, C] to the reference mean."""
+        z = (np.asarray(weights, np.float32).reshape(len(weights), -1) - self.mean) / self.scale
+        return np.sqrt(np.mean(z * z, axis=1))
+
+    def bins_of(self, weights: np.ndarray) -> np.ndarray:
+        """Bin index [N] (0 .. bins - 1) of each image's distance."""
+        return np.searchsorted(self.edges, self.distances(weights), side="right")
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """The reference summary of every attention layer of a model, from ``images`` held-out images."""
+
+    layers: list[LayerReference]
+    images: int
+    source: str = ""
+
+    @property
+    def bins(self) -> int:
+        return len(self.layers[0].edges) + 1 if self.layers else DEFAULT_BINS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "source": self.source, "bins": self.bins, "layers": [
+            {"name": l.name, "mean": _floats(l.mean), "scale": _floats(l.scale), "edges": _floats(l.edges)} for l in self.layers]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DriftReference:
+        layers = [LayerReference(l["name"], np.asarray(l["mean"], np.float32), np.asarray(l["scale"], np.float32),
+                                 np.asarray(l["edges"], np.float32)) for l in data["layers"]]
+        return cls(layers, int(data["images"]), str(data.get("source", "")))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), separators=(",", ":")) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> DriftReference:
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"invalid drift reference {path}: {exc}") from None
+
+
+def build_reference(samples: Mapping[str, np.ndarray], bins: int = DEFAULT_BINS, source: str = "") -> DriftReference:
+    """The reference of attention ``samples``: layer name -> weights [N, C] of N held-out images.
+
+    Raises:
+        ConfigError: fewer images than ``2 * bins`` or layers with different image counts.
+    """
+    counts = {len(v) for v in samples.values()}
+    if len(counts) != 1 or min(counts) < 2 * bins:
+        raise ConfigError(f"a drift reference needs at least {2 * bins} images per layer, got {sorted(counts)}")
+    layers = []
+    for name, weights in samples.items():
+        weights = np.asarray(weights, np.float32).reshape(len(weights), -1)
+        partial = LayerReference(name, weights.mean(0), np.maximum(weights.std(0), _MIN_SCALE), np.empty(0, np.float32))
+        edges = np.quantile(partial.distances(weights), np.arange(1, bins) / bins).astype(np.float32)
+        layers.append(LayerReference(name, partial.mean, partial.scale, edges))
+    return DriftReference(layers, counts.pop(), source)
+
+
+def psi(counts: np.ndarray) -> float:
+    """Population stability index of bin ``counts`` [B] against equal reference masses 1 / B.
+
+    Half a count is added to every bin, so a nearly empty window reads as no drift rather than as a
+    shift (and no log of zero).
+    """
+    expected = 1.0 / len(counts)
+    observed = (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+    return float(np.sum((observed - expected) * np.log(observed / expected)))
+
+
+@dataclass(frozen=True)
+class DriftScores:
+    """The recent window against the reference: overall ``score`` (mean of the layers), per-layer scores."""
+
+    score: float
+    layers: list[tuple[str, float]]
+    requests: int
+
+
+class DriftMonitor:
+    """The rolling summary of the last ``window`` images of one model; thread-safe (batches run in threads)."""
+
+    def __init__(self, reference: DriftReference, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ConfigError(f"drift window must be >= 1, got {window}")
+        self.reference, self.window = reference, window
+        self._recent = {l.name: deque(maxlen=window) for l in reference.layers}
+        self._counts = {l.name: np.zeros(reference.bins, np.int64) for l in reference.layers}
+        self._lock = threading.Lock()
+
+    def observe(self, attention: Mapping[str, np.ndarray]) -> None:
+        """Add a batch: layer name -> weights [N, C] (layers the reference lacks are ignored)."""
+        binned = [(l.name, l.bins_of(attention[l.name])) for l in self.reference.layers if l.name in attention]
+        with self._lock:
+            for name, bins in binned:
+                self._push(name, bins)
+
+    def _push(self, name: str, bins: Iterable[int]) -> None:
+        recent, counts = self._recent[name], self._counts[name]
+        for b in bins:
+            if len(recent) == recent.maxlen:
+                counts[recent[0]] -= 1
+            recent.append(int(b))
+            counts[b] += 1
+
+    def scores(self) -> DriftScores:
+        with self._lock:
+            layers = [(name, psi(counts)) for name, counts in self._counts.items()]
+            requests = max((len(r) for r in self._recent.values()), default=0)
+        overall = float(np.mean([s for _, s in layers])) if layers else 0.0
+        return DriftScores(overall, layers, requests)
+
+
+def _floats(values: np.ndarray) -> list[float]:
+    return [round(float(v), 6) for v in np.asarray(values).reshape(-1)]
