@@ -136,7 +136,7 @@ class ModelPipeline:
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
         if self.drift is not None:
-            self.drift.observe(self.batch_attention(outputs))
+            self.drift.observe_rows(self.attention_rows(outputs))
         return [(out, start - item.enqueued, seconds) for out, item in zip(outputs, items)]
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
@@ -206,9 +206,10 @@ class ModelPipeline:
         outputs = await _await_all([self.submit(p.tensor, times, **submit) for p in prepared])
         return [Ran(out, p.tensor.shape, p.decoded.original_size, p.filename) for out, p in zip(outputs, prepared)]
 
-    def batch_attention(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Each attention layer of a batch's per-item ``outputs``: layer name -> weights [N, C]."""
-        return {a.name: np.stack([np.asarray(o[attention_key(a.name)]).reshape(-1) for o in outputs]) for a in self.config.attention}
+    def attention_rows(self, outputs: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """A batch's attention as rows [N, sum of C]: each item's layers concatenated in config order."""
+        keys = [attention_key(a.name) for a in self.config.attention]
+        return np.stack([np.concatenate([np.ravel(o[k]) for k in keys]) for o in outputs]).astype(np.float32, copy=False)
 
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -122,35 +121,50 @@ class DriftScores:
 
 
 class DriftMonitor:
-    """The rolling summary of the last ``window`` images of one model; thread-safe (batches run in threads)."""
+    """The rolling summary of the last ``window`` images of one model; thread-safe (batches run in threads).
+
+    Every layer is handled at once: an image's attention is one row of all layers' weights
+    concatenated in reference order ([sum of C]), so a batch costs a handful of numpy calls
+    whatever the number of layers (measured: see ``bench/drift_bench.py``).
+    """
 
     def __init__(self, reference: DriftReference, window: int = DEFAULT_WINDOW) -> None:
         if window < 1:
             raise ConfigError(f"drift window must be >= 1, got {window}")
         self.reference, self.window = reference, window
-        self._recent = {l.name: deque(maxlen=window) for l in reference.layers}
-        self._counts = {l.name: np.zeros(reference.bins, np.int64) for l in reference.layers}
-        self._lock = threading.Lock()
+        self.names = [l.name for l in reference.layers]
+        self._mean = np.concatenate([l.mean for l in reference.layers])
+        self._scale = np.concatenate([l.scale for l in reference.layers])
+        sizes = np.array([len(l.mean) for l in reference.layers])
+        self._starts, self._sizes = np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes
+        self._edges = np.stack([l.edges for l in reference.layers])  # [L, bins - 1]
+        self._ring = np.zeros((len(self.names), window), np.int8)  # bin of each recent image, per layer
+        self._counts = np.zeros((len(self.names), reference.bins), np.int64)
+        self._seen, self._lock = 0, threading.Lock()
 
     def observe(self, attention: Mapping[str, np.ndarray]) -> None:
-        """Add a batch: layer name -> weights [N, C] (layers the reference lacks are ignored)."""
-        binned = [(l.name, l.bins_of(attention[l.name])) for l in self.reference.layers if l.name in attention]
-        with self._lock:
-            for name, bins in binned:
-                self._push(name, bins)
+        """Add a batch: layer name -> weights [N, C] (every layer of the reference)."""
+        self.observe_rows(np.concatenate([np.asarray(attention[n], np.float32).reshape(len(attention[n]), -1) for n in self.names], axis=1))
 
-    def _push(self, name: str, bins: Iterable[int]) -> None:
-        recent, counts = self._recent[name], self._counts[name]
-        for b in bins:
-            if len(recent) == recent.maxlen:
-                counts[recent[0]] -= 1
-            recent.append(int(b))
-            counts[b] += 1
+    def observe_rows(self, rows: np.ndarray) -> None:
+        """Add a batch of rows [N, sum of C]: each image's layers concatenated in reference order."""
+        z = (rows - self._mean) / self._scale
+        distances = np.sqrt(np.add.reduceat(z * z, self._starts, axis=1) / self._sizes)  # [N, L]
+        bins = (distances[:, :, None] > self._edges[None]).sum(axis=2)  # [N, L]
+        layers = np.arange(len(self.names))
+        with self._lock:
+            for row in bins:
+                slot = self._seen % self.window
+                if self._seen >= self.window:
+                    self._counts[layers, self._ring[:, slot]] -= 1
+                self._ring[:, slot] = row
+                self._counts[layers, row] += 1
+                self._seen += 1
 
     def scores(self) -> DriftScores:
         with self._lock:
-            layers = [(name, psi(counts)) for name, counts in self._counts.items()]
-            requests = max((len(r) for r in self._recent.values()), default=0)
+            counts, requests = self._counts.copy(), min(self._seen, self.window)
+        layers = [(name, psi(c)) for name, c in zip(self.names, counts)]
         overall = float(np.mean([s for _, s in layers])) if layers else 0.0
         return DriftScores(overall, layers, requests)
 
