@@ -10,7 +10,7 @@ from typing import Any
 
 from eca_serve.errors import BatchResultError
 
-_log = logging.getLogger("eca_serve.batching")
+_log = logging.getLogger(__name__)
 
 FIRST_RESTART_DELAY_S = 0.05
 MAX_RESTART_DELAY_S = 5.0

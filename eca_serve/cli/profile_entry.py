@@ -51,7 +51,8 @@ def recommend(cells: list[Cell], device: str) -> ServingSpec:
     with the instance count that is fastest at that batch size. On CPU, a model-bound model (its
     fastest single-image run takes over `MODEL_BOUND_S`, 20 ms) gets batch size 1 whatever the
     throughputs say: a batch's cost there is flat per image, so batching brings no throughput and
-    only makes the images of a batch wait for each other (a wider latency spread).
+    only makes the images of a batch wait for each other (measured for ECA-ResNet-50 at 4 clients:
+    p99/p50 1.75 with batches of 4, 1.25 with batches of 1, same throughput).
 
     Raises:
         ConfigError: No cells.

@@ -122,8 +122,10 @@ class ModelManager:
         self.pipelines.setdefault(name, {})[version] = pipeline
         self.expected.add((name, version))
         self.load_seconds[f"{name}/{version}"] = time.perf_counter() - start
-        log.info("model %s/%s ready (%s on %s) in %.2fs", name, version, self.options.backend.kind,
-                 pipeline.backend.device, self.load_seconds[f"{name}/{version}"])
+        policy = pipeline.batcher.policy
+        log.info("model %s/%s ready (%s on %s, batches of <= %d, %d instances) in %.2fs", name, version,
+                 self.options.backend.kind, pipeline.backend.device, policy.max_batch_size, policy.instances,
+                 self.load_seconds[f"{name}/{version}"])
         return pipeline
 
     def _build(self, folder: Path) -> ModelPipeline:
