@@ -57,6 +57,10 @@ def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> Ba
         ConfigError: A combination that breaks a policy rule, naming the entry.
     """
     serving = config.serving.fields_for(device) if config.serving is not None else {}
+    shadowed = {k: v for k, v in defaults.items() if k in serving and serving[k] != v}
+    if shadowed:  # an operator who set ECA_SERVE_* should find why this model ignores it
+        log.info("%s/%s: config.json serving %s wins over the server settings %s", config.name, config.version,
+                 {k: serving[k] for k in shadowed}, shadowed)
     try:
         return BatchPolicy.for_device(device, **{**defaults, **serving})
     except ConfigError as exc:
