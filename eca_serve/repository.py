@@ -98,6 +98,38 @@ class DriftSpec(_Strict):
         return check_safe_name(value, "drift reference file")
 
 
+class ServingSpec(_Strict):
+    """How the server batches this model: Triton's per-model ``dynamic_batching`` and ``instance_group``.
+
+    Every field is optional; the policy of an entry is decided field by field, first match wins:
+    this block (when it applies to the serving device) > the server's ``ECA_SERVE_*`` settings,
+    which are defaults for entries that omit a field > the device default of ``BatchPolicy.for_device``.
+    ``eca-serve profile NAME --recommend --write`` measures the model and writes this block.
+
+    Attributes:
+        device: Device kind the values were chosen for (``"cpu"`` or ``"cuda"``, which also covers
+            ``"cuda:N"``); served on another kind the block is ignored. None: every device.
+        max_batch_size: Most images per model run (>= 1).
+        instances: Batches of this model running at the same time (>= 1).
+        max_queue_delay_ms: Longest wait for a fuller batch (>= 0).
+        max_queue_size: Most queued requests before 503 (>= max_batch_size).
+        timeout_s: Queue + inference limit per request (> 0); unset keeps the server's.
+    """
+
+    device: Literal["cpu", "cuda"] | None = None
+    max_batch_size: int | None = Field(None, ge=1)
+    instances: int | None = Field(None, ge=1)
+    max_queue_delay_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_queue_size: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+    def fields_for(self, device: str) -> dict[str, Any]:
+        """The fields set in this block, as ``BatchPolicy`` keywords, if it applies to ``device``, else {}."""
+        if self.device is not None and device.split(":", 1)[0].strip().lower() != self.device:
+            return {}
+        return self.model_dump(exclude={"device"}, exclude_none=True)
+
+
 class EntryConfig(_Strict):
     """``config.json`` of one model version."""
 
@@ -117,6 +149,7 @@ class EntryConfig(_Strict):
     parity: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
+    serving: ServingSpec | None = None
     drift: DriftSpec | None = None
 
     @field_validator("name")

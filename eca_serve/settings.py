@@ -13,7 +13,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every knob of ``eca-serve serve``; each field is also ``ECA_SERVE_<FIELD>`` in the environment.
 
-    Batching fields left unset take the per-device defaults of `BatchPolicy.for_device`
+    The batching fields (``max_batch_size``, ``max_queue_delay_ms``, ``max_queue_size``, ``instances``,
+    ``request_timeout_s``) are defaults for the entries whose config.json ``serving`` block omits
+    them: per model, that block > these settings > the per-device defaults of `BatchPolicy.for_device`
     (CPU: no queue delay, batches of at most 4, two instances; CUDA: batches of 32, 2 ms delay).
     With ``threads`` unset on CPU, each instance gets ``cores // instances`` intra-op threads.
     """
@@ -28,11 +30,12 @@ class Settings(BaseSettings):
     fp16: bool = False
     threads: int = Field(0, ge=0, description="intra-op threads per model (0 = library default)")
     decode_threads: int = Field(2, ge=1)
-    max_batch_size: int | None = Field(None, ge=1)
-    max_queue_delay_ms: float | None = Field(None, ge=0)
-    max_queue_size: int | None = Field(None, ge=1)
-    instances: int | None = Field(None, ge=1, description="batches of one model running at once (CPU default 2)")
-    request_timeout_s: float = Field(30.0, gt=0)
+    max_batch_size: int | None = Field(None, ge=1, description="default for entries without serving.max_batch_size")
+    max_queue_delay_ms: float | None = Field(None, ge=0, description="default for entries without serving.max_queue_delay_ms")
+    max_queue_size: int | None = Field(None, ge=1, description="default for entries without serving.max_queue_size")
+    instances: int | None = Field(None, ge=1, description="batches of one model running at once (CPU default 2); "
+                                  "default for entries without serving.instances")
+    request_timeout_s: float = Field(30.0, gt=0, description="default for entries without serving.timeout_s")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this (else 408)")
     max_inflight_requests: int | None = Field(None, ge=1, description="HTTP requests in flight beyond this get 503 "
                                               "at once (default: cpu 128, cuda 1024)")

@@ -1,7 +1,8 @@
-"""CPU serving choices: load-aware ONNX Runtime sessions, cores shared between instances, batch fitting."""
+"""CPU serving choices: load-aware ONNX Runtime sessions, cores shared between instances, policy per model."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from eca_serve.batching import BatchPolicy
-from eca_serve.repository import read_config
-from eca_serve.pipelines import manager as manager_module
+from eca_serve.cli.profile_entry import write_serving
+from eca_serve.repository import ServingSpec, read_config
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions, available_cores, backend_options_for
 from eca_serve.runtime import BackendOptions, create_backend
@@ -82,17 +83,21 @@ def test_cpu_cores_are_shared_out_between_instances() -> None:
     assert backend_options_for(BackendOptions(device="cuda"), BatchPolicy(instances=2)) == BackendOptions(device="cuda")
 
 
-def manager_for(repository: Path, **overrides: object) -> ModelManager:
+def manager_for(repository: Path, **defaults: object) -> ModelManager:
     return ModelManager(ServingOptions(repository=repository, backend=BackendOptions(device="cpu"),
-                                       policy_overrides=dict(overrides), limits=DecodeLimits()))
+                                       policy_defaults=dict(defaults), limits=DecodeLimits()))
 
 
-def test_a_model_slower_than_the_limit_is_served_in_batches_of_one(entry: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_served_batch_size_comes_from_config_json_then_the_settings(entry: Path, tmp_path: Path) -> None:
     repository = entry.parent.parent
-    assert manager_for(repository)._build(entry).batcher.policy.max_batch_size == 4  # a fast model keeps batching
-    monkeypatch.setattr(manager_module, "CPU_BATCHING_LIMIT_S", 0.0)
-    assert manager_for(repository)._build(entry).batcher.policy.max_batch_size == 1
-    assert manager_for(repository, max_batch_size=3)._build(entry).batcher.policy.max_batch_size == 3  # configured: kept
+    assert manager_for(repository)._build(entry).batcher.policy.max_batch_size == 4  # no block: device default
+    assert manager_for(repository, max_batch_size=3)._build(entry).batcher.policy.max_batch_size == 3  # server setting
+    folder = tmp_path / "shapes_small" / "1"
+    shutil.copytree(entry, folder)
+    write_serving(folder, ServingSpec(device="cpu", max_batch_size=1, instances=1))
+    for defaults in ({}, {"max_batch_size": 3, "instances": 2}):  # the entry's block wins over the server's settings
+        policy = manager_for(tmp_path, **defaults)._build(folder).batcher.policy
+        assert (policy.max_batch_size, policy.instances) == (1, 1)
 
 
 def test_the_served_pipeline_runs_two_instances_on_a_load_aware_session(entry: Path) -> None:

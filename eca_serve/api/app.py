@@ -26,16 +26,20 @@ log = logging.getLogger("eca_serve.api")
 
 
 def serving_options(settings: Settings) -> ServingOptions:
-    """Manager options from the settings (unset batching knobs keep the per-device defaults)."""
-    overrides = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                   "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
-                                   "instances": settings.instances}.items()
-                 if v is not None}
-    BatchPolicy.for_device(settings.device, **overrides)  # validate at start-up, not on first request
+    """Manager options from the settings.
+
+    The batching settings that are set become defaults under each entry's config.json ``serving``
+    block (which wins); unset ones keep the per-device defaults (`eca_serve.pipelines.manager.policy_for`).
+    """
+    defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
+                                  "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
+                                  "instances": settings.instances}.items()
+                if v is not None}
+    BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
     return ServingOptions(
         repository=settings.model_repository,
         backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads),
-        policy_overrides=overrides,
+        policy_defaults=defaults,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         decode_threads=settings.decode_threads, only=list(settings.models), grace_period_s=settings.grace_period_s,
         drift_window=settings.drift_window,

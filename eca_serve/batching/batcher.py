@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import heapq
-import itertools
+import functools
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from eca_serve.batching.policy import BatchPolicy, check_timeout_s
+from eca_serve.batching.queue import PendingQueue
+from eca_serve.batching.records import BatcherStats, PendingRequest, resolve
+from eca_serve.batching.worker import (
+    FAIL_QUEUED_AFTER_CRASHES,
+    call_handler,
+    is_stop,
+    log_crash,
+    restart_delay_s,
+    wait_event,
+)
 from eca_serve.errors import (
-    BatchResultError,
     ConfigError,
     InvalidParameterError,
+    NotReadyError,
     QueueFullError,
     RequestTimeoutError,
     ShuttingDownError,
@@ -31,122 +37,9 @@ from eca_serve.errors import (
 T = TypeVar("T")
 R = TypeVar("R")
 OnBatch = Callable[[int, list[float], float], None]
+HealthListener = Callable[[bool], None]
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatcherStats:
-    """Counters of one batcher; ``DynamicBatcher.stats()`` returns a copy.
-
-    Attributes:
-        inference_count: Items handed to the handler (failed batches included).
-        execution_count: Handler calls, i.e. batches.
-        failed_execution_count: Batches whose handler raised or returned a wrong result count.
-        batch_size_histogram: Batch size -> number of batches of that size.
-        queue_depth: Requests waiting in the queue now.
-        in_flight: Items in the batches running now.
-        queue_time_s: Total seconds items waited between submit and the start of their batch.
-        compute_time_s: Total seconds spent in handler calls (measured in the handler's thread).
-        rejected_count: Submits refused because the queue was full.
-        timeout_count: Requests that timed out, queued or running.
-        cancelled_count: Requests whose caller gave up (cancelled the awaiting task).
-    """
-
-    inference_count: int = 0
-    execution_count: int = 0
-    failed_execution_count: int = 0
-    batch_size_histogram: dict[int, int] = field(default_factory=dict)
-    queue_depth: int = 0
-    in_flight: int = 0
-    queue_time_s: float = 0.0
-    compute_time_s: float = 0.0
-    rejected_count: int = 0
-    timeout_count: int = 0
-    cancelled_count: int = 0
-
-
-@dataclass(eq=False)
-class _Request:
-    item: Any
-    key: Hashable
-    priority: int
-    future: asyncio.Future[Any]
-    enqueued: float
-    queued: bool = False
-    timer: asyncio.TimerHandle | None = None
-
-
-class _PendingQueue:
-    """Queued requests by group key; per key a heap ordered by (higher priority, earlier arrival).
-
-    ``discard`` only marks a request: dead entries are dropped when they reach the top of their
-    heap, or by a rebuild once they outnumber live ones, so memory stays O(queued requests).
-    """
-
-    def __init__(self) -> None:
-        self._heaps: dict[Hashable, list[tuple[int, int, _Request]]] = {}
-        self._live: Counter[Hashable] = Counter()
-        self._seq = itertools.count()
-        self._entries = 0
-        self.size = 0
-
-    def push(self, req: _Request) -> None:
-        """Queue a request."""
-        heapq.heappush(self._heaps.setdefault(req.key, []), (-req.priority, next(self._seq), req))
-        self._live[req.key] += 1
-        self._entries += 1
-        self.size += 1
-        req.queued = True
-
-    def discard(self, req: _Request) -> bool:
-        """Remove a request if it is queued; returns whether it was."""
-        if not req.queued:
-            return False
-        req.queued = False
-        self._live[req.key] -= 1
-        self.size -= 1
-        if self._entries > 2 * self.size + 64:
-            self._rebuild()
-        return True
-
-    def count(self, key: Hashable) -> int:
-        """Queued requests with this key."""
-        return self._live[key]
-
-    def head(self) -> _Request | None:
-        """The request due next over all keys: highest priority, then earliest arrival."""
-        tops = [top for key in list(self._heaps) if (top := self._top(key)) is not None]
-        return min(tops)[2] if tops else None
-
-    def pop(self, key: Hashable, n: int) -> list[_Request]:
-        """Remove and return up to ``n`` requests of one key, in due order."""
-        out: list[_Request] = []
-        while len(out) < n and (top := self._top(key)) is not None:
-            heapq.heappop(self._heaps[key])
-            self._entries -= 1
-            self.discard(top[2])
-            out.append(top[2])
-        return out
-
-    def _top(self, key: Hashable) -> tuple[int, int, _Request] | None:
-        heap = self._heaps.get(key)
-        while heap and not heap[0][2].queued:
-            heapq.heappop(heap)
-            self._entries -= 1
-        if heap:
-            return heap[0]
-        self._heaps.pop(key, None)  # keys can be unbounded (image sizes): forget empty ones
-        self._live.pop(key, None)
-        return None
-
-    def _rebuild(self) -> None:
-        live = {k: [e for e in h if e[2].queued] for k, h in self._heaps.items()}
-        self._heaps = {k: h for k, h in live.items() if h}
-        for heap in self._heaps.values():
-            heapq.heapify(heap)
-        self._entries = sum(len(h) for h in self._heaps.values())
-        self._live = +self._live  # drops keys counted down to zero
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -156,11 +49,18 @@ class DynamicBatcher(Generic[T, R]):
     this batcher with one thread per ``policy.instances``: up to that many batches run at the same
     time (so the handler must be thread-safe when ``instances > 1``). Batches form as
     described by ``BatchPolicy``. Every request gets exactly one answer: its result, the
-    handler's exception, ``BatchResultError``, ``RequestTimeoutError`` or ``ShuttingDownError``.
+    handler's exception, ``BatchResultError``, ``RequestTimeoutError``, ``NotReadyError`` or
+    ``ShuttingDownError``. All waiting uses the event loop's clock (``loop.time()``).
 
-    If the handler raises, every request of that batch receives that same exception object (not
-    a copy or wrapper), so typed errors such as ``ConfigError`` keep their meaning for the API
-    layer; treat it as read-only.
+    If the handler raises an ``Exception``, every request of that batch receives that same
+    exception object (not a copy or wrapper), so typed errors such as ``ConfigError`` keep their
+    meaning for the API layer; treat it as read-only.
+
+    A worker that ends with any other exception (a ``BaseException`` from the handler or
+    ``on_batch``, or a bug) has crashed: its batch gets ``NotReadyError``, the batcher is not
+    ``healthy`` and refuses submits with ``NotReadyError`` until the worker is restarted, after
+    a backoff of 0.05 s doubling per crash in a row up to 5 s. Queued requests stay queued for the
+    restarted worker (or another instance) unless the worker crashed three times in a row.
 
     Args:
         handler: ``handler(items) -> results``, one result per item, in order.
@@ -187,11 +87,14 @@ class DynamicBatcher(Generic[T, R]):
         self._executor = executor
         self._owns_executor = executor is None
         self._on_batch = on_batch
-        self._queue = _PendingQueue()
+        self._queue = PendingQueue()
         self._wakeup = asyncio.Event()
         self._stats = BatcherStats()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._down: dict[int, asyncio.TimerHandle] = {}  # crashed worker slot -> its pending restart
+        self._crash_streak = 0
+        self._listeners: list[HealthListener] = []
         self._closing = False
 
     @property
@@ -209,6 +112,18 @@ class DynamicBatcher(Generic[T, R]):
         """True between ``start()`` and the beginning of ``stop()``."""
         return bool(self._workers) and not self._closing
 
+    @property
+    def healthy(self) -> bool:
+        """True while running with every worker alive (False while a crashed one awaits its restart)."""
+        return self.running and not self._down
+
+    def watch(self, listener: HealthListener) -> None:
+        """Call ``listener(healthy)`` on the event loop when a worker crashes (False) or all are back (True).
+
+        The listener's exceptions are logged and ignored.
+        """
+        self._listeners.append(listener)
+
     def stats(self) -> BatcherStats:
         """A snapshot of the counters, queue depth and in-flight count."""
         return dataclasses.replace(
@@ -218,7 +133,7 @@ class DynamicBatcher(Generic[T, R]):
         )
 
     async def start(self) -> None:
-        """Start the worker on the running loop; a no-op if running.
+        """Start the workers on the running loop; a no-op if running.
 
         Raises:
             RuntimeError: If the batcher was stopped (it cannot restart).
@@ -231,12 +146,13 @@ class DynamicBatcher(Generic[T, R]):
         instances = self._policy.instances
         if self._executor is None:
             self._executor = ThreadPoolExecutor(instances, thread_name_prefix=f"batcher-{self._name}")
-        self._workers = [self._loop.create_task(self._run(), name=f"batcher-{self._name}-{i}") for i in range(instances)]
+        self._workers = [self._spawn(slot) for slot in range(instances)]
 
     async def stop(self, *, drain: bool = True, grace_s: float = 30.0) -> None:
         """Stop accepting requests, then finish or fail the rest; safe to call twice.
 
-        New submits raise ``ShuttingDownError`` from the moment this is called.
+        New submits raise ``ShuttingDownError`` from the moment this is called; crashed workers
+        are not restarted.
 
         Args:
             drain: True runs queued and in-flight work (queued batches no longer wait for the
@@ -246,6 +162,8 @@ class DynamicBatcher(Generic[T, R]):
                 its thread, which cannot be interrupted.
         """
         self._closing = True
+        for restart in self._down.values():
+            restart.cancel()
         workers = self._workers
         if workers:
             self._wakeup.set()
@@ -255,7 +173,7 @@ class DynamicBatcher(Generic[T, R]):
                 if not worker.done():
                     worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-        self._fail_queued()
+        self._fail_queued(self._shutdown_error())
         if self._owns_executor and self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -283,6 +201,8 @@ class DynamicBatcher(Generic[T, R]):
 
         Raises:
             QueueFullError: At once, when ``max_queue_size`` requests are queued.
+            NotReadyError: At once while a crashed worker awaits its restart; later if the
+                worker crashes while running this item's batch.
             RequestTimeoutError: When the limit passes; a request still queued is never run.
             ShuttingDownError: When the batcher is stopping or stopped.
             BatchResultError: When the handler returned a wrong number of results.
@@ -311,6 +231,8 @@ class DynamicBatcher(Generic[T, R]):
             raise ShuttingDownError(f"batcher {self._name!r} is shutting down; request refused")
         if not self._workers or asyncio.get_running_loop() is not self._loop:
             raise RuntimeError(f"batcher {self._name!r} is not started on this event loop")
+        if self._down:
+            raise NotReadyError(f"batcher {self._name!r} is restarting a crashed worker; retry shortly")
         try:
             check_timeout_s(timeout_s)
         except ConfigError as exc:
@@ -318,9 +240,9 @@ class DynamicBatcher(Generic[T, R]):
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise InvalidParameterError(f"priority must be an integer, got {priority!r}")
 
-    def _enqueue(self, item: T, key: Hashable, priority: int, timeout_s: float | None) -> _Request:
+    def _enqueue(self, item: T, key: Hashable, priority: int, timeout_s: float | None) -> PendingRequest:
         loop = asyncio.get_running_loop()
-        req = _Request(item, key, priority, loop.create_future(), loop.time())
+        req = PendingRequest(item, key, priority, loop.create_future(), loop.time())
         self._queue.push(req)  # first: an unhashable key raises TypeError before anything is armed
         limit = self._policy.timeout_s if timeout_s is None else timeout_s
         if limit is not None:
@@ -329,7 +251,7 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup.set()
         return req
 
-    def _expire(self, req: _Request, limit: float) -> None:
+    def _expire(self, req: PendingRequest, limit: float) -> None:
         if req.future.done():
             return
         where = "queued" if self._queue.discard(req) else "running"
@@ -338,24 +260,66 @@ class DynamicBatcher(Generic[T, R]):
             RequestTimeoutError(f"request to batcher {self._name!r} timed out after {limit:g} s ({where})")
         )
 
-    def _on_done(self, req: _Request) -> None:
+    def _on_done(self, req: PendingRequest) -> None:
         if req.timer is not None:
             req.timer.cancel()
         self._queue.discard(req)  # a caller that gave up before its batch formed
         if req.future.cancelled():
             self._stats.cancelled_count += 1
 
-    async def _run(self) -> None:
-        try:
-            while (batch := await self._next_batch()) is not None:
-                await self._execute(batch)
-        except Exception:
-            _log.exception("worker of batcher %r crashed", self._name)
-        finally:
-            self._closing = True
-            self._fail_queued()
+    # --- workers: one task per instance slot, restarted after a crash --------------------------------
 
-    async def _next_batch(self) -> list[_Request] | None:
+    def _spawn(self, slot: int) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}-{slot}")
+        task.add_done_callback(functools.partial(self._on_worker_exit, slot))
+        return task
+
+    async def _run(self) -> None:
+        while (batch := await self._next_batch()) is not None:
+            try:
+                await self._execute(batch)
+            except BaseException:
+                resolve(batch, [], self._shutdown_error() if self._closing else self._crash_error())
+                raise
+            self._crash_streak = 0
+
+    def _on_worker_exit(self, slot: int, task: asyncio.Task[None]) -> None:
+        """Done callback of a worker task: a worker that ended while the batcher runs has crashed."""
+        exc = None if task.cancelled() else task.exception()
+        if self._closing or is_stop(exc) or task.cancelled():
+            if exc is not None and not is_stop(exc):
+                _log.error("worker %d of batcher %r failed while stopping", slot, self._name, exc_info=exc)
+            return
+        self._crash_streak += 1
+        self._stats.worker_crash_count += 1
+        delay = restart_delay_s(self._crash_streak)
+        log_crash(self._name, slot, self._crash_streak, delay, exc or RuntimeError("worker returned"))
+        was_healthy = not self._down
+        self._down[slot] = asyncio.get_running_loop().call_later(delay, self._restart, slot)
+        if self._crash_streak >= FAIL_QUEUED_AFTER_CRASHES:
+            self._fail_queued(self._crash_error())
+        if was_healthy:
+            self._notify(False)
+
+    def _restart(self, slot: int) -> None:
+        if self._closing or self._down.pop(slot, None) is None:
+            return
+        self._workers[slot] = self._spawn(slot)
+        _log.info("worker %d of batcher %r restarted", slot, self._name)
+        if not self._down:
+            self._wakeup.set()
+            self._notify(True)
+
+    def _notify(self, healthy: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(healthy)
+            except Exception:  # a watcher must not take the batcher down
+                _log.exception("health listener of batcher %r failed", self._name)
+
+    # --- batches ----------------------------------------------------------------------------------
+
+    async def _next_batch(self) -> list[PendingRequest] | None:
         """Wait for the next batch due by the policy; None once stopping and empty."""
         while True:
             self._wakeup.clear()
@@ -367,7 +331,7 @@ class DynamicBatcher(Generic[T, R]):
                 continue
             wait_s = self._fill_wait_s(head)
             if wait_s > 0:
-                await _wait_event(self._wakeup, wait_s)
+                await wait_event(self._wakeup, wait_s)
                 continue
             # a caller cancelled in this loop tick is still queued until its callback runs
             taken = self._queue.pop(head.key, self._policy.max_batch_size)
@@ -375,7 +339,7 @@ class DynamicBatcher(Generic[T, R]):
             if batch:
                 return batch
 
-    def _fill_wait_s(self, head: _Request) -> float:
+    def _fill_wait_s(self, head: PendingRequest) -> float:
         """Seconds to wait for a fuller batch: > 0 only while a full batch cannot form."""
         if self._closing or self._queue.count(head.key) >= self._policy.max_batch_size:
             return 0.0
@@ -383,22 +347,17 @@ class DynamicBatcher(Generic[T, R]):
             return 0.0
         return head.enqueued + self._policy.max_queue_delay_s - asyncio.get_running_loop().time()
 
-    async def _execute(self, batch: list[_Request]) -> None:
+    async def _execute(self, batch: list[PendingRequest]) -> None:
         loop = asyncio.get_running_loop()
         queue_times = [loop.time() - r.enqueued for r in batch]
         self._stats.in_flight += len(batch)
-        items = [r.item for r in batch]
         try:
             results, error, compute_s = await loop.run_in_executor(
-                self._executor, _call_handler, self._handler, items, self._name
+                self._executor, call_handler, self._handler, [r.item for r in batch], self._name
             )
-        except BaseException as exc:
-            stopping = isinstance(exc, asyncio.CancelledError)
-            _resolve(batch, [], self._shutdown_error() if stopping else exc)
-            raise
         finally:
             self._stats.in_flight -= len(batch)
-        _resolve(batch, results, error)
+        resolve(batch, results, error)
         self._record(queue_times, compute_s, failed=error is not None)
 
     def _record(self, queue_times: list[float], compute_s: float, *, failed: bool) -> None:
@@ -415,51 +374,11 @@ class DynamicBatcher(Generic[T, R]):
             except Exception:  # a metrics hook must not take the model down
                 _log.exception("on_batch hook of batcher %r failed", self._name)
 
-    def _fail_queued(self) -> None:
-        while (head := self._queue.head()) is not None:
-            _resolve(self._queue.pop(head.key, self._queue.size), [], self._shutdown_error())
+    def _fail_queued(self, error: BaseException) -> None:
+        resolve(self._queue.pop_all(), [], error)
 
     def _shutdown_error(self) -> ShuttingDownError:
         return ShuttingDownError(f"batcher {self._name!r} shut down before the request finished")
 
-
-def _call_handler(
-    handler: Callable[[list[Any]], Iterable[Any]], items: list[Any], name: str
-) -> tuple[list[Any], Exception | None, float]:
-    """Run in the executor: the handler's results or exception, and the seconds it took."""
-    start = time.perf_counter()
-    try:
-        raw = handler(items)
-        try:
-            results = list(raw)
-        except TypeError as exc:
-            raise BatchResultError(
-                f"handler of batcher {name!r} returned {type(raw).__name__}, not {len(items)} results"
-            ) from exc
-        if len(results) != len(items):
-            raise BatchResultError(
-                f"handler of batcher {name!r} returned {len(results)} results for a batch of "
-                f"{len(items)} items; it must return exactly one result per item, in order"
-            )
-    except Exception as exc:
-        return [], exc, time.perf_counter() - start
-    return results, None, time.perf_counter() - start
-
-
-def _resolve(batch: list[_Request], results: list[Any], error: BaseException | None) -> None:
-    """Answer every request of a batch still awaited: all with ``error``, else each its result."""
-    for i, req in enumerate(batch):
-        if req.future.done():
-            continue
-        if error is not None:
-            req.future.set_exception(error)
-        else:
-            req.future.set_result(results[i])
-
-
-async def _wait_event(event: asyncio.Event, timeout_s: float) -> None:
-    """Wait until the event is set or ``timeout_s`` passes, whichever comes first."""
-    try:
-        await asyncio.wait_for(event.wait(), timeout_s)
-    except asyncio.TimeoutError:
-        pass
+    def _crash_error(self) -> NotReadyError:
+        return NotReadyError(f"a worker of batcher {self._name!r} crashed before the request finished; retry shortly")

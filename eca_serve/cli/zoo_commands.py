@@ -1,4 +1,9 @@
-"""``models``, ``inspect`` and ``profile``: what the zoo holds and what a model costs."""
+"""``models``, ``inspect`` and ``profile``: what the zoo holds and what a model costs.
+
+``profile`` has two modes: ``profile ARCH`` measures a registered architecture (parameters, FLOPs,
+PyTorch latency); ``profile NAME[:VERSION] --recommend [--write]`` measures a model repository entry
+as the server runs it and recommends (and writes) its config.json ``serving`` block.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eca_serve.cli._output import print_json, print_table
+from eca_serve.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,13 +29,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("profile", help="parameters, FLOPs and measured CPU/GPU latency of a registered model")
-    p.add_argument("name")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--iters", type=int, default=10)
+    p = sub.add_parser("profile", help="cost of a registered architecture, or (--recommend) the serving block of a "
+                       "repository entry")
+    p.add_argument("name", help="architecture name; with --recommend a repository entry NAME[:VERSION]")
+    p.add_argument("--input-size", type=int, default=224, help="architecture mode: square input side")
+    p.add_argument("--batch-size", type=int, default=1, help="architecture mode")
+    p.add_argument("--iters", type=int, default=10, help="architecture mode: timed forward passes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--recommend", action="store_true", help="measure the repository entry NAME[:VERSION] with ONNX "
+                   "Runtime as served (img/s, latency per batch size and instance count) and recommend its serving block")
+    p.add_argument("--write", action="store_true", help="with --recommend: write the block into the entry's config.json")
+    p.add_argument("--model-repository", type=Path, default=Path("models"), help="with --recommend (default: models)")
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="with --recommend: batch sizes to measure")
+    p.add_argument("--instance-counts", default="1,2", help="with --recommend: instance counts to measure")
+    p.add_argument("--seconds", type=float, default=1.0, help="with --recommend: measuring time per setting")
     p.set_defaults(func=cmd_profile)
 
 
@@ -71,6 +85,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.recommend:
+        from eca_serve.cli.profile_entry import cmd_profile_entry
+
+        return cmd_profile_entry(args)
+    if args.write:
+        raise ConfigError("--write stores a recommended serving block: it needs --recommend")
     from eca_serve.models import create_model
     from eca_serve.models.profile import measure
 

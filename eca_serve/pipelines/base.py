@@ -86,18 +86,23 @@ class ModelPipeline:
         self.on_stage = on_stage or (lambda *_: None)
         self.batcher: DynamicBatcher = DynamicBatcher(self._run_batch, policy, name=config.name, on_batch=on_batch)
         self.drift = drift_monitor(config, folder, drift_window)
-        self.ready = False
+        self._started = False
 
     @property
     def key(self) -> str:
         return f"{self.config.name}/{self.config.version}"
 
+    @property
+    def ready(self) -> bool:
+        """Started, not stopping, and every batcher worker alive (a crashed one is being restarted)."""
+        return self._started and self.batcher.healthy
+
     async def start(self) -> None:
         await self.batcher.start()
-        self.ready = True
+        self._started = True
 
     async def stop(self, grace_s: float = 30.0) -> None:
-        self.ready = False
+        self._started = False
         await self.batcher.stop(drain=True, grace_s=grace_s)
 
     async def prepare(self, images: list[ImageInput], times: StageTimes) -> list[Prepared]:

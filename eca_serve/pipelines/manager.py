@@ -20,24 +20,53 @@ from eca_serve.pipelines.drift import DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.preprocess import single_threaded_resizes
 from eca_serve.pipelines.tasks import pipeline_class
-from eca_serve.runtime import BackendOptions, create_backend, time_single_run, warm_up
+from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
 log = logging.getLogger(__name__)
-CPU_BATCHING_LIMIT_S = 0.02
 
 
 @dataclass
 class ServingOptions:
-    """What the manager needs from the settings."""
+    """What the manager needs from the settings.
+
+    ``policy_defaults`` are the server's batching settings (``ECA_SERVE_*``, as `BatchPolicy` keywords):
+    defaults for the fields an entry's ``serving`` block leaves unset (see `policy_for`).
+    """
 
     repository: Path
     backend: BackendOptions
-    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    policy_defaults: dict[str, Any] = field(default_factory=dict)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     decode_threads: int = 2
     only: list[str] = field(default_factory=list)
     grace_period_s: float = 30.0
     drift_window: int = DEFAULT_WINDOW
+
+
+def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
+    """The batching policy of one entry, decided field by field, first match wins.
+
+    1. the entry's ``serving`` block in config.json (if it applies to ``device``), as Triton's
+       model config wins over server defaults;
+    2. ``defaults``: the server's ``ECA_SERVE_*`` settings, defaults for entries that omit a field;
+    3. the device default (`BatchPolicy.for_device`).
+
+    Nothing is measured here: the same config always gives the same policy, whatever the machine's
+    load at start-up (``eca-serve profile NAME --recommend`` measures, once, and writes the block).
+
+    Raises:
+        ConfigError: A combination that breaks a policy rule, naming the entry.
+    """
+    serving = config.serving.fields_for(device) if config.serving is not None else {}
+    shadowed = {k: v for k, v in defaults.items() if k in serving and serving[k] != v}
+    if shadowed:  # an operator who set ECA_SERVE_* should find why this model ignores it
+        log.info("%s/%s: config.json serving %s wins over the server settings %s", config.name, config.version,
+                 {k: serving[k] for k in shadowed}, shadowed)
+    try:
+        return BatchPolicy.for_device(device, **{**defaults, **serving})
+    except ConfigError as exc:
+        raise ConfigError(f"{config.name}/{config.version}: serving policy from config.json {serving} "
+                          f"over server settings {defaults}: {exc}") from None
 
 
 def backend_options_for(options: BackendOptions, policy: BatchPolicy) -> BackendOptions:
@@ -97,37 +126,21 @@ class ModelManager:
         self.pipelines.setdefault(name, {})[version] = pipeline
         self.expected.add((name, version))
         self.load_seconds[f"{name}/{version}"] = time.perf_counter() - start
-        log.info("model %s/%s ready (%s on %s) in %.2fs", name, version, self.options.backend.kind,
-                 pipeline.backend.device, self.load_seconds[f"{name}/{version}"])
+        policy = pipeline.batcher.policy
+        log.info("model %s/%s ready (%s on %s, batches of <= %d, %d instances) in %.2fs", name, version,
+                 self.options.backend.kind, pipeline.backend.device, policy.max_batch_size, policy.instances,
+                 self.load_seconds[f"{name}/{version}"])
         return pipeline
 
     def _build(self, folder: Path) -> ModelPipeline:
         config = read_config(folder)
-        policy = BatchPolicy.for_device(self.options.backend.device, **self.options.policy_overrides)
+        policy = policy_for(config, self.options.backend.device, self.options.policy_defaults)
         backend = create_backend(folder, config, backend_options_for(self.options.backend, policy))
         warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))
-        policy = self._fit_batch_size(policy, backend, config)
         cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch,
                    drift_window=self.options.drift_window)
-
-    def _fit_batch_size(self, policy: BatchPolicy, backend: Any, config: EntryConfig) -> BatchPolicy:
-        """On CPU, batches of 1 for a model whose single run takes longer than `CPU_BATCHING_LIMIT_S`.
-
-        CPU batching only amortizes the fixed cost of a call (a fraction of a millisecond), so it
-        pays for small models; for a model-bound one it only makes the requests of a batch wait for
-        each other, widening the latency spread (measured for ECA-ResNet-50 at 4 clients: p99/p50
-        1.75 with batches of 4, 1.25 with batches of 1, same throughput). A configured
-        ``max_batch_size`` is kept as given.
-        """
-        if not self.options.backend.device.startswith("cpu") or "max_batch_size" in self.options.policy_overrides:
-            return policy
-        seconds = time_single_run(backend, config)
-        if seconds <= CPU_BATCHING_LIMIT_S:
-            return policy
-        log.info("%s: %.0f ms per run on CPU, batching off (batches of 1)", config.name, 1e3 * seconds)
-        return dataclasses.replace(policy, max_batch_size=1)
 
     async def load_model(self, name: str) -> list[int]:
         """Load every version of ``name`` found in the repository that is not loaded yet (run-time load)."""
