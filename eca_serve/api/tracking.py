@@ -14,6 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eca_serve.api.errors import error_response
+from eca_serve.api.metrics import REFUSED, UNMATCHED
 
 log = logging.getLogger("eca_serve.api")
 UNTRACKED = ("/metrics", "/healthz", "/v2/health/live", "/v2/health/ready")  # probes: never refused, not in-flight work
@@ -37,7 +38,7 @@ class RequestTracking:
             response = error_response(503, refusal)
             response.headers["X-Request-ID"] = request_id
             await response(scope, receive, send)
-            state.metrics.observe_request("", "refused", 503, time.perf_counter() - start)
+            state.metrics.observe_request("", REFUSED, 503, time.perf_counter() - start)
             _log(scope, request_id, 503)
             return
         status = 500
@@ -77,9 +78,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def _observe(scope: Scope, state: Any, status: int, seconds: float) -> None:
-    params = scope.get("path_params") or {}
-    model = params.get("name") or ""
-    endpoint = scope["path"].rstrip("/").rsplit("/", 1)[-1] if model else "other"
+    # Starlette's router leaves the matched route in the scope; its template bounds the endpoint label.
+    endpoint = getattr(scope.get("route"), "path", None) or UNMATCHED
+    model = (scope.get("path_params") or {}).get("name") or ""
     state.metrics.observe_request(model, endpoint, status, seconds)
 
 
