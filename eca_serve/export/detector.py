@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
+from eca_serve.export.entry import ExportOptions, Progress, finish_entry, save_weights
 from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
 from eca_serve.repository import model_input_size
 
