@@ -16,9 +16,9 @@ from torch import nn
 
 import eca_serve
 from eca_serve.errors import EcaServeError
-from eca_serve.export import formats, parity
+from eca_serve.export import parity
 from eca_serve.repository import (
-    ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, write_config,
+    ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, write_config,
 )
 from eca_serve.introspect import attention_layers
 
@@ -72,7 +72,7 @@ def attention_specs(model: nn.Module) -> list[AttentionSpec]:
     """Attention layers with the graph output that carries each one's weights."""
     return [
         AttentionSpec(name=a.name, kind=a.kind, channels=a.channels, k_size=a.k_size,
-                      output=formats.attention_output_name(a.name))
+                      output=attention_output(a.name))
         for a in attention_layers(model)
     ]
 
