@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
 from eca_serve.export.entry import ExportOptions, Progress, finish_entry, save_weights
+from eca_serve.introspect import attention_layers
 from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, model_input_size
 
 DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
@@ -147,7 +148,5 @@ def output_specs(model: nn.Module) -> list[OutputSpec]:
              OutputSpec(name="scores", shape=[-1], dtype="float32")]
     if model.config.task == "instance_segmentation":
         specs.append(OutputSpec(name="masks", shape=[-1, 1, -1, -1], dtype="float32"))
-    from eca_serve.introspect import attention_layers
-
     return specs + [OutputSpec(name=attention_output(a.name), shape=[1, a.channels], dtype="float32")
                     for a in attention_layers(model)]
