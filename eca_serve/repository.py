@@ -36,7 +36,9 @@ class InputSpec(_Strict):
     """How clients' images become the model input.
 
     Classifiers take ``[N, 3, H, W]`` normalised float32 (``layout="NCHW"``); detectors take one
-    ``[3, H, W]`` RGB image in [0, 1] (``layout="CHW"``) and resize/normalise inside the model.
+    ``[3, H, W]`` RGB image in [0, 1] (``layout="CHW"``) and normalise inside the model. The server
+    resizes a detector's image with Pillow to the working size (`model_input_size` of the entry's
+    ``detection`` sizes) before the model, whose own resize is then the identity.
     """
 
     name: str = "input"
@@ -58,6 +60,14 @@ class OutputSpec(_Strict):
     name: str
     shape: list[int]
     dtype: str
+
+
+def attention_output(layer: str) -> str:
+    """Name of the output carrying a layer's attention weights, e.g. ``attention/layer1.0.eca``.
+
+    The same name keys the ONNX graph output, the TorchScript/eager backends' outputs and ``AttentionSpec.output``.
+    """
+    return f"attention/{layer}"
 
 
 class AttentionSpec(_Strict):

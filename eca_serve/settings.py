@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -63,9 +62,3 @@ def inflight_limit(settings: Settings) -> int:
     if settings.max_inflight_requests is not None:
         return settings.max_inflight_requests
     return 1024 if settings.device.strip().lower().startswith("cuda") else 128
-
-
-@lru_cache
-def get_settings() -> Settings:
-    """Settings from the environment, built once (never at import time)."""
-    return Settings()

@@ -10,61 +10,57 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eca_serve import errors
-from eca_serve.errors import NotReadyError, TooManyImagesError
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
+INTERNAL_ERROR = "internal error (see the server log)"
 
 
-class BodyTooLargeError(errors.EcaServeError):
+class BodyTooLargeError(errors.TooLargeError):
     """The request body is larger than the configured limit."""
 
 
-class BodyTimeoutError(errors.EcaServeError):
+class BodyTimeoutError(errors.ClientError):
     """The request body did not arrive within the configured time (a slow or stalled client)."""
 
 
-class ClientGoneError(errors.EcaServeError):
+class ClientGoneError(errors.ClientError):
     """The client disconnected before its request body arrived (nothing the server did wrong)."""
 
 
-class BadFormError(errors.EcaServeError):
+class BadFormError(errors.InvalidParameterError):
     """A multipart body without the expected image field(s)."""
 
 
-class AdminDisabledError(errors.EcaServeError):
+class AdminDisabledError(errors.ClientError):
     """An admin endpoint was called while the admin API is off."""
 
 
-class UnauthorizedError(errors.EcaServeError):
+class UnauthorizedError(errors.ClientError):
     """An admin endpoint was called without the right token."""
 
 
-# Most specific first.
+# Most specific first: special statuses, then the groups of `eca_serve.errors`.
 STATUS: list[tuple[type[Exception], int]] = [
-    (NotReadyError, 503),
-    (errors.QueueFullError, 503),
-    (errors.ShuttingDownError, 503),
-    (errors.RequestTimeoutError, 504),
     (errors.UnknownModelError, 404),
     (errors.NoDriftReferenceError, 404),
-    (errors.InvalidImageError, 400),
-    (errors.InferenceRequestError, 400),
-    (errors.ImageTooLargeError, 413),
-    (BodyTooLargeError, 413),
+    (errors.TooLargeError, 413),
     (BodyTimeoutError, 408),
     (ClientGoneError, 499),  # nginx's "client closed request": counted apart from server errors
-    (TooManyImagesError, 413),
     (errors.UnsupportedMediaTypeError, 415),
-    (BadFormError, 422),
     (UnauthorizedError, 401),
     (AdminDisabledError, 403),
+    (errors.InferenceRequestError, 400),
     (errors.InvalidParameterError, 422),
+    (errors.ClientError, 400),
+    (errors.UnavailableError, 503),
+    (errors.RequestTimeoutError, 504),
+    (errors.ServerFault, 500),
 ]
 
 
 def status_of(exc: Exception) -> int:
-    """HTTP status of a typed error; 500 for anything unexpected."""
+    """HTTP status of a typed error; 500 for a `ServerFault` and anything unexpected."""
     return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
 
 
@@ -74,11 +70,22 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+def server_fault(exc: BaseException, request_id: str | None, path: str) -> JSONResponse:
+    """Log ``exc`` with its traceback and the request id; answer 500 with a body that tells nothing of it."""
+    log.error("request %s on %s failed: %s: %s", request_id, path, type(exc).__name__, exc, exc_info=exc,
+              extra={"request_id": request_id})
+    return error_response(500, INTERNAL_ERROR)
+
+
+def request_id_of(request: Request) -> str | None:
+    """The id `eca_serve.api.tracking` gave the request (None for untracked paths)."""
+    return getattr(request.state, "request_id", None)
+
+
 async def _eca_error(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc)
     if status == 500:
-        log.error("request %s failed", request.url.path, exc_info=exc)
-        return error_response(500, "internal error (see the server log)")
+        return server_fault(exc, request_id_of(request), request.url.path)
     return error_response(status, str(exc) or type(exc).__name__)
 
 
@@ -92,8 +99,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s", request.url.path, exc_info=exc)
-    return error_response(500, "internal error (see the server log)")
+    return server_fault(exc, request_id_of(request), request.url.path)
 
 
 def install_error_handlers(app: FastAPI) -> None:

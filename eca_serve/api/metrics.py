@@ -1,4 +1,9 @@
-"""Prometheus metrics (prometheus-client): requests, stage latencies, batching, queues, load times, GPU memory."""
+"""Prometheus metrics (prometheus-client): requests, stage latencies, batching, queues, load times, GPU memory.
+
+Label values are bounded: a model label is a name the manager knows (else `UNKNOWN_MODEL`), an endpoint
+label is a route template (``/v1/models/{name}/classify``), never a raw path. A client that sends a
+thousand made-up names adds no series.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ from eca_serve.pipelines.manager import ModelManager
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+UNKNOWN_MODEL = "_unknown"
+UNMATCHED = "_unmatched"
+REFUSED = "refused"
 
 
 class ServerMetrics:
@@ -21,10 +29,10 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.live = _LiveCollector()
-        self.requests = Counter("eca_serve_requests", "HTTP requests by model, endpoint and status",
-                                ["model", "endpoint", "status"], registry=r)
-        self.request_seconds = Histogram("eca_serve_request_duration_seconds", "HTTP request latency",
-                                         ["model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter("eca_serve_requests", "Requests by protocol, model, endpoint (route template) and status",
+                                ["protocol", "model", "endpoint", "status"], registry=r)
+        self.request_seconds = Histogram("eca_serve_request_duration_seconds", "Request latency",
+                                         ["protocol", "model", "endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.stage_seconds = Histogram("eca_serve_stage_duration_seconds", "Time per pipeline stage "
                                        "(preprocess, queue, inference, postprocess)", ["model", "stage"],
                                        buckets=LATENCY_BUCKETS, registry=r)
@@ -51,9 +59,24 @@ class ServerMetrics:
                 self.stage_seconds.labels(model, "queue").observe(seconds)
         return on_batch
 
-    def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, endpoint, str(status)).inc()
-        self.request_seconds.labels(model, endpoint).observe(seconds)
+    def observe_request(self, model: str, endpoint: str, status: int, seconds: float, protocol: str = "http") -> None:
+        """Count one answered request.
+
+        Args:
+            model: the model name the client asked for ("" when the endpoint names none); names the
+                manager does not know are counted as `UNKNOWN_MODEL`.
+            endpoint: a bounded name: the route template, `UNMATCHED` or `REFUSED` (gRPC: the method).
+        """
+        model = self.model_label(model)
+        self.requests.labels(protocol, model, endpoint, str(status)).inc()
+        self.request_seconds.labels(protocol, model, endpoint).observe(seconds)
+
+    def model_label(self, name: str) -> str:
+        """``name`` if the manager knows it (or ""), else `UNKNOWN_MODEL`."""
+        manager = self.live.manager
+        if not name or (manager is not None and name in manager.names()):
+            return name
+        return UNKNOWN_MODEL
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -48,6 +48,10 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(app: FastAPI, host: str, port: int, grace_s: float) -> None:
-    """Serve ``app`` until a signal drains it (blocking)."""
+    """Serve ``app`` in this process until a signal drains it (blocking).
+
+    One process only: uvicorn's ``workers`` supervisor would run plain ``uvicorn.Server`` workers,
+    which stop on SIGTERM without this drain (hence ``eca-serve serve`` refuses ``--workers`` > 1).
+    """
     config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=max(1, int(grace_s)))
     DrainingServer(config, app, grace_s).run()

@@ -26,7 +26,6 @@ from eca_serve.pipelines.manager import ModelManager
 
 INPUT, IMAGE = "input", "image"
 LOGITS, PROBABILITIES = "logits", "probabilities"
-DETECTION_OUTPUTS = ("boxes", "scores", "labels", "batch_index")
 MASKS = "masks"
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "onnxruntime"), "torchscript": ("pytorch_libtorch", "pytorch"),
              "eager": ("pytorch_libtorch", "pytorch")}

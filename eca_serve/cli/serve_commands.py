@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument("--backend", choices=["onnxruntime", "torchscript", "eager"])
-    p.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
+    p.add_argument("--workers", type=int, default=1, help="only 1: uvicorn's worker processes would skip the drain on "
+                   "SIGTERM (in-flight requests cut off); scale with more containers or processes behind a load balancer")
     p.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable)")
     p.set_defaults(func=cmd_serve)
 
@@ -43,24 +44,19 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from eca_serve.errors import ConfigError
 
+    if args.workers != 1:
+        # uvicorn's multiprocess supervisor runs plain uvicorn servers, not `DrainingServer`: on SIGTERM they
+        # would stop without answering the requests in flight.
+        raise ConfigError(f"--workers {args.workers}: only 1 worker per process is supported (the SIGTERM drain "
+                          "covers one server); run more processes or containers behind a load balancer")
+    from eca_serve.api import create_app
+    from eca_serve.api.server import serve
     from eca_serve.logs import configure_logging
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_json)
-    if args.workers > 1:
-        # Each worker process builds its app from the environment, so pass the settings through it.
-        import os
-
-        for key, value in settings.model_dump(exclude_unset=True).items():
-            os.environ[f"ECA_SERVE_{key.upper()}"] = json.dumps(value) if isinstance(value, list) else str(value)
-        uvicorn.run("eca_serve.api.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=args.workers, log_config=None, timeout_graceful_shutdown=int(settings.grace_period_s))
-        return 0
-    from eca_serve.api import create_app
-    from eca_serve.api.server import serve
-
     serve(create_app(settings), settings.host, settings.port, settings.grace_period_s)
     return 0
 

@@ -11,10 +11,14 @@ __all__ = ["ExportOptions", "ExportParityError", "Tolerance", "export_model"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ExportOptions", "ExportParityError", "export_model"):
-        from eca_serve.export import exporter
+    if name == "export_model":
+        from eca_serve.export.exporter import export_model
 
-        return getattr(exporter, name)
+        return export_model
+    if name in ("ExportOptions", "ExportParityError"):
+        from eca_serve.export import entry
+
+        return getattr(entry, name)
     if name == "Tolerance":
         from eca_serve.export.parity import Tolerance
 

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
-from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
+from eca_serve.export.entry import ExportOptions, Progress, finish_entry, save_weights
+from eca_serve.introspect import attention_layers
+from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output
 
 
 def export_classifier(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
@@ -67,9 +68,7 @@ def input_spec(model: nn.Module) -> InputSpec:
 
 def output_specs(model: nn.Module) -> list[OutputSpec]:
     """``logits`` [-1, K] then ``attention/<layer>`` [-1, C] per layer."""
-    from eca_serve.introspect import attention_layers
-
     specs = [OutputSpec(name="logits", shape=[-1, model.config.num_classes], dtype="float32")]
-    specs += [OutputSpec(name=formats.attention_output_name(a.name), shape=[-1, a.channels], dtype="float32")
+    specs += [OutputSpec(name=attention_output(a.name), shape=[-1, a.channels], dtype="float32")
               for a in attention_layers(model)]
     return specs

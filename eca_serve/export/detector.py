@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.exporter import ExportOptions, Progress, finish_entry, save_weights
-from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec
-from eca_serve.repository import model_input_size
+from eca_serve.export.entry import ExportOptions, Progress, finish_entry, save_weights
+from eca_serve.introspect import attention_layers
+from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, model_input_size
 
 DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
 
@@ -37,7 +37,7 @@ class DetectorOutputs(nn.Module):
 def detection_output_names(model: nn.Module) -> list[str]:
     """Graph outputs: boxes, labels, scores, [masks], then ``attention/<layer>``."""
     head = ["boxes", "labels", "scores"] + (["masks"] if model.config.task == "instance_segmentation" else [])
-    return head + [formats.attention_output_name(n) for n in model.attention_layers]
+    return head + [attention_output(n) for n in model.attention_layers]
 
 
 def export_detector_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:
@@ -132,7 +132,11 @@ def _onnx_backend(model: nn.Module, path: Path, example: Tensor) -> Callable[[Te
 
 
 def input_spec(model: nn.Module) -> InputSpec:
-    """One RGB image in [0, 1] of any size; resizing and normalisation happen inside the model."""
+    """One RGB image in [0, 1] of any size, normalised inside the model.
+
+    The server resizes images with Pillow to the working size (`model_input_size`) first, where the
+    model's own resize is the identity; other callers of the graph get its internal resize.
+    """
     transform = model.transform
     return InputSpec(layout="CHW", size=None, resize=None, crop=False, mean=tuple(transform.image_mean),
                      std=tuple(transform.image_std), normalized_in_model=True)
@@ -144,7 +148,5 @@ def output_specs(model: nn.Module) -> list[OutputSpec]:
              OutputSpec(name="scores", shape=[-1], dtype="float32")]
     if model.config.task == "instance_segmentation":
         specs.append(OutputSpec(name="masks", shape=[-1, 1, -1, -1], dtype="float32"))
-    from eca_serve.introspect import attention_layers
-
-    return specs + [OutputSpec(name=formats.attention_output_name(a.name), shape=[1, a.channels], dtype="float32")
+    return specs + [OutputSpec(name=attention_output(a.name), shape=[1, a.channels], dtype="float32")
                     for a in attention_layers(model)]

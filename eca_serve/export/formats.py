@@ -10,14 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.introspect import AttentionOutputs
+from eca_serve.repository import attention_output
 
 ONNX_OPSET = 17
 INPUT_NAME = "input"
-
-
-def attention_output_name(layer: str) -> str:
-    """Graph output name carrying a layer's attention weights, e.g. ``attention/layer1.0.eca``."""
-    return f"attention/{layer}"
 
 
 def export_torchscript(model: nn.Module, path: Path) -> torch.jit.ScriptModule:
@@ -51,7 +47,7 @@ def torchscript_variants(model: nn.Module, path: Path) -> dict[str, Any]:
 
 def classifier_output_names(model: nn.Module) -> list[str]:
     """``logits`` then one attention output per layer, in ``model.attention_layers`` order."""
-    return ["logits"] + [attention_output_name(n) for n in model.attention_layers]
+    return ["logits"] + [attention_output(n) for n in model.attention_layers]
 
 
 def export_classifier_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:

@@ -9,8 +9,6 @@ from typing import Any
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-TASKS = ("classification", "detection", "instance_segmentation")
-
 
 @dataclass(frozen=True)
 class PreprocessConfig:
@@ -39,7 +37,7 @@ class ModelConfig:
 
     Attributes:
         name: Registry name, e.g. ``eca_resnet50``.
-        task: One of ``TASKS``.
+        task: ``"classification"``, ``"detection"`` or ``"instance_segmentation"``.
         architecture: Family, e.g. ``resnet`` or ``mobilenet_v2``.
         num_classes: Output classes (detectors: including background).
         categories: One name per class index.

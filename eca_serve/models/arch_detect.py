@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 from torch import Tensor
 
 from eca_serve.errors import CheckpointError
-from eca_serve.models.zoo import RESNET_LAYOUTS
-
+from eca_serve.models.detection.detect_arch import detect_detector_architecture
+from eca_serve.models.zoo import resnet_depth
 
 
 def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
@@ -23,8 +22,6 @@ def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any
     Raises:
         CheckpointError: the layout is not one of the zoo's.
     """
-    from eca_serve.models.detection.detect_arch import detect_detector_architecture
-
     detector = detect_detector_architecture(state)
     if detector is not None:
         return detector
@@ -38,25 +35,8 @@ def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any
     )
 
 
-def resnet_blocks(state: Mapping[str, Tensor], prefix: str = "") -> tuple[list[int], bool]:
-    """(blocks per stage, bottleneck?) of the ResNet whose keys start with ``prefix`` (e.g. ``backbone.body.``)."""
-    pattern = re.compile(re.escape(prefix) + r"layer([1-4])\.(\d+)\.")
-    blocks = [0, 0, 0, 0]
-    for key in state:
-        match = pattern.match(key)
-        if match:
-            stage = int(match.group(1)) - 1
-            blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
-    return blocks, f"{prefix}layer1.0.conv3.weight" in state
-
-
 def _detect_resnet(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
-    blocks, bottleneck = resnet_blocks(state)
-    depth = next(
-        (d for d, (block, layers) in RESNET_LAYOUTS.items()
-         if list(layers) == blocks and (block.expansion == 4) == bottleneck),
-        None,
-    )
+    depth, blocks, bottleneck = resnet_depth(state)
     if depth is None:
         raise CheckpointError(f"ResNet with blocks per stage {blocks} (bottleneck={bottleneck}) is not in the zoo")
     prefix = "eca_" if any(".eca." in k for k in state) else "se_" if any(".se." in k for k in state) else ""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import re
+from typing import Any, Mapping, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.models._categories import default_categories
@@ -20,6 +21,24 @@ RESNET_LAYOUTS: dict[int, tuple[type, tuple[int, int, int, int]]] = {
     101: (Bottleneck, (3, 4, 23, 3)),
     152: (Bottleneck, (3, 8, 36, 3)),
 }
+
+
+def resnet_depth(state: Mapping[str, Tensor], prefix: str = "") -> tuple[int | None, list[int], bool]:
+    """(depth or None, blocks per stage, bottleneck?) of the ResNet whose keys start with ``prefix``.
+
+    The depth is the `RESNET_LAYOUTS` entry with those blocks per stage and block type, if any.
+    """
+    pattern = re.compile(re.escape(prefix) + r"layer([1-4])\.(\d+)\.")
+    blocks = [0, 0, 0, 0]
+    for key in state:
+        match = pattern.match(key)
+        if match:
+            stage = int(match.group(1)) - 1
+            blocks[stage] = max(blocks[stage], int(match.group(2)) + 1)
+    bottleneck = f"{prefix}layer1.0.conv3.weight" in state
+    depth = next((d for d, (block, layers) in RESNET_LAYOUTS.items()
+                  if list(layers) == blocks and (block.expansion == 4) == bottleneck), None)
+    return depth, blocks, bottleneck
 
 
 def _classifier_config(name: str, architecture: str, attention: str | None, num_classes: int, **extra: Any) -> ModelConfig:

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from eca_serve.repository import attention_output as attention_key  # noqa: F401  (the runtime's name for it)
+
 # Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C]}.
 # Detector outputs per image: {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W],
 # "attention/<layer>": [1, C]}.
@@ -55,7 +57,3 @@ class DetectorBackend(Protocol):
         """Per-image outputs for RGB float32 images [3, H, W] in [0, 1] (one size per call)."""
         ...
 
-
-def attention_key(layer: str) -> str:
-    """Output key of a layer's attention weights (same as the ONNX graph output name)."""
-    return f"attention/{layer}"

@@ -1,10 +1,11 @@
 """Registered ECA-ResNet-FPN detectors: ``{fasterrcnn,maskrcnn,retinanet}_eca_resnet{18,34,50,101}_fpn``.
 
 Config representation (``model.config``): torchvision's ``GeneralizedRCNNTransform`` inside the model
-resizes (shorter side ``min_size``, longer side at most ``max_size``) and normalises, so
-``preprocess`` says "nothing outside the model": ``resize=None``, ``crop=False``, ``mean=(0, 0, 0)``,
-``std=(1, 1, 1)``; the input is RGB float in [0, 1] at any size. ``preprocess.input_size`` is the
-nominal square ``(min_size, min_size)`` that the transform leaves unchanged (warm-up, profiling).
+normalises and resizes (shorter side ``min_size``, longer side at most ``max_size``), so ``preprocess``
+says "nothing outside the model": ``resize=None``, ``crop=False``, ``mean=(0, 0, 0)``, ``std=(1, 1, 1)``;
+the input is RGB float in [0, 1] at any size. The server resizes each image with Pillow to the working
+size (`eca_serve.repository.model_input_size`) first, where the model's own resize is the identity.
+``preprocess.input_size`` is the nominal square ``(min_size, min_size)`` (warm-up, profiling).
 Every build argument lives in ``extra`` (so the config rebuilds the model); the model's own
 normalisation is ``model.transform.image_mean``/``image_std`` (ImageNet's).
 """

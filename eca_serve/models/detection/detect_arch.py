@@ -9,7 +9,7 @@ from torch import Tensor
 
 from eca_serve.errors import CheckpointError
 from eca_serve.models.detection.builders import DEPTHS, retinanet_num_classes
-from eca_serve.models.zoo import RESNET_LAYOUTS
+from eca_serve.models.zoo import resnet_depth
 
 _BODY = "backbone.body."
 _MASK_LAYER = re.compile(r"^roi_heads\.mask_head\.(\d+)\.0\.weight$")
@@ -54,12 +54,9 @@ def _family(state: Mapping[str, Tensor]) -> str | None:
 
 
 def _depth(state: Mapping[str, Tensor]) -> int:
-    from eca_serve.models.arch_detect import resnet_blocks
-
-    blocks, bottleneck = resnet_blocks(state, _BODY)
-    for depth, (block, layers) in RESNET_LAYOUTS.items():
-        if list(layers) == blocks and (block.expansion == 4) == bottleneck and depth in DEPTHS:
-            return depth
+    depth, blocks, bottleneck = resnet_depth(state, _BODY)
+    if depth in DEPTHS:
+        return depth
     raise CheckpointError(
         f"detector backbone with blocks per stage {blocks} (bottleneck={bottleneck}) has no registered builder; "
         f"registered depths: {list(DEPTHS)}"

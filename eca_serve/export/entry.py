@@ -1,0 +1,109 @@
+"""A repository entry from an exported model: options, weights, parity report and (last) ``config.json``.
+
+Shared by the classifier and detector exports; `eca_serve.export.exporter` picks one of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import eca_serve
+from eca_serve.errors import EcaServeError
+from eca_serve.export import parity
+from eca_serve.repository import (
+    ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, write_config,
+)
+from eca_serve.introspect import attention_layers
+
+FORMATS = ("torchscript", "onnx")
+WEIGHTS_FILE = "weights.safetensors"
+PARITY_FILE = "parity.json"
+
+
+class ExportParityError(EcaServeError):
+    """An exported artifact disagrees with the eager model beyond tolerance."""
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how to check it.
+
+    Attributes:
+        name: Model name in the repository (folder name).
+        version: Version folder (integer >= 1).
+        formats: Subset of ``FORMATS``.
+        check_inputs: (batch, H, W) inputs for the parity check; the first is also the export input.
+            Default: batch 1 at the model's input size, then batch 3 at a larger size.
+        tolerance: Accepted differences.
+        metrics: Evaluation numbers recorded in the config (e.g. top-1 on a held-out set).
+        provenance: How the weights were made (command, seed, training time).
+        seed: Seed of the random parity inputs.
+    """
+
+    name: str
+    version: int = 1
+    formats: tuple[str, ...] = FORMATS
+    check_inputs: list[tuple[int, int, int]] | None = None
+    tolerance: parity.Tolerance = field(default_factory=parity.Tolerance)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+Progress = Callable[[str], None]
+
+
+def save_weights(model: nn.Module, out_dir: Path) -> ArtifactSpec:
+    """``weights.safetensors`` with the model config as metadata (categories survive a reload)."""
+    path = out_dir / WEIGHTS_FILE
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict(), default=list)})
+    return artifact_spec(path, "safetensors")
+
+
+def attention_specs(model: nn.Module) -> list[AttentionSpec]:
+    """Attention layers with the graph output that carries each one's weights."""
+    return [
+        AttentionSpec(name=a.name, kind=a.kind, channels=a.channels, k_size=a.k_size,
+                      output=attention_output(a.name))
+        for a in attention_layers(model)
+    ]
+
+
+def build_kwargs(model: nn.Module) -> dict[str, Any]:
+    """Arguments that rebuild the architecture with `create_model` (JSON-friendly)."""
+    extra = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.extra.items()}
+    return {**extra, "num_classes": model.config.num_classes}
+
+
+def write_parity(out_dir: Path, report: parity.ParityReport) -> None:
+    """``parity.json`` beside the artifacts."""
+    (out_dir / PARITY_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def finish_entry(
+    model: nn.Module, out_dir: Path, options: ExportOptions, report: parity.ParityReport,
+    input_spec: InputSpec, outputs: list[OutputSpec], artifacts: dict[str, Any], detection: dict | None = None,
+) -> EntryConfig:
+    """Write the parity report, then (only if it passed) ``config.json``."""
+    write_parity(out_dir, report)
+    if not report.passed:
+        problems = [f"{r.backend} {r.input_shape}: {'; '.join(r.problems)}" for r in report.rows if not r.passed]
+        raise ExportParityError("export parity failed: " + " | ".join(problems) + f" (report: {out_dir / PARITY_FILE})")
+    cfg = model.config
+    config = EntryConfig(
+        name=options.name, version=options.version, task=cfg.task, architecture=cfg.name,
+        build_kwargs=build_kwargs(model), num_classes=cfg.num_classes, categories=list(cfg.categories),
+        input=input_spec, outputs=outputs, attention=attention_specs(model), artifacts=artifacts,
+        detection=detection, parity=report.to_dict(), metrics=options.metrics,
+        provenance={**options.provenance, "eca_serve": eca_serve.__version__, "torch": torch.__version__},
+    )
+    write_config(out_dir, config)
+    return config
