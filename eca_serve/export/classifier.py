@@ -9,26 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.entry import ExportOptions, Progress, finish_entry, save_weights
+from eca_serve.export.entry import ExportOptions, Progress, finish_entry, write_artifacts
 from eca_serve.introspect import attention_layers
-from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output
+from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, attention_output
 
 
 def export_classifier(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
     """Export a classifier; see `eca_serve.export.export_model`."""
     inputs = _check_inputs(model, options)
-    progress("weights")
-    artifacts: dict[str, Any] = {"weights": save_weights(model, out_dir)}
-    backends: dict[str, Any] = {}
-    if "torchscript" in options.formats:
-        progress("torchscript")
-        backends.update(formats.torchscript_variants(model, out_dir / "model.pt"))
-        artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
-    if "onnx" in options.formats:
-        progress("onnx")
-        backends["onnxruntime"] = _onnx_backend(model, out_dir / "model.onnx", inputs[0])
-        artifacts["onnx"] = artifact_spec(out_dir / "model.onnx", "onnx")
-    progress("parity")
+    artifacts, backends = write_artifacts(model, out_dir, options, progress, lambda path: _onnx_backend(model, path, inputs[0]))
     report = _parity(model, backends, inputs, options.tolerance)
     return finish_entry(model, out_dir, options, report, input_spec(model), output_specs(model), artifacts)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from eca_serve.export import formats, parity
-from eca_serve.export.entry import ExportOptions, Progress, finish_entry, save_weights
+from eca_serve.export.entry import ExportOptions, Progress, finish_entry, write_artifacts
 from eca_serve.introspect import attention_layers
-from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, model_input_size
+from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, attention_output, model_input_size
 
 DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
 
@@ -61,19 +61,8 @@ def export_detector_onnx(model: nn.Module, path: Path, example: Tensor) -> list[
 def export_detector(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress) -> EntryConfig:
     """Export a detector; see `eca_serve.export.export_model`."""
     images = _check_images(model, options)
-    progress("weights")
-    artifacts: dict[str, Any] = {"weights": save_weights(model, out_dir)}
-    backends: dict[str, Callable[[Tensor], DetectorRun]] = {}
-    if "torchscript" in options.formats:
-        progress("torchscript")
-        for name, method in formats.torchscript_variants(model, out_dir / "model.pt").items():
-            backends[name] = lambda x, method=method: _run_torch(method, x)
-        artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
-    if "onnx" in options.formats:
-        progress("onnx")
-        backends["onnxruntime"] = _onnx_backend(model, out_dir / "model.onnx", images[0])
-        artifacts["onnx"] = artifact_spec(out_dir / "model.onnx", "onnx")
-    progress("parity")
+    artifacts, backends = write_artifacts(model, out_dir, options, progress, lambda path: _onnx_backend(model, path, images[0]),
+                                          wrap=lambda method: lambda x: _run_torch(method, x))
     rows = []
     for x in images:
         reference = _run_torch(model.forward_with_attention, x)

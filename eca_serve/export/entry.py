@@ -16,7 +16,7 @@ from torch import nn
 
 import eca_serve
 from eca_serve.errors import EcaServeError
-from eca_serve.export import parity
+from eca_serve.export import formats, parity
 from eca_serve.repository import (
     ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, write_config,
 )
@@ -66,6 +66,34 @@ def save_weights(model: nn.Module, out_dir: Path) -> ArtifactSpec:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict(), default=list)})
     return artifact_spec(path, "safetensors")
+
+
+def write_artifacts(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress,
+                    onnx: Callable[[Path], Callable[..., Any]],
+                    wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda method: method,
+                    ) -> tuple[dict[str, Any], dict[str, Callable[..., Any]]]:
+    """Weights, then TorchScript and ONNX as ``options.formats`` asks.
+
+    Args:
+        onnx: Writes the ONNX graph to the path it is given; returns a runner of the written graph.
+        wrap: Turns a TorchScript method into a runner comparable with the ONNX one.
+
+    Returns:
+        The artifact specs by kind, and a runner per backend for the parity check.
+    """
+    progress("weights")
+    artifacts: dict[str, Any] = {"weights": save_weights(model, out_dir)}
+    backends: dict[str, Callable[..., Any]] = {}
+    if "torchscript" in options.formats:
+        progress("torchscript")
+        backends.update({name: wrap(method) for name, method in formats.torchscript_variants(model, out_dir / "model.pt").items()})
+        artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
+    if "onnx" in options.formats:
+        progress("onnx")
+        backends["onnxruntime"] = onnx(out_dir / "model.onnx")
+        artifacts["onnx"] = artifact_spec(out_dir / "model.onnx", "onnx")
+    progress("parity")
+    return artifacts, backends
 
 
 def attention_specs(model: nn.Module) -> list[AttentionSpec]:
