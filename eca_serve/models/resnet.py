@@ -85,21 +85,23 @@ class _AttentionBlock(nn.Module):
         return self.relu(out + self._identity(x))
 
 
+class Stage(nn.Sequential):
+    """The blocks of one ResNet stage (a plain ``nn.Sequential`` to ``state_dict``)."""
+
+    def forward_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Like ``forward``; appends each block's attention weights [B, C] to ``weights``."""
+        for block in self:
+            x = block.forward_collect(x, weights)
+        return x
+
+
 class BasicBlock(_AttentionBlock):
     """Two 3x3 convolutions (ResNet-18/34)."""
 
     expansion = 1
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int,
-        downsample: nn.Module | None,
-        attn_layer: str | None,
-        attn_kwargs: dict[str, Any],
-        norm_layer: NormLayer,
-    ) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, attn_layer: str | None,
+                 attn_kwargs: dict[str, Any], norm_layer: NormLayer) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = norm_layer(planes)
@@ -118,16 +120,8 @@ class Bottleneck(_AttentionBlock):
 
     expansion = 4
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int,
-        downsample: nn.Module | None,
-        attn_layer: str | None,
-        attn_kwargs: dict[str, Any],
-        norm_layer: NormLayer,
-    ) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None, attn_layer: str | None,
+                 attn_kwargs: dict[str, Any], norm_layer: NormLayer) -> None:
         super().__init__()
         self.conv1 = conv1x1(inplanes, planes)
         self.bn1 = norm_layer(planes)
@@ -210,7 +204,7 @@ class ResNet(nn.Module):
 
     def _make_layer(
         self, block: Any, planes: int, depth: int, stride: int, attn_layer: str | None, attn_kwargs: dict
-    ) -> nn.Sequential:
+    ) -> Stage:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -221,7 +215,7 @@ class ResNet(nn.Module):
         self.inplanes = planes * block.expansion
         for _ in range(1, depth):
             blocks.append(block(self.inplanes, planes, 1, None, attn_layer, attn_kwargs, self._norm_layer))
-        return nn.Sequential(*blocks)
+        return Stage(*blocks)
 
     def stem(self, x: Tensor) -> Tensor:
         """Stem: [B, 3, H, W] -> [B, stem_width, H/4, W/4]."""
@@ -242,21 +236,10 @@ class ResNet(nn.Module):
 
     def forward_features_collect(self, x: Tensor, weights: list[Tensor]) -> list[Tensor]:
         """Stage outputs [layer1..layer4] of ``x`` [B, 3, H, W]; appends attention weights to ``weights``."""
-        x = self.stem(x)
-        feats: list[Tensor] = []
-        for block in self.layer1:
-            x = block.forward_collect(x, weights)
-        feats.append(x)
-        for block in self.layer2:
-            x = block.forward_collect(x, weights)
-        feats.append(x)
-        for block in self.layer3:
-            x = block.forward_collect(x, weights)
-        feats.append(x)
-        for block in self.layer4:
-            x = block.forward_collect(x, weights)
-        feats.append(x)
-        return feats
+        c2 = self.layer1.forward_collect(self.stem(x), weights)
+        c3 = self.layer2.forward_collect(c2, weights)
+        c4 = self.layer3.forward_collect(c3, weights)
+        return [c2, c3, c4, self.layer4.forward_collect(c4, weights)]
 
     @torch.jit.export
     def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
