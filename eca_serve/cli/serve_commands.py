@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-repository", type=Path, help="default: models/ (ECA_SERVE_MODEL_REPOSITORY)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="gRPC (Open Inference Protocol) port, 0 = off; default 8001 (ECA_SERVE_GRPC_PORT)")
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument("--backend", choices=["onnxruntime", "torchscript", "eager"])
     p.add_argument("--workers", type=int, default=1, help="server processes (each loads every model)")
@@ -38,6 +40,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     given = {k: v for k, v in {"model_repository": args.model_repository, "host": args.host, "port": args.port,
                                "device": args.device, "backend": args.backend, "models": args.models}.items() if v}
+    if args.grpc_port is not None:  # 0 is a value here: it turns gRPC off
+        given["grpc_port"] = args.grpc_port
     return Settings(**given)
 
 
@@ -49,6 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_json)
     if args.workers > 1:
+        if settings.grpc_port:
+            logging.getLogger("eca_serve.server").warning("gRPC is served only with --workers 1; port %d stays closed", settings.grpc_port)
         # Each worker process builds its app from the environment, so pass the settings through it.
         import os
 
@@ -60,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from eca_serve.api import create_app
     from eca_serve.api.server import serve
 
-    serve(create_app(settings), settings.host, settings.port, settings.grace_period_s)
+    serve(create_app(settings), settings.host, settings.port, settings.grace_period_s, settings.grpc_port)
     return 0
 
 
