@@ -212,17 +212,46 @@ def test_sigterm_drains_grpc_calls_in_flight_then_exits_0() -> None:
         assert running.process.process.wait(timeout=60) == 0
 
 
-def _wait_inflight(running, count: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = next(l for l in running.metrics().splitlines() if l.startswith("eca_serve_inflight_requests "))
-        if float(line.split()[1]) >= count:
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"fewer than {count} calls reached the server")
+def _wait_inflight(running, count: int) -> None:
+    """Until ``count`` requests are in flight (the counter HTTP and gRPC share)."""
+    _wait(lambda: _inflight(running) >= count, timeout_s=30)
 
 
 def test_bytes_outputs_are_length_prefixed_raw(client) -> None:
     result = client.infer(CLS, [image_input(SHAPES[0])], outputs=[tg.InferRequestedOutput("logits", class_count=2)])
     raw = result.get_response().raw_output_contents[0]
     assert [s.split(b":")[0] for s in deserialize_bytes(raw, 2)] == [s.split(b":")[0] for s in result.as_numpy("logits")[0]]
+
+
+def test_inflight_limit_is_shared_with_http_and_cancelled_calls_free_their_slots() -> None:
+    big = jpeg_bytes((3000, 2000), seed=2)
+    with grpc_server(ECA_SERVE_MAX_INFLIGHT_REQUESTS="3", ECA_SERVE_MAX_BATCH_SIZE="1", ECA_SERVE_DECODE_THREADS="1") as running:
+        client = tg.InferenceServerClient(running.address)
+        errors: list[object] = []
+        for _ in range(3):  # three images per call keep the calls busy for a while
+            client.async_infer(CLS, [image_input(big, big, big)], callback=lambda result, error: errors.append(error))
+        _wait_inflight(running, 3)
+        refused = httpx.post(f"{running.base}/v1/models/{CLS}/classify", content=SHAPES[0], headers={"content-type": "image/png"})
+        assert refused.status_code == 503
+        assert code_of(lambda: client.infer(CLS, [image_input(SHAPES[0])])) == "StatusCode.RESOURCE_EXHAUSTED"
+        _wait(lambda: len(errors) == 3)
+        assert errors == [None] * 3
+        calls = [client.async_infer(CLS, [image_input(big, big, big)], callback=lambda result, error: None) for _ in range(3)]
+        _wait_inflight(running, 3)
+        for call in calls:
+            call.cancel()
+        _wait(lambda: _inflight(running) == 0)
+        assert client.infer(CLS, [image_input(SHAPES[0])]).as_numpy("logits").shape == (1, 8)
+        assert 'code="CANCELLED",method="ModelInfer"' in running.metrics()
+
+
+def _inflight(running) -> float:
+    line = next(l for l in running.metrics().splitlines() if l.startswith("eca_serve_inflight_requests "))
+    return float(line.split()[1])
+
+
+def _wait(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
