@@ -82,11 +82,14 @@ class GrpcServer:
 
     async def _follow_readiness(self) -> None:
         """Health says SERVING while every model is ready and the server is not draining."""
+        last = None
         while True:
             ready = self.state.manager.ready and not self.state.draining
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
-            for service in ("", SERVICE):
-                await self.health.set(service, status)
+            if status != last:
+                for service in ("", SERVICE):
+                    await self.health.set(service, status)
+                last = status
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def drain(self) -> None:
