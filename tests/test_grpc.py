@@ -255,3 +255,15 @@ def _wait(condition, timeout_s: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_a_taken_grpc_port_stops_the_server_with_status_1() -> None:
+    import socket
+
+    from tests.reliability.serverproc import start_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RuntimeError, match=r"exited with 1(.|\n)*cannot serve gRPC on port"):
+            start_server(MODELS, env={"ECA_SERVE_GRPC_PORT": str(taken.getsockname()[1]), "ECA_SERVE_LOG_LEVEL": "error"})
