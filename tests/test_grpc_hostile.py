@@ -140,3 +140,11 @@ def test_malformed_requests_of_the_other_rpcs(channel) -> None:
     for rpc in ("ModelMetadata", "ModelReady", "ModelConfig", "ModelStatistics", "RepositoryIndex"):
         assert raw_call(channel, rpc, b"\x0a\xff")[0] == INVALID, rpc
     assert raw_call(channel, "ServerLive", b"")[0] == OK
+
+
+def test_request_id_comes_back_in_trailing_metadata(channel) -> None:
+    call = channel.unary_unary(f"/{SERVICE}/ServerMetadata")
+    _, state = call.with_call(b"", metadata=(("x-request-id", "abc-123"),), timeout=10)
+    assert ("x-request-id", "abc-123") in tuple(state.trailing_metadata())
+    _, state = call.with_call(b"", timeout=10)
+    assert len(dict(state.trailing_metadata())["x-request-id"]) == 32  # generated
