@@ -6,9 +6,13 @@ import asyncio
 import logging
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    from eca_serve.api.grpc.server import GrpcServer
 
 log = logging.getLogger("eca_serve.server")
 
@@ -30,17 +34,18 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.app, self.grace_s = app, grace_s
         self._drain_task: asyncio.Task | None = None
-        self.grpc_port, self.grpc, self.failed = grpc_port, None, False
+        self.grpc_port, self.failed = grpc_port, False
+        self.grpc: GrpcServer | None = None
 
     async def startup(self, sockets: list | None = None) -> None:
         await super().startup(sockets)
         if self.grpc_port and not self.should_exit:
             from eca_serve.api.grpc.server import GrpcServer, grpc_address
 
-            grpc = GrpcServer(self.app.state, grpc_address(self.config.host, self.grpc_port))
+            front = GrpcServer(self.app.state, grpc_address(self.config.host, self.grpc_port))
             try:
-                await grpc.start()
-                self.grpc = grpc
+                await front.start()
+                self.grpc = front
             except RuntimeError as exc:
                 log.error("cannot serve gRPC on port %d: %s", self.grpc_port, exc)
                 self.should_exit = self.failed = True
