@@ -191,7 +191,7 @@ def test_sigterm_drains_grpc_calls_in_flight_then_exits_0() -> None:
 
         def call() -> None:
             try:
-                result = tg.InferenceServerClient(running.address).infer(CLS, [image_input(big)])
+                result = tg.InferenceServerClient(running.address).infer(CLS, [image_input(big, big, big)])
                 results.append(result.as_numpy("logits").shape)
             except InferenceServerException as exc:
                 results.append(exc.status())
@@ -208,7 +208,7 @@ def test_sigterm_drains_grpc_calls_in_flight_then_exits_0() -> None:
         assert status == health_pb2.HealthCheckResponse.NOT_SERVING
         for thread in threads:
             thread.join(timeout=120)
-        assert results == [(1, 8)] * 4
+        assert results == [(3, 8)] * 4
         assert running.process.process.wait(timeout=60) == 0
 
 
