@@ -42,10 +42,13 @@ def messages() -> SimpleNamespace:
 def rpc_types() -> dict[str, tuple[type, type]]:
     """(request class, response class) of each RPC of the service, by method name."""
     files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTORS.read_bytes())
-    found = messages()
-    short = lambda full: full.rsplit(".", 1)[-1]  # noqa: E731 - ".inference.X" -> "X"
-    return {m.name: (getattr(found, short(m.input_type)), getattr(found, short(m.output_type)))
+    return {m.name: (_message(m.input_type), _message(m.output_type))
             for proto in files.file for service in proto.service for m in service.method}
+
+
+def _message(full_name: str) -> type:
+    """The class of a message type named as descriptors name it (``.inference.ModelInferRequest``)."""
+    return getattr(messages(), full_name.rsplit(".", 1)[-1])
 
 
 def compile_proto(proto: Path = PROTO) -> bytes:
