@@ -26,7 +26,7 @@ from eca_serve.repository import read_config
 from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
 from tests.grpc_serving import CLS, DET, MODELS, grpc_server
-from tests.hostile_images import jpeg_bytes
+from tests.hostile_images import jpeg_bytes, png_bytes
 
 
 def png(image) -> bytes:
@@ -167,7 +167,10 @@ def test_errors_map_to_status_codes(client, server) -> None:
     assert client.is_server_ready()
 
 
-def test_64_mib_request_is_refused_with_resource_exhausted(client) -> None:
+def test_message_limit_is_the_body_limit_not_grpcios_4_mib(client) -> None:
+    photo = png_bytes((1700, 1700))  # noise: about 8.7 MB
+    assert len(photo) > 8 * 2**20
+    assert client.infer(CLS, [image_input(photo)]).as_numpy("logits").shape == (1, 8)
     huge = image_input(b"\x89PNG" + bytes(64 * 2**20))
     assert code_of(lambda: client.infer(CLS, [huge])) == "StatusCode.RESOURCE_EXHAUSTED"
     assert client.infer(CLS, [image_input(SHAPES[0])]).as_numpy("logits").shape == (1, 8)
