@@ -70,10 +70,12 @@ COPY models ./models
 ENV ECA_SERVE_MODEL_REPOSITORY=/opt/eca-serve/models \
     ECA_SERVE_HOST=0.0.0.0 \
     ECA_SERVE_PORT=8000 \
+    ECA_SERVE_GRPC_PORT=8001 \
     ECA_SERVE_GRACE_PERIOD_S=30 \
     MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
-EXPOSE 8000
+# HTTP, then the Open Inference Protocol over gRPC (8001 as Triton; grpc.health.v1 there too).
+EXPOSE 8000 8001
 # SIGTERM drains: readiness 503 at once, in-flight requests finish within ECA_SERVE_GRACE_PERIOD_S,
 # exit 0. Give the container at least that long to stop (docker stop -t 45, stop_grace_period: 45s).
 STOPSIGNAL SIGTERM

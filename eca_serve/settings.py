@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     model_repository: Path = Path("models")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol over gRPC (0 = off; 8001 as Triton)")
     device: str = "cpu"
     backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
     fp16: bool = False

@@ -234,14 +234,14 @@ def test_runtime_stage(runtime) -> None:
     (workdir,) = instruction(runtime, "WORKDIR")
     assert any(rest.split() == ["models", "./models"] for rest in instruction(runtime, "COPY"))
     assert env["ECA_SERVE_MODEL_REPOSITORY"] == f"{workdir}/models"
-    assert instruction(runtime, "EXPOSE") == [env["ECA_SERVE_PORT"]] == ["8000"]
+    assert instruction(runtime, "EXPOSE") == [f'{env["ECA_SERVE_PORT"]} {env["ECA_SERVE_GRPC_PORT"]}'] == ["8000 8001"]
     assert instruction(runtime, "STOPSIGNAL") == ["SIGTERM"]
     (user,) = instruction(runtime, "USER")
     assert user.split(":")[0] not in ("0", "root")
     assert exec_form(instruction(runtime, "CMD")[0]) == ["eca-serve", "serve"]
     assert "/v2/health/ready" in " ".join(healthcheck_command(runtime))
     settings = check_settings_env(env)
-    assert settings.grace_period_s == 30 and settings.port == 8000
+    assert settings.grace_period_s == 30 and settings.port == 8000 and settings.grpc_port == 8001
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_dockerignored(dockerfile) -> None:
@@ -290,6 +290,7 @@ def test_compose_service(compose, runtime) -> None:
     assert service["stop_signal"] == "SIGTERM"
     assert seconds(service["stop_grace_period"]) > settings.grace_period_s
     assert f"{settings.port}:{settings.port}" in service["ports"]
+    assert f"{settings.grpc_port}:{settings.grpc_port}" in service["ports"]
 
 
 def test_compose_prometheus(compose) -> None:
@@ -414,8 +415,9 @@ def test_deployment(manifests) -> None:
     assert pre_stop[0] == "sleep"
     assert pod["spec"]["terminationGracePeriodSeconds"] > settings.grace_period_s + int(pre_stop[1])
 
-    (port,) = container["ports"]
+    port, grpc_port = container["ports"]
     assert port["containerPort"] == settings.port
+    assert grpc_port["containerPort"] == settings.grpc_port == 8001
     assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": port["name"]}
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": port["name"]}
     for kind in ("requests", "limits"):
@@ -428,7 +430,7 @@ def test_deployment(manifests) -> None:
 
     service = manifests["Service"]
     assert service["spec"]["selector"] == manifests["Deployment"]["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port["name"], grpc_port["name"]]
 
     hpa = manifests["HorizontalPodAutoscaler"]["spec"]
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -451,7 +453,7 @@ def test_kserve_runtime_and_inference_service(manifests) -> None:
     settings = check_settings_env(container_env(container))
     # KServe's conventions: the predictor listens on 8080; storageUri's content is mounted at /mnt/models.
     assert settings.port == 8080 == container["ports"][0]["containerPort"] == container["readinessProbe"]["httpGet"]["port"]
-    assert settings.model_repository == Path("/mnt/models")
+    assert settings.grpc_port == 8081 and settings.model_repository == Path("/mnt/models")
     assert settings.host == "0.0.0.0"
     assert runtime["spec"]["annotations"]["prometheus.kserve.io/port"] == "8080"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"

@@ -16,7 +16,7 @@ from tests.serving_utils import export_small_classifier, free_port
 
 
 def start(root: Path, port: int, **env: str) -> subprocess.Popen:
-    environment = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", **env}
+    environment = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", "ECA_SERVE_GRPC_PORT": "0", **env}
     cmd = [sys.executable, "-m", "eca_serve.cli", "serve", "--model-repository", str(root), "--port", str(port)]
     process = subprocess.Popen(cmd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120

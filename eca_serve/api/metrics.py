@@ -59,7 +59,7 @@ class ServerMetrics:
                 self.stage_seconds.labels(model, "queue").observe(seconds)
         return on_batch
 
-    def observe_request(self, model: str, endpoint: str, status: int, seconds: float, protocol: str = "http") -> None:
+    def observe_request(self, model: str, endpoint: str, status: int | str, seconds: float, protocol: str = "http") -> None:
         """Count one answered request.
 
         Args:

@@ -110,7 +110,7 @@ async def infer(name: str, request: Request, manager: Manager, settings: AppSett
     """Inference on ``input`` (FP32 [N, 3, H, W]) or ``image`` (BYTES [N]); JSON or binary tensors."""
     pipeline = _pipeline(manager, name, version)
     body = await _read_infer_body(request, settings)
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), shape_checker(pipeline.config, _limits(settings)))
+    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), shape_checker(pipeline.config, InferLimits.of(settings)))
     outputs = await run_inference(pipeline, parsed)
     head = {"model_name": name, "model_version": str(pipeline.config.version)}
     if parsed.id is not None:
@@ -119,12 +119,6 @@ async def infer(name: str, request: Request, manager: Manager, settings: AppSett
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
-
-
-def _limits(settings: Settings) -> InferLimits:
-    # Preprocessed rows are cheap next to decoding files, hence more of them per request.
-    return InferLimits(max_images=settings.max_images_per_request, max_tensor_rows=settings.max_images_per_request * 4,
-                       max_pixels=settings.max_image_pixels)
 
 
 async def _read_infer_body(request: Request, settings: Settings) -> bytes:

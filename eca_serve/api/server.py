@@ -6,9 +6,13 @@ import asyncio
 import logging
 import time
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    from eca_serve.api.grpc.server import GrpcServer
 
 log = logging.getLogger("eca_serve.server")
 
@@ -19,12 +23,37 @@ class DrainingServer(uvicorn.Server):
     At once: readiness turns 503 and new requests are answered 503 (``app.state.draining``). Requests
     already in flight (including queued ones) finish, up to ``grace_s``; then uvicorn shuts down and the
     process exits 0. A second signal exits immediately.
+
+    With ``grpc_port``, the gRPC API is served on the same event loop (so it shares the app's models,
+    batchers, in-flight counter and metrics): it starts once the lifespan has started the app, turns
+    NOT_SERVING with the drain, and stops before the lifespan stops the models. NOTE: here and not in the
+    lifespan, which also runs for in-process apps (tests' TestClient) that must not bind a port.
     """
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, grace_s: float, grpc_port: int = 0) -> None:
         super().__init__(config)
         self.app, self.grace_s = app, grace_s
         self._drain_task: asyncio.Task | None = None
+        self.grpc_port, self.failed = grpc_port, False
+        self.grpc: GrpcServer | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        if self.grpc_port and not self.should_exit:
+            from eca_serve.api.grpc.server import GrpcServer, grpc_address
+
+            front = GrpcServer(self.app.state, grpc_address(self.config.host, self.grpc_port))
+            try:
+                await front.start()
+                self.grpc = front
+            except RuntimeError as exc:
+                log.error("cannot serve gRPC on port %d: %s", self.grpc_port, exc)
+                self.should_exit = self.failed = True
+
+    async def shutdown(self, sockets: list | None = None) -> None:
+        if self.grpc is not None:
+            await self.grpc.stop(grace_s=min(1.0, self.grace_s))  # in-flight calls had the drain's grace already
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.app.state.draining:
@@ -40,6 +69,8 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.grace_s
+        if self.grpc is not None:
+            await self.grpc.drain()
         while self.app.state.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if self.app.state.inflight:
@@ -47,11 +78,17 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: FastAPI, host: str, port: int, grace_s: float) -> None:
-    """Serve ``app`` in this process until a signal drains it (blocking).
+def serve(app: FastAPI, host: str, port: int, grace_s: float, grpc_port: int = 0) -> None:
+    """Serve ``app`` (and gRPC on ``grpc_port`` unless 0) until a signal drains it (blocking).
 
     One process only: uvicorn's ``workers`` supervisor would run plain ``uvicorn.Server`` workers,
     which stop on SIGTERM without this drain (hence ``eca-serve serve`` refuses ``--workers`` > 1).
+
+    Raises:
+        SystemExit: The gRPC port could not be bound (status 1, as uvicorn does for its own port).
     """
     config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=max(1, int(grace_s)))
-    DrainingServer(config, app, grace_s).run()
+    server = DrainingServer(config, app, grace_s, grpc_port)
+    server.run()
+    if server.failed:
+        raise SystemExit(1)

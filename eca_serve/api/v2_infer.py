@@ -17,6 +17,7 @@ from eca_serve.errors import ImageTooLargeError, InferenceRequestError, TooManyI
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.contract import Classification, DetectionResult, ImageInput, Result
 from eca_serve.repository import EntryConfig
+from eca_serve.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class InferLimits:
     max_images: int
     max_tensor_rows: int
     max_pixels: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> InferLimits:
+        """The server's limits; preprocessed rows are cheap next to decoding files, hence more of them per request."""
+        return cls(max_images=settings.max_images_per_request, max_tensor_rows=settings.max_images_per_request * 4,
+                   max_pixels=settings.max_image_pixels)
 
 
 @dataclass(frozen=True)

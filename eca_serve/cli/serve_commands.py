@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-repository", type=Path, help="default: models/ (ECA_SERVE_MODEL_REPOSITORY)")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--grpc-port", type=int, help="gRPC (Open Inference Protocol) port, 0 = off; default 8001 (ECA_SERVE_GRPC_PORT)")
     p.add_argument("--device", help="cpu | cuda | cuda:N")
     p.add_argument("--backend", choices=["onnxruntime", "torchscript", "eager"])
     p.add_argument("--workers", type=int, default=1, help="only 1: uvicorn's worker processes would skip the drain on "
@@ -39,6 +40,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     given = {k: v for k, v in {"model_repository": args.model_repository, "host": args.host, "port": args.port,
                                "device": args.device, "backend": args.backend, "models": args.models}.items() if v}
+    if args.grpc_port is not None:  # 0 is a value here: it turns gRPC off
+        given["grpc_port"] = args.grpc_port
     return Settings(**given)
 
 
@@ -56,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_json)
-    serve(create_app(settings), settings.host, settings.port, settings.grace_period_s)
+    serve(create_app(settings), settings.host, settings.port, settings.grace_period_s, settings.grpc_port)
     return 0
 
 

@@ -72,7 +72,8 @@ def start_server(repository: Path, env: dict[str, str] | None = None, ready_time
     """
     port = free_port()
     log = log or Path(tempfile.mkstemp(prefix="eca-serve-", suffix=".log")[1])
-    environment = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", **(env or {})}
+    # gRPC off unless asked for: parallel test servers would all want port 8001
+    environment = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", "ECA_SERVE_GRPC_PORT": "0", **(env or {})}
     with open(log, "wb") as sink:
         process = subprocess.Popen(serve_command(repository, port), env=environment, stdout=sink, stderr=subprocess.STDOUT)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
