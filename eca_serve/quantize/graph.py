@@ -12,6 +12,7 @@ from eca_serve.errors import ConfigError
 Method = Literal["minmax", "entropy", "percentile"]
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 _POOLS = frozenset({"ReduceMean", "GlobalAveragePool"})
+_SIGMOIDS = frozenset({"Sigmoid", "HardSigmoid"})
 _GATE_MAX_NODES = 16  # pool -> [Unsqueeze] -> Conv(1d) | Conv, Relu, Conv -> Sigmoid -> Squeeze/Flatten
 
 
@@ -43,11 +44,13 @@ def attention_nodes(model: Any, attention_outputs: Sequence[str]) -> list[str]:
 def _walk_back(producer: dict[str, Any], output: str) -> list[str]:
     node, found = producer.get(output), []
     while node is not None and len(found) < _GATE_MAX_NODES:
-        found.append(node.name)
+        found.append(node)
         if node.op_type in _POOLS:
-            return found
+            if any(n.op_type in _SIGMOIDS for n in found):
+                return [n.name for n in found]
+            break
         node = producer.get(node.input[0])
-    raise ConfigError(f"attention output {output!r} does not come from a pooling gate")
+    raise ConfigError(f"attention output {output!r} does not come from a pool -> sigmoid gate")
 
 
 def _walk_forward(consumers: dict[str, list[Any]], output: str) -> list[str]:
