@@ -182,3 +182,25 @@ def test_served_int8_answers_equal_onnxruntime_on_the_int8_graph(repository: Pat
         error = np.abs(np.subtract(int8_layer["weights"], fp32_layer["weights"])).max()
         assert error <= config.quantization.attention_diff_per_layer[f"attention/{int8_layer['name']}"]
     assert v1["predictions"][0]["label"] == fp32["predictions"][0]["label"] == "star"
+
+
+def test_an_se_model_keeps_its_gates_float_and_unlabelled_images_bound_the_disagreement(tmp_path: Path, images) -> None:
+    import torch
+
+    import eca_serve
+    from eca_serve.export import ExportOptions, export_model
+    from eca_serve.models import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = eca_serve.create_model("se_resnet18", num_classes=3, widths=[16, 32, 64, 128], stem_width=16)
+    model.config = model.config.replace(preprocess=PreprocessConfig(input_size=(64, 64), resize=64))
+    export_model(model, tmp_path / "se" / "1", ExportOptions(name="se", formats=("onnx",), check_inputs=[(1, 64, 64)]))
+    # Shapes class folders name none of this model's categories: the images count as unlabelled.
+    assert main(["quantize", "se", "--model-repository", str(tmp_path), "--calibration", str(images[0]),
+                 "--max-drop", "100"]) == 0
+    report = read_config(tmp_path / "se" / "2").quantization
+    assert report.top1_fp32 is None and report.top1_drop == pytest.approx(100 - report.agreement)
+    assert report.eval_images == report.calibration_images == 32
+    graph = onnx.load(str(tmp_path / "se" / "1" / "model.onnx"))
+    kinds = [n.op_type for n in graph.graph.node if n.name in set(report.excluded_nodes)]
+    assert kinds.count("Sigmoid") == kinds.count("Mul") == kinds.count("ReduceMean") == 8 and kinds.count("Conv") == 16
