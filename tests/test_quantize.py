@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -141,6 +143,9 @@ def test_int8_entries_are_served_on_cpu_by_onnxruntime_only(repository: Path) ->
     with pytest.raises(ConfigError, match=f"INT8, served on CPU only, not on cuda:0; serve its FP32 parent {NAME}:1"):
         check_servable(int8, "cuda:0")
     assert "onnxruntime backend" in unservable_reason(int8, "cpu", backend="torchscript")
+    # The serving path may import this check: it must stay light.
+    code = "import sys, eca_serve.quantize.serving; print(sorted({'onnxruntime', 'torch', 'onnx'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_attention_nodes_cover_every_gate_and_its_scaling_mul() -> None:
