@@ -23,7 +23,7 @@ from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
 from eca_serve.quantize.graph import attention_nodes
 from eca_serve.quantize.report import softmax
-from eca_serve.quantize.serving import check_servable, unservable_reason
+from eca_serve.quantize.serving import check_servable, servable_entries, unservable_reason
 from eca_serve.repository import list_entries, read_config
 from eca_serve.settings import Settings
 from tests.serving_utils import running_server
@@ -143,6 +143,10 @@ def test_int8_entries_are_served_on_cpu_by_onnxruntime_only(repository: Path) ->
     with pytest.raises(ConfigError, match=f"INT8, served on CPU only, not on cuda:0; serve its FP32 parent {NAME}:1"):
         check_servable(int8, "cuda:0")
     assert "onnxruntime backend" in unservable_reason(int8, "cpu", backend="torchscript")
+    entries = list_entries(repository)
+    assert [e[:2] for e in servable_entries(entries, "cuda", "onnxruntime")] == [(NAME, 1)]
+    assert [e[:2] for e in servable_entries(entries, "cpu", "eager")] == [(NAME, 1)]
+    assert servable_entries(entries, "cpu", "onnxruntime") == entries
     # The serving path may import this check: it must stay light.
     code = "import sys, eca_serve.quantize.serving; print(sorted({'onnxruntime', 'torch', 'onnx'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

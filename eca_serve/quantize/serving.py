@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from eca_serve.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") -> str | None:
@@ -32,3 +36,21 @@ def check_servable(config: Any, device: str, backend: str = "onnxruntime") -> No
     reason = unservable_reason(config, device, backend)
     if reason is not None:
         raise ConfigError(reason)
+
+
+def servable_entries(entries: list[tuple[str, int, Path]], device: str, backend: str) -> list[tuple[str, int, Path]]:
+    """``entries`` ((name, version, folder) as `list_entries` gives them) minus those that cannot run there.
+
+    Each one left out is logged with its reason, so that a GPU server, or one on the torchscript or
+    eager backend, serves the FP32 versions of a repository that also holds INT8 ones.
+    """
+    from eca_serve.repository import read_config
+
+    kept = []
+    for name, version, folder in entries:
+        reason = unservable_reason(read_config(folder, verify=False), device, backend)
+        if reason is None:
+            kept.append((name, version, folder))
+        else:
+            log.warning("not serving %s", reason)
+    return kept
