@@ -140,6 +140,38 @@ class ServingSpec(_Strict):
         return self.model_dump(exclude={"device"}, exclude_none=True)
 
 
+class QuantizationSpec(_Strict):
+    """How an INT8 entry was made from its FP32 parent and what it costs in accuracy.
+
+    Accuracy fields compare the two graphs on the same ``eval_images``, preprocessed as the server
+    does. Top-1 fields are None when the eval images carry no labels; the bound then applies to
+    the disagreement (100 - ``agreement``), which bounds any top-1 drop from above.
+    """
+
+    parent_version: int = Field(ge=1)
+    method: Literal["minmax", "entropy", "percentile"]
+    format: Literal["QDQ"] = "QDQ"
+    weights: str = "int8, per channel"
+    activations: str = "uint8, per tensor"
+    calibration_images: int = Field(ge=1)
+    calibration_source: str
+    excluded_nodes: list[str]
+    attention_in_float: bool
+    eval_images: int = Field(ge=1)
+    eval_source: str
+    top1_fp32: float | None
+    top1_int8: float | None
+    top1_drop: float = Field(description="percentage points (top-1, or disagreement when unlabelled)")
+    max_drop: float
+    agreement: float = Field(description="percent of images whose INT8 top-1 equals the FP32 top-1")
+    max_abs_prob_diff: float
+    max_abs_attention_diff: float | None
+    mean_abs_attention_diff: float | None
+    attention_diff_per_layer: dict[str, float] = {}
+    accepted: bool
+    onnxruntime: str
+
+
 class EntryConfig(_Strict):
     """``config.json`` of one model version."""
 
@@ -161,6 +193,9 @@ class EntryConfig(_Strict):
     provenance: dict[str, Any] = {}
     serving: ServingSpec | None = None
     drift: DriftSpec | None = None
+    # INT8 entries (eca-serve quantize): only an ``onnx`` artifact, served by ONNX Runtime on CPU.
+    precision: Literal["fp32", "int8"] = "fp32"
+    quantization: QuantizationSpec | None = None
 
     @field_validator("name")
     @classmethod

@@ -13,7 +13,7 @@ Command = Callable[[argparse.Namespace], int]
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``eca-serve`` parser with every sub-command registered."""
-    from eca_serve.cli import drift_commands, export_commands, serve_commands, train_commands, zoo_commands
+    from eca_serve.cli import drift_commands, export_commands, quantize_commands, serve_commands, train_commands, zoo_commands
 
     parser = argparse.ArgumentParser(prog="eca-serve", description="Serve ECA-Net classifiers and detectors.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_commands.register(sub)
     serve_commands.register(sub)
     drift_commands.register(sub)
+    quantize_commands.register(sub)
     return parser
 
 

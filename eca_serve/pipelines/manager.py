@@ -19,6 +19,7 @@ from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.drift import DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.preprocess import single_threaded_resizes
+from eca_serve.pipelines.servable import servable_entries
 from eca_serve.pipelines.tasks import pipeline_class
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
@@ -106,13 +107,16 @@ class ModelManager:
 
     def discover(self) -> list[tuple[str, int, Path]]:
         """Entries of the repository that will be served."""
-        entries = list_entries(self.options.repository)
+        entries = self._servable(list_entries(self.options.repository))
         if self.options.only:
             entries = [e for e in entries if e[0] in self.options.only]
         if not entries:
             raise ConfigError(f"no models found in {self.options.repository} (expected <name>/<version>/config.json)")
         self.expected = {(n, v) for n, v, _ in entries}
         return entries
+
+    def _servable(self, entries: list[tuple[str, int, Path]]) -> list[tuple[str, int, Path]]:
+        return servable_entries(entries, self.options.backend.device, self.options.backend.kind)
 
     async def load_all(self) -> None:
         """Load, warm up and start every discovered entry (in a worker thread; the loop stays free)."""
@@ -145,7 +149,7 @@ class ModelManager:
     async def load_model(self, name: str) -> list[int]:
         """Load every version of ``name`` found in the repository that is not loaded yet (run-time load)."""
         check_name(name)
-        entries = [e for e in list_entries(self.options.repository) if e[0] == name]
+        entries = self._servable([e for e in list_entries(self.options.repository) if e[0] == name])
         if not entries:
             raise UnknownModelError(f"no model {name!r} in the repository {self.options.repository}")
         loaded = self.pipelines.get(name, {})

@@ -1,0 +1,56 @@
+"""Which repository entries a server can run: INT8 entries need ONNX Runtime on CPU."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from eca_serve.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") -> str | None:
+    """Why ``config`` cannot be served by ``backend`` on ``device``; None when it can.
+
+    INT8 entries run on ONNX Runtime's CPU execution provider only. Their QDQ graph on the CUDA
+    provider would run most int8 ops as dequantize -> float kernels, with CPU fallbacks and copies
+    in between: slower than the FP32 parent and with INT8's rounding. A silent fallback to the
+    parent would answer a request for this version with another version's numbers, so the entry
+    is refused instead, naming the parent to serve.
+    """
+    if getattr(config, "precision", "fp32") != "int8":
+        return None
+    parent = config.quantization.parent_version if config.quantization is not None else None
+    serve_instead = f"; serve its FP32 parent {config.name}:{parent} instead" if parent else ""
+    if backend != "onnxruntime":
+        return f"{config.name}:{config.version} is INT8 (ONNX only): serve it with the onnxruntime backend{serve_instead}"
+    if not device.startswith("cpu"):
+        return f"{config.name}:{config.version} is INT8, served on CPU only, not on {device}{serve_instead}"
+    return None
+
+
+def check_servable(config: Any, device: str, backend: str = "onnxruntime") -> None:
+    """Raise `ConfigError` with `unservable_reason` when ``config`` cannot be served there."""
+    reason = unservable_reason(config, device, backend)
+    if reason is not None:
+        raise ConfigError(reason)
+
+
+def servable_entries(entries: list[tuple[str, int, Path]], device: str, backend: str) -> list[tuple[str, int, Path]]:
+    """``entries`` ((name, version, folder) as `list_entries` gives them) minus those that cannot run there.
+
+    Each one left out is logged with its reason, so that a GPU server, or one on the torchscript or
+    eager backend, serves the FP32 versions of a repository that also holds INT8 ones.
+    """
+    from eca_serve.repository import read_config
+
+    kept = []
+    for name, version, folder in entries:
+        reason = unservable_reason(read_config(folder, verify=False), device, backend)
+        if reason is None:
+            kept.append((name, version, folder))
+        else:
+            log.warning("not serving %s", reason)
+    return kept
