@@ -1,0 +1,142 @@
+"""ResNeSt and DGC: the authors' layouts and parameter counts, strict loading of their release formats,
+their inference semantics, attention read-out, export with parity, and serving."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import eca_serve
+from eca_serve.errors import CheckpointError
+from eca_serve.layers import DynamicMultiHeadConv, SplitAttnConv2d, keep_mask
+from eca_serve.models.arch_detect import detect_architecture
+from eca_serve.models.checkpoint import read_checkpoint
+from eca_serve.models.dgc import scheduled_inactive, set_inactive_channels
+
+LAYOUTS = Path("/work/shared/reference/family_state_dict_keys")
+FAMILIES = ["resnest50", "resnest101", "dgc_resnet18", "dgc_condensenet"]
+DATA_PARALLEL = {"dgc_resnet18", "dgc_condensenet"}  # the DGC release is a DataParallel training checkpoint
+
+
+def layout(name: str) -> dict[str, Any]:
+    return json.loads((LAYOUTS / f"{name}.json").read_text())
+
+
+def authors_state(name: str, seed: int = 0) -> OrderedDict[str, torch.Tensor]:
+    """Random tensors with the recorded names and shapes; DGC drops 3/4 of each head's inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    state: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, shape in layout(name)["keys"]:
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(100, dtype=torch.int64)
+        elif key.endswith("_inactive_channels"):
+            state[key] = torch.zeros(1)  # set below from the layer's input width
+        else:
+            state[key] = torch.randn(*shape, generator=gen)
+    for key in [k for k in state if k.endswith("_inactive_channels")]:
+        c_in = state[key.replace("_inactive_channels", "norm.weight")].shape[0]
+        state[key] = torch.tensor([float(c_in - c_in // 4)])
+    return state
+
+
+def save_release(name: str, state: dict[str, torch.Tensor], path: Path) -> Path:
+    """ResNeSt: a plain state dict; DGC: {'state_dict' with ``module.`` keys, epoch, ...}; legacy serialisation."""
+    if name in DATA_PARALLEL:
+        obj: Any = {"epoch": 120, "arch": name, "best_prec1": 75.0,
+                    "state_dict": OrderedDict(("module." + k, v) for k, v in state.items())}
+    else:
+        obj = state
+    torch.save(obj, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_keys_shapes_and_parameter_count_equal_the_authors(name: str) -> None:
+    model = eca_serve.create_model(name)
+    recorded = layout(name)
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == recorded["keys"]
+    assert sum(p.numel() for p in model.parameters()) == recorded["params"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_release_format_loads_strictly_and_is_recognised(name: str, tmp_path: Path) -> None:
+    state = authors_state(name)
+    path = save_release(name, state, tmp_path / f"{name}.pth")
+    assert detect_architecture(read_checkpoint(path).state_dict) == (name, {})
+    model = eca_serve.create_model(name, weights=path)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    if name in DATA_PARALLEL:
+        first = next(m for m in model.modules() if isinstance(m, DynamicMultiHeadConv))
+        assert int(first._inactive_channels) == first.in_channels - first.in_channels // 4
+
+
+@pytest.mark.parametrize("name", ["resnest50", "dgc_resnet18"])
+def test_wrong_shapes_and_missing_keys_are_named(name: str, tmp_path: Path) -> None:
+    state = authors_state(name)
+    victim, dropped = ("layer1.0.conv2.fc1.weight", "layer4.2.conv2.bn1.running_var") if name == "resnest50" else \
+        ("layer1.0.conv1.headconv_2.fc1.weight", "layer4.1.conv2.headconv_3.fc2.bias")
+    state[victim] = torch.zeros(3, 3)
+    del state[dropped]
+    path = save_release(name, state, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError) as err:
+        eca_serve.create_model(name, weights=path)
+    assert victim in str(err.value) and dropped in str(err.value)
+
+
+def test_keep_mask_drops_the_least_salient_as_the_authors_topk() -> None:
+    saliency = torch.rand(5, 32, generator=torch.Generator().manual_seed(0))
+    for n in (0, 1, 24, 31):
+        lowest = saliency.topk(n, dim=1, largest=False).values.max(dim=1, keepdim=True).values if n else None
+        expected = torch.ones_like(saliency) if n == 0 else (saliency > lowest).float()
+        mask = keep_mask(saliency, torch.tensor([float(n)]))
+        assert torch.equal(mask, expected) and torch.all(mask.sum(1) == 32 - n)
+
+
+def test_dgc_schedule_ends_at_the_gate_factor() -> None:
+    assert [scheduled_inactive(64, 0.25, p) for p in (0.0, 1 / 12, 0.5, 0.75, 1.0)] == [0, 0, 30, 48, 48]
+
+
+def test_split_attention_is_an_r_softmax_and_a_sigmoid_for_radix_one() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    two = SplitAttnConv2d(16, 16, radix=2).eval()
+    out, w = two.forward_with_weights(x)
+    assert out.shape == (2, 16, 8, 8) and w.shape == (2, 2, 16)
+    torch.testing.assert_close(w.sum(1), torch.ones(2, 16))
+    one = SplitAttnConv2d(16, 16, radix=1).eval()
+    _, w1 = one.forward_with_weights(x)
+    assert w1.shape == (2, 1, 16) and bool(((w1 > 0) & (w1 < 1)).all()) and not torch.allclose(w1.sum(1), torch.ones(2, 16))
+
+
+def test_dgc_heads_keep_the_buffered_count_of_input_channels() -> None:
+    model = tame(eca_serve.create_model("dgc_resnet18", num_classes=4, widths=(16, 32, 64, 128)))
+    set_inactive_channels(model, 1.0)
+    with torch.no_grad():
+        logits, attention = model.forward_with_attention(torch.randn(2, 3, 64, 64))
+    assert logits.shape == (2, 4) and list(attention) == model.attention_layers
+    keep = attention["layer2.0.conv2.keep"]
+    assert keep.shape == (2, 4, 32) and torch.all(keep.sum(-1) == 32 - 24)
+    assert attention["layer2.0.downsample.0.saliency"].shape == (2, 4, 16)
+
+
+def tame(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Seeded random weights a random network survives: saliency near 1 (distinct per channel), BN stats
+    calibrated on noise; untouched, unbounded saliency compounds over the layers and overflows."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, DynamicMultiHeadConv):
+            for head in m.heads:
+                head.fc2.weight.data.mul_(0.01)
+                head.fc2.bias.data = 0.5 + torch.rand(head.fc2.bias.shape, generator=gen)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 64, generator=gen))
+    return model.eval()
