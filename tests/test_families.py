@@ -140,3 +140,96 @@ def tame(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         model(torch.randn(8, 3, 64, 64, generator=gen))
     return model.eval()
+
+
+# --- export with parity, and serving over HTTP -------------------------------------------------------
+
+SMALL = {"resnest50": {"widths": (8, 16, 32, 64), "stem_width": 8}, "dgc_resnet18": {"widths": (16, 32, 64, 128)}}
+CLASSES = ["cat", "dog", "car", "tree", "sky", "sea"]
+
+
+def small_model(name: str) -> torch.nn.Module:
+    """A narrow, seeded random model with 6 classes and a 64 px input (DGC gating at its final count)."""
+    from eca_serve.models import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = eca_serve.create_model(name, num_classes=len(CLASSES), categories=CLASSES, **SMALL[name])
+    model.config = model.config.replace(preprocess=PreprocessConfig(input_size=(64, 64), resize=72))
+    if name.startswith("dgc"):
+        set_inactive_channels(model, 1.0)
+    return tame(model)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.nn.Module]]:
+    from eca_serve.export import ExportOptions, export_model
+
+    root = tmp_path_factory.mktemp("families_repo")
+    models = {}
+    for name in SMALL:
+        models[name] = small_model(name)
+        export_model(models[name], root / name / "1", ExportOptions(name=name, check_inputs=[(1, 64, 64), (3, 64, 64)]))
+    return root, models
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_export_parity_and_attention_specs(name: str, repository) -> None:
+    from eca_serve.repository import read_config
+
+    root, models = repository
+    report = json.loads((root / name / "1" / "parity.json").read_text())
+    assert report["passed"] is True
+    assert {(r["backend"], r["input_shape"][0]) for r in report["rows"]} >= {("onnxruntime", 1), ("onnxruntime", 3),
+                                                                            ("torchscript_frozen", 1), ("torchscript_frozen", 3)}
+    assert max(r["max_abs_attention"] for r in report["rows"]) < 1e-4
+    config = read_config(root / name / "1")
+    first = config.attention[0]
+    if name == "resnest50":
+        assert (first.name, first.kind, first.channels, first.shape) == ("layer1.0.conv2", "resnest", 8, [2, 8])
+        assert len(config.attention) == 16
+    else:
+        assert [(a.name, a.kind, a.shape) for a in config.attention[:2]] == [
+            ("layer1.0.conv1.saliency", "dgc", [4, 16]), ("layer1.0.conv1.keep", "dgc", [4, 16])]
+        assert len(config.attention) == 2 * 19
+    outputs = {o.name: o.shape for o in config.outputs}
+    assert outputs[first.output] == [-1, *first.shape]
+
+
+@pytest.fixture(scope="module")
+def server(repository):
+    from eca_serve.settings import Settings
+    from tests.serving_utils import running_server
+
+    root, _ = repository
+    with running_server(Settings(model_repository=root, max_batch_size=4, max_queue_delay_ms=5)) as (base, _app):
+        yield base
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_served_classify_and_attention_of_a_photo(name: str, server, repository) -> None:
+    import httpx
+    import numpy as np
+
+    from eca_serve.repository import read_config
+    from tests.test_serving import reference
+
+    root, models = repository
+    data = (Path(__file__).parent.parent / "examples" / "cat.jpg").read_bytes()
+    files = {"file": ("cat.jpg", data, "image/jpeg")}
+    classify = httpx.post(f"{server}/v1/models/{name}/classify?top_k=3", files=files, timeout=60)
+    assert classify.status_code == 200 and len(classify.json()["results"][0]["predictions"]) == 3
+    body = httpx.post(f"{server}/v1/models/{name}/attention", files=files, timeout=60).json()
+    layers = body["results"][0]["layers"]
+    model = models[name]
+    assert [l["name"] for l in layers] == model.attention_layers
+    probabilities, attention = reference(model, read_config(root / name / "1"), data)
+    assert body["results"][0]["predictions"][0]["index"] == int(probabilities.argmax())
+    for layer in layers:
+        expected = attention[layer["name"]]
+        assert layer["shape"] == list(expected.shape) and len(layer["weights"]) == expected.size
+        np.testing.assert_allclose(layer["weights"], expected.reshape(-1), atol=1e-4)
+    if name == "dgc_resnet18":
+        keep = np.asarray(layers[1]["weights"]).reshape(layers[1]["shape"])
+        assert layers[1]["kind"] == "dgc" and (keep.sum(-1) == 16 - 12).all()
+    png = httpx.post(f"{server}/v1/models/{name}/attention?format=png", files=files, timeout=60)
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
