@@ -233,3 +233,37 @@ def test_served_classify_and_attention_of_a_photo(name: str, server, repository)
         assert layers[1]["kind"] == "dgc" and (keep.sum(-1) == 16 - 12).all()
     png = httpx.post(f"{server}/v1/models/{name}/attention?format=png", files=files, timeout=60)
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_cli_lists_and_inspects_with_the_recorded_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from eca_serve.cli import main
+
+    assert main(["models", "--json"]) == 0
+    params = {row["name"]: row["params"] for row in json.loads(capsys.readouterr().out)}
+    assert {n: params[n] for n in FAMILIES} == {n: layout(n)["params"] for n in FAMILIES}
+    path = save_release("dgc_resnet18", authors_state("dgc_resnet18"), tmp_path / "dgc.pth.tar")
+    assert main(["inspect", str(path), "--input-size", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["architecture"], report["params"], report["loaded"]) == ("dgc_resnet18", 12_335_144, "strict")
+
+
+def test_train_dgc_on_shapes_follows_the_schedule_and_exports(tmp_path: Path) -> None:
+    from eca_serve.cli import main
+    from eca_serve.data import generate
+    from eca_serve.repository import read_config
+
+    generate(tmp_path / "data" / "train", kind="classify", count=32, seed=1, size=32)
+    generate(tmp_path / "data" / "val", kind="classify", count=8, seed=2, size=32)
+    entry = tmp_path / "models" / "dgc" / "1"
+    common = ["train", "classify", "--data", str(tmp_path / "data"), "--input-size", "32", "--resize", "32",
+              "--batch-size", "16", "--optimizer", "adamw", "--lr", "0.01", "--warmup-steps", "1", "--workers", "0", "--json"]
+    assert main([*common, "--model", "dgc_resnet18", "--arg", "widths=[16,32,64,128]", "--epochs", "4",
+                 "--out", str(tmp_path / "run"), "--export-to", str(entry)]) == 0
+    history = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["train_state"]["losses"]
+    assert len(history) == 8 and all(torch.isfinite(torch.tensor(history)))
+    assert read_config(entry).parity["passed"]
+    model = eca_serve.create_model("dgc_resnet18", weights=entry / "weights.safetensors")
+    convs = [m for m in model.modules() if isinstance(m, DynamicMultiHeadConv)]
+    assert [int(m._inactive_channels) for m in convs[:3]] == [12, 12, 12] and int(convs[-1]._inactive_channels) == 96
+    assert main([*common, "--model", "resnest50", "--arg", "widths=[8,16,32,64]", "--arg", "stem_width=8", "--epochs", "1",
+                 "--out", str(tmp_path / "run_resnest")]) == 0
