@@ -233,6 +233,8 @@ def test_served_classify_and_attention_of_a_photo(name: str, server, repository)
         assert layers[1]["kind"] == "dgc" and (keep.sum(-1) == 16 - 12).all()
     png = httpx.post(f"{server}/v1/models/{name}/attention?format=png", files=files, timeout=60)
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    outputs = {o["name"]: o["shape"] for o in httpx.get(f"{server}/v2/models/{name}", timeout=60).json()["outputs"]}
+    assert outputs[f"attention/{layers[0]['name']}"] == [-1, *layers[0]["shape"]]
 
 
 def test_cli_lists_and_inspects_with_the_recorded_counts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
