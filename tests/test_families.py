@@ -269,3 +269,15 @@ def test_train_dgc_on_shapes_follows_the_schedule_and_exports(tmp_path: Path) ->
     assert [int(m._inactive_channels) for m in convs[:3]] == [12, 12, 12] and int(convs[-1]._inactive_channels) == 96
     assert main([*common, "--model", "resnest50", "--arg", "widths=[8,16,32,64]", "--arg", "stem_width=8", "--epochs", "1",
                  "--out", str(tmp_path / "run_resnest")]) == 0
+
+
+def test_dgc_condensenet_exports_with_parity(tmp_path: Path) -> None:
+    from eca_serve.export import ExportOptions, export_model
+
+    torch.manual_seed(0)
+    model = eca_serve.create_model("dgc_condensenet", num_classes=5, stages=(1, 2, 1, 1, 1), growth=(4, 4, 8, 8, 16))
+    set_inactive_channels(model, 1.0)
+    config = export_model(tame(model), tmp_path / "dgc_cn" / "1",
+                          ExportOptions(name="dgc_cn", check_inputs=[(1, 64, 64), (2, 96, 96)]))
+    assert config.parity["passed"] and config.attention[0].name == "features.denseblock_1.denselayer_1.conv_1.saliency"
+    assert config.attention[0].shape == [4, 8] and len(config.attention) == 2 * 6
