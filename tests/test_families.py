@@ -247,6 +247,7 @@ def test_cli_lists_and_inspects_with_the_recorded_counts(tmp_path: Path, capsys:
     assert main(["inspect", str(path), "--input-size", "64", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["architecture"], report["params"], report["loaded"]) == ("dgc_resnet18", 12_335_144, "strict")
+    assert (report["attention"], report["attention_layers"]) == ("dgc", 2 * 19)
 
 
 def test_train_dgc_on_shapes_follows_the_schedule_and_exports(tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "arch_field_in_file": ckpt.meta.get("arch"),
         "num_classes": model.config.num_classes,
         "eca_kernel_sizes": model.config.extra.get("k_size"),
+        "attention": model.config.attention,
         "attention_layers": len(layers),
         **_cost_fields(cost),
         "loaded": "strict",
