@@ -18,7 +18,7 @@ from eca_serve.models.arch_detect import detect_architecture
 from eca_serve.models.checkpoint import read_checkpoint
 from eca_serve.models.dgc import scheduled_inactive, set_inactive_channels
 
-LAYOUTS = Path("/work/shared/reference/family_state_dict_keys")
+LAYOUTS = Path(__file__).parent / "data" / "family_state_dict_keys"  # recorded from the authors' code
 FAMILIES = ["resnest50", "resnest101", "dgc_resnet18", "dgc_condensenet"]
 DATA_PARALLEL = {"dgc_resnet18", "dgc_condensenet"}  # the DGC release is a DataParallel training checkpoint
 
