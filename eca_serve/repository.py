@@ -71,13 +71,24 @@ def attention_output(layer: str) -> str:
 
 
 class AttentionSpec(_Strict):
-    """One channel-attention layer and the output that carries its weights [N, channels]."""
+    """One channel-attention layer and the output that carries its weights [N, *item_shape].
+
+    ``kind`` names the family: ``eca`` and ``se`` weights are [N, C]; ``resnest`` split weights are
+    [N, radix, C] (r-softmax over radix); ``dgc`` layers come in pairs, ``<conv>.saliency`` and
+    ``<conv>.keep`` (1 = kept input channel), each [N, heads, C_in]. ``shape`` is the per-image shape
+    when it is not [channels]; responses that flatten a layer per image do so in row-major order.
+    """
 
     name: str
-    kind: Literal["eca", "se"]
+    kind: Literal["eca", "se", "resnest", "dgc"]
     channels: int
     k_size: int | None
     output: str
+    shape: list[int] | None = None
+
+    def item_shape(self) -> list[int]:
+        """Shape of one image's weights: ``shape``, or [channels]."""
+        return list(self.shape) if self.shape else [self.channels]
 
 
 class ArtifactSpec(_Strict):

@@ -25,7 +25,7 @@ def detections(result: DetectionResult) -> list[schemas.DetectionItem]:
 
 
 def layers(items: list[LayerWeights]) -> list[schemas.LayerAttention]:
-    return [schemas.LayerAttention(name=l.name, kind=l.kind, channels=l.channels, k_size=l.k_size,
+    return [schemas.LayerAttention(name=l.name, kind=l.kind, channels=l.channels, k_size=l.k_size, shape=l.shape,
                                    weights=np.round(l.weights.astype(np.float64), 6).tolist()) for l in items]
 
 
@@ -67,7 +67,7 @@ def detail(pipeline: ModelPipeline, versions: list[int], backend: str) -> schema
     c = pipeline.config
     return schemas.ModelDetail(
         **summary(pipeline, versions).model_dump(), inputs=c.input.model_dump(mode="json"), categories=c.categories,
-        attention_layers=[schemas.AttentionLayerInfo(name=a.name, kind=a.kind, channels=a.channels, k_size=a.k_size)
+        attention_layers=[schemas.AttentionLayerInfo(name=a.name, kind=a.kind, channels=a.channels, k_size=a.k_size, shape=a.shape)
                           for a in c.attention],
         metrics=c.metrics, backend=backend, device=str(pipeline.backend.device),
     )

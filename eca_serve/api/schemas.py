@@ -25,6 +25,9 @@ class AttentionLayerInfo(BaseModel):
     kind: str = Field(examples=["eca"])
     channels: int = Field(examples=[16])
     k_size: int | None = Field(examples=[3])
+    shape: list[int] | None = Field(None, examples=[[2, 64]],
+                                    description="per-image weight shape when not [channels] (resnest: radix, C; dgc: heads, C_in); "
+                                                "weights are flattened from it row-major")
 
 
 class ModelDetail(ModelSummary):
@@ -84,7 +87,7 @@ class DetectResponse(BaseModel):
 
 
 class LayerAttention(AttentionLayerInfo):
-    weights: list[float] = Field(description="one weight in (0, 1) per channel")
+    weights: list[float] = Field(description="one weight in (0, 1) per channel (resnest/dgc: flattened from shape)")
 
 
 class AttentionResult(BaseModel):

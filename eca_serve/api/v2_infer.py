@@ -164,7 +164,7 @@ def _attention_columns(config: EntryConfig, results: list[Result]) -> dict[str, 
     """Each attention output of N images, [N, C], when the results carry attention."""
     if not results or results[0].attention is None:
         return {}
-    return {spec.output: np.stack([r.attention[i].weights.astype(np.float32) for r in results])
+    return {spec.output: np.stack([r.attention[i].weights.astype(np.float32).reshape(spec.item_shape()) for r in results])
             for i, spec in enumerate(config.attention)}
 
 

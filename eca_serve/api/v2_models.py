@@ -56,7 +56,7 @@ def input_specs(config: EntryConfig) -> list[TensorSpec]:
 
 def output_specs(config: EntryConfig) -> list[TensorSpec]:
     """Every output the model can return, in response order."""
-    attention = [TensorSpec(a.output, "FP32", (-1, a.channels)) for a in config.attention]
+    attention = [TensorSpec(a.output, "FP32", (-1, *a.item_shape())) for a in config.attention]
     if is_classifier(config):
         return [TensorSpec(LOGITS, "FP32", (-1, config.num_classes)),
                 TensorSpec(PROBABILITIES, "FP32", (-1, config.num_classes)), *attention]

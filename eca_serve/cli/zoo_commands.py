@@ -51,12 +51,24 @@ def cmd_models(args: argparse.Namespace) -> int:
     from eca_serve.models import get_entry, list_models
 
     rows = [get_entry(n) for n in list_models(task=args.task)]
-    data = [{"name": e.name, "task": e.task, "attention": e.attention, "doc": (e.builder.__doc__ or "").split("\n")[0]} for e in rows]
+    data = [{"name": e.name, "task": e.task, "attention": e.attention, "params": _param_count(e),
+             "doc": (e.builder.__doc__ or "").split("\n")[0]} for e in rows]
     if args.json:
         print_json(data)
     else:
-        print_table("eca-serve models", ["name", "task", "attention", "description"], [list(d.values()) for d in data])
+        print_table("eca-serve models", ["name", "task", "attention", "params", "description"], [list(d.values()) for d in data])
     return 0
+
+
+def _param_count(entry: Any) -> int | None:
+    """Parameters of a classifier at its defaults, built on the meta device (no memory, no init cost)."""
+    import torch
+
+    if entry.task != "classification":
+        return None
+    with torch.device("meta"):
+        model = entry.builder()
+    return sum(p.numel() for p in model.parameters())
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -76,6 +88,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "arch_field_in_file": ckpt.meta.get("arch"),
         "num_classes": model.config.num_classes,
         "eca_kernel_sizes": model.config.extra.get("k_size"),
+        "attention": model.config.attention,
         "attention_layers": len(layers),
         **_cost_fields(cost),
         "loaded": "strict",

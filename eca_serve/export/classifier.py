@@ -58,6 +58,6 @@ def input_spec(model: nn.Module) -> InputSpec:
 def output_specs(model: nn.Module) -> list[OutputSpec]:
     """``logits`` [-1, K] then ``attention/<layer>`` [-1, C] per layer."""
     specs = [OutputSpec(name="logits", shape=[-1, model.config.num_classes], dtype="float32")]
-    specs += [OutputSpec(name=attention_output(a.name), shape=[-1, a.channels], dtype="float32")
+    specs += [OutputSpec(name=attention_output(a.name), shape=[-1, *(a.shape or (a.channels,))], dtype="float32")
               for a in attention_layers(model)]
     return specs

@@ -100,7 +100,7 @@ def attention_specs(model: nn.Module) -> list[AttentionSpec]:
     """Attention layers with the graph output that carries each one's weights."""
     return [
         AttentionSpec(name=a.name, kind=a.kind, channels=a.channels, k_size=a.k_size,
-                      output=attention_output(a.name))
+                      output=attention_output(a.name), shape=list(a.shape) if a.shape else None)
         for a in attention_layers(model)
     ]
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from eca_serve.layers import EcaModule, SEModule
+from eca_serve.layers import DynamicMultiHeadConv, EcaModule, SEModule, SplitAttnConv2d
 
 
 @dataclass(frozen=True)
@@ -19,15 +19,17 @@ class AttentionLayer:
 
     Attributes:
         name: Module path as in ``forward_with_attention``'s output, e.g. ``layer3.2.eca``.
-        kind: ``"eca"`` or ``"se"``.
-        channels: Channels C it weights; its weights have shape [B, C].
-        k_size: ECA 1-D kernel size (None for SE).
+        kind: ``"eca"``, ``"se"``, ``"resnest"`` (split attention) or ``"dgc"`` (dynamic group conv).
+        channels: Channels C it weights (DGC: its input channels).
+        k_size: ECA 1-D kernel size (None otherwise).
+        shape: Per-image weight shape when it is not [C]: ResNeSt (radix, C), DGC (heads, C_in).
     """
 
     name: str
     kind: str
     channels: int
     k_size: int | None
+    shape: tuple[int, ...] | None = None
 
 
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
@@ -42,6 +44,12 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
             found.append(AttentionLayer(_short(path), "eca", module.channels, module.k_size))
         elif isinstance(module, SEModule):
             found.append(AttentionLayer(_short(path), "se", module.channels, None))
+        elif isinstance(module, SplitAttnConv2d):
+            found.append(AttentionLayer(_short(path), "resnest", module.channels, None, (module.radix, module.channels)))
+        elif isinstance(module, DynamicMultiHeadConv):
+            shape = (module.num_heads, module.in_channels)
+            found += [AttentionLayer(f"{_short(path)}.{part}", "dgc", module.in_channels, None, shape)
+                      for part in ("saliency", "keep")]
     return found
 
 

@@ -25,6 +25,9 @@ def detect_architecture(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any
     detector = detect_detector_architecture(state)
     if detector is not None:
         return detector
+    family = _detect_family(state)
+    if family is not None:
+        return family
     if "features.0.0.weight" in state and "classifier.1.weight" in state:
         return "eca_mobilenet_v2", {}
     if "conv1.weight" in state and "fc.weight" in state:
@@ -48,3 +51,18 @@ def _detect_resnet(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]]:
     if stem != 64:
         kwargs["stem_width"] = stem
     return f"{prefix}resnet{depth}", kwargs
+
+
+def _detect_family(state: Mapping[str, Tensor]) -> tuple[str, dict[str, Any]] | None:
+    """ResNeSt (split-attention ``conv2.fc1`` tensors) or DGC (``_inactive_channels`` buffers), else None."""
+    if "features.init_conv.weight" in state and any(k.endswith("_inactive_channels") for k in state):
+        return "dgc_condensenet", {}
+    if "layer1.0.conv1._inactive_channels" in state:
+        return "dgc_resnet18", {}
+    if "layer1.0.conv2.fc1.weight" in state and "conv1.0.weight" in state:
+        blocks = resnet_depth(state)[1]
+        names = {(3, 4, 6, 3): "resnest50", (3, 4, 23, 3): "resnest101"}
+        if tuple(blocks) not in names:
+            raise CheckpointError(f"ResNeSt with blocks per stage {blocks} is not in the zoo")
+        return names[tuple(blocks)], {}
+    return None

@@ -218,7 +218,7 @@ class ModelPipeline:
 
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""
-        return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1))
+        return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1), a.shape)
                 for a in self.config.attention]
 
 

@@ -94,7 +94,8 @@ class LayerWeights:
     """One attention layer's weights for one image.
 
     Attributes:
-        weights: float32 [C] in (0, 1).
+        weights: float32 [C] in (0, 1); ResNeSt and DGC layers flattened from ``shape`` (row-major).
+        shape: Per-image shape before flattening, when it is not [C].
     """
 
     name: str
@@ -102,6 +103,7 @@ class LayerWeights:
     channels: int
     k_size: int | None
     weights: np.ndarray
+    shape: list[int] | None = None
 
 
 @dataclass

@@ -22,8 +22,11 @@ def attention_png(layers: Sequence[LayerWeights], title: str) -> bytes:
     fig.suptitle(title)
     for i, layer in enumerate(layers):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.plot(range(layer.channels), layer.weights, linewidth=0.8)
-        ax.set_ylim(0, 1)
+        rows_ = layer.weights.reshape(-1, layer.channels)  # one line per radix split / DGC head
+        for row in rows_:
+            ax.plot(range(layer.channels), row, linewidth=0.8)
+        if rows_.max(initial=0.0) <= 1.0:  # DGC saliency is unbounded above
+            ax.set_ylim(0, 1)
         ax.set_title(f"{layer.name} (k={layer.k_size})" if layer.k_size else layer.name, fontsize=8)
         ax.tick_params(labelsize=6)
         ax.set_xlabel("channel", fontsize=7)

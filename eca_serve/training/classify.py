@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, random_split
 
 from eca_serve.errors import ConfigError
 from eca_serve.models import PreprocessConfig, create_model
+from eca_serve.training.dgc import dgc_classification_step, finish_dgc
 from eca_serve.training.loop import TrainConfig, run_summary, run_training, seed_everything
 
 _INDEX_PREFIX = re.compile(r"^\d+_")
@@ -114,7 +115,11 @@ def train_classifier(
     model = create_model(name, weights=init_weights, num_classes=len(categories), categories=categories, **model_kwargs)
     model.config = model.config.replace(preprocess=pre)
     model.to(cfg.device)
-    trainer, state = run_training(model, cfg, classification_step, train_set, generator=gen, resume=resume, on_step=on_step)
+    dgc = model.config.attention == "dgc"
+    step = dgc_classification_step(cfg.epochs * (len(train_set) // cfg.batch_size)) if dgc else classification_step
+    trainer, state = run_training(model, cfg, step, train_set, generator=gen, resume=resume, on_step=on_step)
+    if dgc:
+        finish_dgc(model)
     metrics = evaluate_classifier(model, DataLoader(val_set, batch_size=cfg.batch_size, num_workers=cfg.workers), trainer.device)
     metrics.update(run_summary(state))
     return model.cpu().eval(), metrics
