@@ -28,6 +28,8 @@ from eca_serve.pipelines.preprocess import decode_target, preprocess_classificat
 from tests.grpc_serving import CLS, DET, MODELS, grpc_server
 from tests.hostile_images import jpeg_bytes, png_bytes
 
+LATEST = str(max(int(p.name) for p in (MODELS / CLS).iterdir() if p.name.isdigit()))  # the version that answers by default
+
 
 def png(image) -> bytes:
     buffer = io.BytesIO()
@@ -87,15 +89,16 @@ def test_health_metadata_config_statistics_and_index_match_http(client, server) 
     assert int(config["dynamic_batching"]["default_queue_policy"]["max_queue_size"]) == \
            want["dynamic_batching"]["default_queue_policy"]["max_queue_size"]
     index = client.get_model_repository_index(as_json=True)["models"]
-    assert [(m["name"], m["state"]) for m in index] == [(CLS, "READY"), (DET, "READY")]
+    assert [(m["name"], m["version"], m["state"]) for m in index] == [(CLS, "1", "READY"), (CLS, LATEST, "READY"), (DET, "1", "READY")]
 
 
 def test_statistics_count_grpc_inferences(client) -> None:
     before = client.get_inference_statistics(CLS, as_json=True)["model_stats"][0]
     client.infer(CLS, [image_input(SHAPES[0], SHAPES[1])])
-    after = client.get_inference_statistics(CLS, "1", as_json=True)["model_stats"][0]
+    after = client.get_inference_statistics(CLS, LATEST, as_json=True)["model_stats"][0]
     assert int(after["inference_count"]) == int(before.get("inference_count", 0)) + 2
-    assert {s["name"] for s in client.get_inference_statistics(as_json=True)["model_stats"]} == {CLS, DET}
+    assert {(s["name"], s["version"]) for s in client.get_inference_statistics(as_json=True)["model_stats"]} == \
+        {(CLS, "1"), (CLS, LATEST), (DET, "1")}
 
 
 def test_top1_agrees_over_grpc_v2_http_and_v1(client, server) -> None:
@@ -118,7 +121,7 @@ def test_float_tensor_input_gives_the_image_result(client) -> None:
     from_images = client.infer(CLS, [image_input(*SHAPES[:2])])
     np.testing.assert_allclose(from_tensor.as_numpy("logits"), from_images.as_numpy("logits"), rtol=1e-4, atol=1e-4)
     assert from_tensor.as_numpy("attention/layer4.1.eca").shape == (2, 128)
-    assert from_tensor.get_output("logits").datatype == "FP32" and from_tensor.get_response().model_version == "1"
+    assert from_tensor.get_output("logits").datatype == "FP32" and from_tensor.get_response().model_version == LATEST
 
 
 def test_two_images_in_one_request_answer_like_two_requests(client) -> None:
