@@ -19,7 +19,6 @@ from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.detection import DetectionPipeline
 from eca_serve.pipelines.images import DecodeLimits
-from eca_serve.pipelines.preprocess import single_threaded_resizes
 from eca_serve.runtime import BackendOptions, create_backend, time_single_run, warm_up
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,6 @@ class ModelManager:
         self.options = options
         self.on_stage, self.on_batch_for = on_stage, on_batch_for
         self.decode_executor = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
-        if options.backend.kind == "onnxruntime":
-            single_threaded_resizes()
         self.pipelines: dict[str, dict[int, ModelPipeline]] = {}
         self.expected: set[tuple[str, int]] = set()
         self.load_seconds: dict[str, float] = {}
