@@ -36,7 +36,10 @@ def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
 
         session = create_session(folder / artifact.file, options)
         return (OnnxDetector if detector else OnnxClassifier)(session, options, name)
-    from eca_serve.runtime.torch_backend import TorchClassifier, TorchDetector, load_eager, load_torchscript
+    try:
+        from eca_serve.runtime.torch_backend import TorchClassifier, TorchDetector, load_eager, load_torchscript
+    except ImportError as exc:  # the base install serves ONNX Runtime only
+        raise ConfigError(f"backend {options.kind} needs torch: pip install 'eca-serve[torch]' ({exc})") from None
 
     module = load_torchscript(folder / artifact.file, options) if options.kind == "torchscript" else load_eager(config, folder, options)
     return (TorchDetector if detector else TorchClassifier)(module, options, name)
