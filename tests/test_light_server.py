@@ -137,3 +137,23 @@ def test_no_torch_in_the_serving_process(served):
     torch_libraries = sorted(name for name in libraries if name.startswith(("libtorch", "libc10", "libtorchvision")))
     assert any(name.startswith("libonnxruntime") or "onnxruntime" in name for name in libraries), sorted(libraries)[:40]
     assert torch_libraries == [], torch_libraries
+
+
+def test_torch_backends_without_torch_name_the_extra():
+    """As in the base install (torch not importable): selecting a torch backend is a ConfigError, not a crash."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from pathlib import Path\n"
+        "from eca_serve.errors import ConfigError\n"
+        "from eca_serve.repository import read_config\n"
+        "from eca_serve.runtime import BackendOptions, create_backend\n"
+        f"folder = Path({str(ROOT / 'models' / CLS / '1')!r})\n"
+        "try:\n"
+        "    create_backend(folder, read_config(folder), BackendOptions('torchscript'))\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "eca-serve[torch]" in result.stdout, result.stdout
