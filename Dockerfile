@@ -2,11 +2,15 @@
 # eca-serve image. Two variants, chosen with a build argument (docs/deploy.md):
 #   docker build -t eca-serve:gpu .                        # CUDA 13 runtime + onnxruntime-gpu (default)
 #   docker build -t eca-serve:cpu --build-arg VARIANT=cpu .
+# The image serves with ONNX Runtime and holds no torch (the base install of pyproject.toml). The
+# TorchScript and eager backends need the torch extra, opt-in:
+#   docker build -t eca-serve:gpu-torch --build-arg TORCH_BACKENDS=1 .
 # torch from the package registry is the CUDA 13.x build (torch.version.cuda == "13.2"), so the GPU base
 # image is CUDA 13.2 with cuDNN; the host needs an NVIDIA driver for CUDA 13 (>= 580) and the
-# NVIDIA Container Toolkit. The CPU variant keeps the registry's torch too: PyPI has no CPU-only
-# Linux wheel of torch/torchvision, and that build runs on CPU.
+# NVIDIA Container Toolkit. With TORCH_BACKENDS=1 the CPU variant gets the registry's torch too: PyPI
+# has no CPU-only Linux wheel of torch/torchvision, and that build runs on CPU.
 ARG VARIANT=gpu
+ARG TORCH_BACKENDS=0
 ARG CUDA_IMAGE=nvidia/cuda:13.2.1-cudnn-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -39,10 +43,11 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+ARG TORCH_BACKENDS
 # An empty package stands in for the code, so this layer depends on pyproject.toml alone. Remove it
 # and setuptools' build/ afterwards: the stub is newer than the real files and would be kept.
 RUN mkdir eca_serve && touch eca_serve/__init__.py \
-    && pip install . \
+    && if [ "$TORCH_BACKENDS" = 1 ]; then pip install './[torch]'; else pip install .; fi \
     && pip uninstall -y eca-serve \
     && rm -rf eca_serve build eca_serve.egg-info
 # GPU variant: the same ONNX Runtime release with the CUDA execution provider (it uses the base
@@ -71,8 +76,7 @@ ENV ECA_SERVE_MODEL_REPOSITORY=/opt/eca-serve/models \
     ECA_SERVE_HOST=0.0.0.0 \
     ECA_SERVE_PORT=8000 \
     ECA_SERVE_GRPC_PORT=8001 \
-    ECA_SERVE_GRACE_PERIOD_S=30 \
-    MPLCONFIGDIR=/tmp/matplotlib
+    ECA_SERVE_GRACE_PERIOD_S=30
 USER 10001:10001
 # HTTP, then the Open Inference Protocol over gRPC (8001 as Triton; grpc.health.v1 there too).
 EXPOSE 8000 8001

@@ -1,6 +1,8 @@
 """Serving benchmark: in-process limits vs HTTP throughput and latency at several concurrencies.
 
-Run: ``python bench/serve_bench.py [--seconds 8] [--device cpu] [--models eca_resnet50,eca_mobilenet_v2]``.
+Run: ``python bench/serve_bench.py [--seconds 8] [--device cpu] [--models eca_resnet50,eca_mobilenet_v2]``;
+``python bench/serve_bench.py --footprint`` alone (under a minute) measures the shipped models' footprint: process
+start to ready, server RSS after warm-up and after 2,000 mixed requests, attention-PNG latency.
 
 It exports the requested zoo classifiers (seeded random weights) plus the shipped default models into a
 temporary repository and starts ``eca-serve serve`` as a separate process. Then, per model and while the
@@ -28,17 +30,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from eca_serve.pipelines.preprocess import single_threaded_resizes  # noqa: E402
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
-from tests.reliability.serverproc import start_server  # noqa: E402
+from tests.reliability.serverproc import ServerProcess, serve_command, start_server  # noqa: E402
+from tests.serving_utils import free_port  # noqa: E402
 
 
 def photos() -> dict[str, bytes]:
@@ -60,6 +61,8 @@ def _jpeg(image: Image.Image) -> bytes:
 
 def build_repository(root: Path, models: list[str]) -> list[str]:
     """Export zoo classifiers with seeded weights; copy the shipped defaults. Returns the served names."""
+    import torch
+
     from eca_serve import create_model
     from eca_serve.export import ExportOptions, export_model
 
@@ -152,8 +155,13 @@ def main() -> None:
     parser.add_argument("--only", help="measure only these served names (comma list)")
     parser.add_argument("--endpoints", help="only these endpoints (comma list of classify,attention,detect)")
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
+    parser.add_argument("--footprint", action="store_true", help="only the shipped models' footprint: RSS, start to ready, PNG latency")
+    parser.add_argument("--requests", type=int, default=2000, help="mixed requests of --footprint between the two RSS readings")
     args = parser.parse_args()
     images = photos()
+    if args.footprint:
+        print_footprint(footprint(images, args.requests))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.repository or Path(tmp)
         if args.repository and any(root.glob("*/1/config.json")):
@@ -164,7 +172,6 @@ def main() -> None:
             served = [name for name in served if name in args.only.split(",")]
         default_sizes = "1,4,8" if args.device == "cpu" else "1,8,32,64"
         sizes = tuple(int(v) for v in (args.batch_sizes or default_sizes).split(","))
-        single_threaded_resizes()  # as the server does: torch's idle OpenMP workers would steal ORT's cores
         rows = run_models(root, served, images, sizes, args)
     print_table(rows)
     if args.json:
@@ -235,6 +242,106 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['model']:22} {r['endpoint']:9} {r['concurrency']:>3} {r['photos']:9} {r['req_per_s']:>7} {r['p50_ms']:>8} "
               f"{r['p99_ms']:>8} {ratio:>7.2f} {r['served_over_raw']:>10} {r['client_cpu_ms_per_req']:>9}  {r['statuses']}"
               + (f" errors {r['transport_errors']}" if r["transport_errors"] else ""))
+
+
+def footprint(images: dict[str, bytes], requests: int, png_requests: int = 20) -> dict[str, float]:
+    """The shipped models served on CPU: seconds from process start to ready, RSS (MiB) after a warm-up
+    of every endpoint and after ``requests`` mixed requests (4 clients), and p50 ms of the attention PNG."""
+    server, ready_s = start_timed(REPO / "models", {"ECA_SERVE_DEVICE": "cpu"})
+    ready_cpu_s = cpu_seconds(server.pid)
+    try:
+        calls = mixed_calls(server.base, images)
+        asyncio.run(send(calls, 2 * len(calls), concurrency=1))
+        warm_mib = server.rss() / 2**20
+        statuses = asyncio.run(send(calls, requests, concurrency=4))
+        after_mib = server.rss() / 2**20
+        png = _latencies(f"{server.base}/v1/models/shapes_classifier/attention?format=png", images["chelsea"], png_requests)
+        as_json = _latencies(f"{server.base}/v1/models/shapes_classifier/attention", images["chelsea"], png_requests)
+    finally:
+        server.stop(timeout_s=60)
+    return {"ready_s": ready_s, "ready_cpu_s": ready_cpu_s, "rss_warm_mib": warm_mib, "rss_after_mib": after_mib, "requests": requests,
+            "statuses": statuses, "png_p50_ms": statistics.median(png), "json_p50_ms": statistics.median(as_json)}
+
+
+def start_timed(repository: Path, env: dict[str, str], timeout_s: float = 120.0) -> tuple[ServerProcess, float]:
+    """``eca-serve serve`` started now; (the server, seconds until /healthz answered 200), polled every 20 ms."""
+    import os
+    import subprocess
+
+    import httpx
+
+    log, port = Path(tempfile.mkstemp(prefix="eca-serve-", suffix=".log")[1]), free_port()
+    start = time.perf_counter()
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(serve_command(repository, port), env={**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", **env},
+                                   stdout=sink, stderr=subprocess.STDOUT)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    while time.perf_counter() - start < timeout_s and server.alive():
+        try:
+            if httpx.get(f"{server.base}/healthz", timeout=2).status_code == 200:
+                return server, time.perf_counter() - start
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    server.stop(timeout_s=5)
+    raise RuntimeError(f"eca-serve not ready:\n{server.output()}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used: start-up cost independent of other load."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mixed_calls(base: str, images: dict[str, bytes]) -> list[tuple[str, bytes]]:
+    """(URL, JPEG/PNG) of one round of the mix: 6 classify, 1 attention JSON, 1 attention PNG, 2 detect (RLE, polygons)."""
+    v1, scene = f"{base}/v1/models", (REPO / "examples" / "scene.png").read_bytes()
+    photos_ = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
+    calls = [(f"{v1}/shapes_classifier/classify", photos_[i % 4]) for i in range(6)]
+    calls += [(f"{v1}/shapes_classifier/attention", photos_[0]), (f"{v1}/shapes_classifier/attention?format=png", photos_[1])]
+    return calls + [(f"{v1}/shapes_detector/detect?masks=rle", scene), (f"{v1}/shapes_detector/detect?masks=polygon", scene)]
+
+
+async def send(calls: list[tuple[str, bytes]], count: int, concurrency: int) -> dict[int, int]:
+    """``count`` requests cycling through ``calls`` from ``concurrency`` clients; HTTP status -> count."""
+    import httpx
+
+    statuses: dict[int, int] = {}
+    queue = iter(range(count))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for i in queue:
+            url, body = calls[i % len(calls)]
+            status = (await http.post(url, files={"file": ("image", body, "application/octet-stream")})).status_code
+            statuses[status] = statuses.get(status, 0) + 1
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        await asyncio.gather(*[client(http) for _ in range(concurrency)])
+    return statuses
+
+
+def _latencies(url: str, body: bytes, n: int) -> list[float]:
+    """Milliseconds of ``n`` sequential uploads of ``body`` to ``url`` (each must answer 200)."""
+    import httpx
+
+    out = []
+    with httpx.Client(timeout=60) as http:
+        for _ in range(n):
+            start = time.perf_counter()
+            response = http.post(url, files={"file": ("image", body, "application/octet-stream")})
+            out.append(1e3 * (time.perf_counter() - start))
+            response.raise_for_status()
+    return out
+
+
+def print_footprint(f: dict) -> None:
+    print(f"shipped models (shapes_classifier + shapes_detector), CPU, ONNX Runtime:\n"
+          f"  process start -> ready     {f['ready_s']:6.2f} s   ({f['ready_cpu_s']:.2f} s of CPU)\n"
+          f"  RSS after warm-up          {f['rss_warm_mib']:6.0f} MiB\n"
+          f"  RSS after {f['requests']} requests   {f['rss_after_mib']:6.0f} MiB   statuses {f['statuses']}\n"
+          f"  attention PNG p50          {f['png_p50_ms']:6.1f} ms   (attention JSON p50 {f['json_p50_ms']:.1f} ms)")
 
 
 if __name__ == "__main__":

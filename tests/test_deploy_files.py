@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,25 @@ def test_dependencies_are_installed_before_the_code(dockerfile) -> None:
     assert "eca_serve" not in steps[position["copy pyproject"]][1].split()
     # The stub and setuptools' build/ must go, or the real (older) files would not replace the stub's.
     assert "rm -rf eca_serve build" in steps[position["install deps"]][1]
+
+
+def test_torch_backends_are_opt_in(dockerfile) -> None:
+    """The image installs the base set (ONNX Runtime, no torch) unless built with TORCH_BACKENDS=1."""
+    global_args, stages = dockerfile
+    builder = stage(stages, "builder")
+    assert global_args["TORCH_BACKENDS"] == "0" and "TORCH_BACKENDS" in instruction(builder, "ARG")
+    (install,) = [r for r in instruction(builder, "RUN") if "pip install ." in r and "--no-deps" not in r]
+    choice = next(step for step in install.split(" && ") if "TORCH_BACKENDS" in step)
+    installs = {}
+    for value in ("0", "1"):  # the RUN step's own shell, with pip only echoing its arguments
+        result = subprocess.run(["bash", "-c", f"pip() {{ echo \"$*\"; }}; {choice}"], env={"TORCH_BACKENDS": value},
+                                capture_output=True, text=True, timeout=30)
+        installs[value] = result.stdout.strip()
+    assert installs == {"0": "install .", "1": "install ./[torch]"}, installs
+    base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0] for requirement in base["dependencies"]}
+    assert "onnxruntime" in names and not names & {"torch", "torchvision", "matplotlib", "scikit-image", "onnx"}
+    assert {"torch", "torchvision"} <= {re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0] for r in base["optional-dependencies"]["torch"]}
 
 
 def test_runtime_stage(runtime) -> None:

@@ -27,7 +27,7 @@ from eca_serve.pipelines.preprocess import (
 LIMITS = DecodeLimits()
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ONE_LEVEL = 1 / 255 / min(STD) + 1e-6  # one 8-bit step after normalisation: 0.0175
-# Documented deviation of a JPEG draft decode (DCT downscaling) from a full decode + torchvision.
+# Documented deviation of a JPEG draft decode (DCT downscaling) from a full decode + the reference transform.
 DRAFT_MEAN_TOL, DRAFT_MAX_TOL = 0.02, 1.0
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -338,10 +338,35 @@ def test_decode_target_follows_the_spec():
     assert decode_target(DETECTOR_SPEC) is None
 
 
-# --- preprocessing vs torchvision ---------------------------------------------------------------
+# --- preprocessing vs the reference transform --------------------------------------------------
+
+def pillow_reference(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """torchvision's PIL eval transform spelled out with Pillow and numpy: the whole image resized
+    (no box), torchvision's center crop (zero padding when too small), ToTensor + Normalize."""
+    resize = spec.resize or (None if spec.crop else spec.size)
+    resample = getattr(Image.Resampling, spec.interpolation.upper())
+    if isinstance(resize, int):
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        size = (resize, int(resize * long / short)) if w <= h else (int(resize * long / short), resize)
+        img = img.resize(size, resample)
+    elif resize is not None:
+        img = img.resize((resize[1], resize[0]), resample)
+    pixels = np.asarray(img)
+    if spec.crop:
+        (ch, cw), (h, w) = spec.size, pixels.shape[:2]
+        padded = np.zeros((max(h, ch), max(w, cw), 3), np.uint8)
+        top, left = (max(ch - h, 0)) // 2, (max(cw - w, 0)) // 2
+        padded[top:top + h, left:left + w] = pixels
+        ph, pw = padded.shape[:2]
+        y, x = int(round((ph - ch) / 2.0)), int(round((pw - cw) / 2.0))
+        pixels = padded[y:y + ch, x:x + cw]
+    out = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    return (out - np.asarray(spec.mean, np.float32)[:, None, None]) / np.asarray(spec.std, np.float32)[:, None, None]
+
 
 def torchvision_reference(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    from torchvision import transforms as T
+    T = pytest.importorskip("torchvision.transforms")  # the torch extra; not needed to serve
 
     mode = getattr(T.InterpolationMode, spec.interpolation.upper())
     resize = spec.resize or (None if spec.crop else spec.size)
@@ -350,31 +375,42 @@ def torchvision_reference(img: Image.Image, spec: InputSpec) -> np.ndarray:
     return T.Compose(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])(img).numpy()
 
 
+REFERENCE_CASES = [  # (spec fields, image size)
+    ({}, (640, 480)), ({}, (333, 517)), ({"interpolation": "bicubic"}, (517, 333)), ({"interpolation": "nearest"}, (300, 200)),
+    ({"resize": None, "crop": True}, (150, 180)), ({"resize": None, "crop": False, "size": (160, 200)}, (333, 250)),
+    ({"resize": 100, "crop": False}, (333, 250)),
+]
+
+
+@pytest.mark.parametrize("spec_kw, size", REFERENCE_CASES)
+def test_the_pillow_reference_is_torchvision(spec_kw, size):
+    img, spec = photo_like(*size, seed=5), classifier_spec(**spec_kw)
+    ref, tv = pillow_reference(img, spec), torchvision_reference(img, spec)
+    assert ref.shape == tv.shape and np.abs(ref - tv).max() < 1e-6
+
+
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
 @pytest.mark.parametrize("width, height, gray", [
     (300, 200, False), (640, 480, False), (1920, 1080, False), (333, 517, False), (517, 333, True), (200, 100, False),
 ])
-def test_classification_matches_torchvision(interpolation, width, height, gray):
+def test_classification_matches_the_reference(interpolation, width, height, gray):
     img, spec = photo_like(width, height, seed=width, gray=gray), classifier_spec(interpolation)
-    ours, ref = preprocess_classification(img, spec), torchvision_reference(img, spec)
+    ours, ref = preprocess_classification(img, spec), pillow_reference(img, spec)
     assert ours.shape == (3, 224, 224) and ours.dtype == np.float32 and ours.flags.c_contiguous
     diff = np.abs(ours - ref)
-    assert diff.max() <= ONE_LEVEL and diff.mean() < 1e-4
+    # The boxed resize may round a pixel one level differently from the whole-image resize, rarely.
+    assert diff.max() <= ONE_LEVEL and (diff > 1e-6).mean() < 0.002
 
 
-@pytest.mark.parametrize("spec_kw, size", [
-    ({"resize": None, "crop": True}, (150, 180)),  # crop larger than the image: zero padding
-    ({"resize": None, "crop": False, "size": (160, 200)}, (333, 250)),
-    ({"resize": 100, "crop": False}, (333, 250)),
-])
-def test_other_spec_combinations_match_torchvision(spec_kw, size):
+@pytest.mark.parametrize("spec_kw, size", REFERENCE_CASES[4:])
+def test_other_spec_combinations_match_the_reference(spec_kw, size):
     img, spec = photo_like(*size, seed=7), classifier_spec(**spec_kw)
-    ours, ref = preprocess_classification(img, spec), torchvision_reference(img, spec)
+    ours, ref = preprocess_classification(img, spec), pillow_reference(img, spec)
     assert ours.shape == ref.shape and np.abs(ours - ref).max() <= ONE_LEVEL
 
 
 def test_to_tensor_and_normalize_are_bit_identical():
-    from torchvision import transforms as T
+    T = pytest.importorskip("torchvision.transforms")
 
     img = photo_like(97, 61, seed=12)
     ref = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])(img).numpy()
@@ -391,7 +427,7 @@ def test_normalized_in_model_gives_unit_range():
 def test_draft_pipeline_stays_close_to_the_full_resolution_reference(width, height):
     data = encode(photo_like(width, height, seed=9), "JPEG", quality=85)
     spec = classifier_spec()
-    ref = torchvision_reference(decode(data).image, spec)
+    ref = pillow_reference(decode(data).image, spec)
     drafted = decode(data, target=decode_target(spec))
     diff = np.abs(preprocess_classification(drafted, spec) - ref)
     assert drafted.scale > 1 and diff.mean() < DRAFT_MEAN_TOL and diff.max() < DRAFT_MAX_TOL

@@ -18,7 +18,6 @@ from eca_serve.repository import EntryConfig, check_safe_name, list_entries, rea
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.drift import DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
-from eca_serve.pipelines.preprocess import single_threaded_resizes
 from eca_serve.pipelines.servable import servable_entries
 from eca_serve.pipelines.tasks import pipeline_class
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
@@ -98,8 +97,6 @@ class ModelManager:
         self.options = options
         self.on_stage, self.on_batch_for = on_stage, on_batch_for
         self.decode_executor = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
-        if options.backend.kind == "onnxruntime":
-            single_threaded_resizes()
         self.pipelines: dict[str, dict[int, ModelPipeline]] = {}
         self.expected: set[tuple[str, int]] = set()
         self.load_seconds: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""Instance masks as COCO RLE (pycocotools) or polygons (scikit-image contours).
+"""Instance masks as COCO RLE (pycocotools) or polygons (OpenCV contours).
 
 A mask is resized to the original image only inside the region that can exceed 0.5: Mask R-CNN's
 probabilities are zero outside their box, and a bilinear resize is a weighted mean of the source
@@ -35,23 +35,39 @@ def encode_rle(binary: np.ndarray) -> dict[str, Any]:
 
 
 def encode_polygons(binary: np.ndarray, tolerance: float = 1.0, offset: tuple[int, int] = (0, 0)) -> list[list[float]]:
-    """COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` of a binary mask [H, W] (outer contours at 0.5).
+    """COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` of a binary mask [H, W]: one per outer contour.
+
+    Vertices are pixel centres (pixel ``(x, y)`` is the unit square centred on ``(x, y)``) on the
+    mask's outer boundary, simplified with Douglas-Peucker (less for a small contour); holes are not
+    cut out. A contour too thin to enclose an area (a single pixel, a one-pixel line) becomes the
+    rectangle of its pixels' edges, so every instance with a set pixel has a polygon covering it.
 
     Args:
         binary: The mask, or a crop of it holding every set pixel.
         tolerance: Douglas-Peucker tolerance of the simplification, in pixels.
         offset: (x, y) of the crop's top-left pixel in the image, added to every vertex.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    import cv2
 
-    padded = np.pad(binary.astype(np.float32), 1)  # closes contours that touch the border
-    shift = np.array([1 - offset[1], 1 - offset[0]], dtype=np.float64)
-    polygons = []
-    for contour in find_contours(padded, 0.5):
-        contour = approximate_polygon(contour - shift, tolerance)
-        if len(contour) >= 3:
-            polygons.append([round(float(v), 1) for yx in contour for v in (yx[1], yx[0])])
-    return polygons
+    padded = np.pad(binary.astype(np.uint8), 1)  # contours of pixels on the border close on the padding
+    contours, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    shift = np.array([offset[0] - 1, offset[1] - 1], dtype=np.float64)
+    return [_polygon(contour.reshape(-1, 2), tolerance, shift) for contour in contours]
+
+
+def _polygon(contour: np.ndarray, tolerance: float, shift: np.ndarray) -> list[float]:
+    """One contour [P, 2] of int (x, y) -> flat COCO vertices, shifted by ``shift`` (x, y)."""
+    import cv2
+
+    # A tolerance of a pixel or more would cut a small instance's corners off: at most 1% of the perimeter.
+    perimeter = cv2.arcLength(contour.reshape(-1, 1, 2), True)
+    points = cv2.approxPolyDP(contour.reshape(-1, 1, 2), min(tolerance, 0.01 * perimeter), True).reshape(-1, 2)
+    if len(points) < 3:  # simplified to a segment: keep every corner of the traced boundary
+        points = contour
+    if len(points) < 3 or cv2.contourArea(points.reshape(-1, 1, 2).astype(np.float32)) == 0:
+        (x0, y0), (x1, y1) = contour.min(0) - 0.5, contour.max(0) + 0.5
+        points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    return [round(float(v), 1) for xy in points + shift for v in xy]
 
 
 def encode_mask(prob: np.ndarray, size: tuple[int, int], fmt: str) -> Any:

@@ -1,15 +1,15 @@
 """Decoded RGB images -> model inputs (numpy float32), driven only by the model's `InputSpec`.
 
 Classifiers (``layout="NCHW"``) follow torchvision's PIL eval transform
-``Resize(resize) -> CenterCrop(size) -> ToTensor -> Normalize(mean, std)``. Bilinear resizes run
-on torch's vectorised uint8 antialiased kernel, which torchvision keeps within one 8-bit level of
-PIL's (measured on photos: 0.05-0.3% of pixels differ, by one level) at a quarter of PIL's time
-(0.5 vs 2.1 ms for 600x400 -> 384x256 on this machine's cores). Other filters use PIL, with the
-horizontal pass computing only the columns that survive the crop (``Image.resize(..., box=...)``:
-same source coordinates, filter support and pass order as the full resize, hence the same 8-bit
-pixels up to a rare 1-level difference from float rounding of the box). ``ToTensor`` +
-``Normalize`` repeat the reference's float32 operations, hence are bit-identical for a given
-8-bit image.
+``Resize(resize) -> CenterCrop(size) -> ToTensor -> Normalize(mean, std)`` with Pillow and numpy
+only (no torch in a serving process). Every filter runs on Pillow, with the horizontal pass
+computing only the columns that survive the crop (``Image.resize(..., box=...)``: same source
+coordinates, filter support and pass order as the full resize, hence the same 8-bit pixels as
+torchvision's PIL path up to a rare 1-level difference from float rounding of the box). NOTE: torch's
+vectorised uint8 kernel, used here before, resized a 600x400 photo to 384x256 in 0.8-1.0 ms against
+Pillow's 1.4 ms (columns of the crop only), but it brought 670 MB of torch into the process and its
+OpenMP workers stole ONNX Runtime's cores. ``ToTensor`` + ``Normalize`` repeat the reference's float32
+operations, hence are bit-identical for a given 8-bit image.
 
 How the spec's fields combine (torchvision semantics):
 
@@ -84,12 +84,11 @@ def preprocess_classification(img: Image.Image | DecodedImage, spec: InputSpec) 
     image = _rgb(img)
     resized = _resized_size(image.size, spec)
     crop = (spec.size[1], spec.size[0]) if spec.crop and spec.size is not None else None
-    if spec.interpolation == "bilinear":
-        pixels = _bilinear_resize_and_crop(image, resized, crop)
-    elif crop is not None:
-        pixels = np.asarray(_resize_and_crop(image, resized, crop, _RESAMPLE[spec.interpolation]))
+    resample = _RESAMPLE[spec.interpolation]
+    if crop is not None:
+        pixels = np.asarray(_resize_and_crop(image, resized, crop, resample))
     else:
-        pixels = np.asarray(image.resize(resized, _RESAMPLE[spec.interpolation]) if resized != image.size else image)
+        pixels = np.asarray(image.resize(resized, resample) if resized != image.size else image)
     return to_chw_float(pixels, *_normalisation(spec))
 
 
@@ -182,41 +181,6 @@ def _resized_size(size: tuple[int, int], spec: InputSpec) -> tuple[int, int]:
     if spec.size is not None and not spec.crop:
         return (spec.size[1], spec.size[0])
     return size
-
-
-def single_threaded_resizes() -> None:
-    """Run torch's resize kernels on the calling thread only (a process-wide torch setting).
-
-    For servers whose models do not run on torch: torch's OpenMP workers spin-wait after each
-    parallel region, stealing the core an ONNX Runtime run needs (measured on 2 cores: a lone
-    MobileNetV2 run went from 6.0 to 9.6 ms); a 0.5 ms resize gains nothing from a second thread.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _bilinear_resize_and_crop(image: Image.Image, resized: tuple[int, int], crop: tuple[int, int] | None) -> np.ndarray:
-    """uint8 [H, W, 3]: ``image`` resized to ``resized`` (W, H) with antialiased bilinear, then center-cropped."""
-    pixels = np.asarray(image)
-    if resized != image.size:
-        import torch
-        import torch.nn.functional as F
-
-        # A channels-last view of the pixels: the layout torch's vectorised uint8 kernel wants.
-        source = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).unsqueeze(0)
-        scaled = F.interpolate(source, size=(resized[1], resized[0]), mode="bilinear", antialias=True, align_corners=False)
-        pixels = scaled[0].permute(1, 2, 0).numpy()
-    if crop is None:
-        return pixels
-    left, top, right, bottom = _center_crop_box(resized, crop)
-    if left >= 0 and top >= 0 and right <= resized[0] and bottom <= resized[1]:
-        return pixels[top:bottom, left:right]
-    padded = np.zeros((crop[1], crop[0], 3), dtype=np.uint8)  # torchvision pads a too-small image with zeros
-    src_top, src_left = max(top, 0), max(left, 0)
-    src_bottom, src_right = min(bottom, resized[1]), min(right, resized[0])
-    padded[src_top - top:src_bottom - top, src_left - left:src_right - left] = pixels[src_top:src_bottom, src_left:src_right]
-    return padded
 
 
 def _resize_and_crop(
