@@ -23,6 +23,15 @@ ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficien
 MIN_CHANNELS = 96
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared CPU run faster on one thread than contending for several."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _torchvision(arch: str) -> nn.Module:
     torch.manual_seed(0)
     return torchvision.models.get_model(arch, weights=None, num_classes=5).eval()
@@ -41,7 +50,8 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> None:
     loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1]))
     loss.backward()
     gates = [m for m in model.modules() if isinstance(m, (SurgicalEca, SurgicalSE))]
-    last = [m.conv.weight if isinstance(m, SurgicalEca) else m.fc2.weight for m in gates]
+    # the zero-initialised last layer: the ECA kernel, the SE bias (its weight may see only dead ReLUs)
+    last = [m.conv.weight if isinstance(m, SurgicalEca) else m.fc2.bias for m in gates]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in last)
     before = [p.detach().clone() for p in last]
     optimizer.step()
@@ -52,7 +62,7 @@ def _train_step(model: nn.Module, x: torch.Tensor) -> None:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_surgery_on_torchvision(arch: str, kind: str) -> None:
     model = _torchvision(arch)
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = model(x)
     original = {k: v.clone() for k, v in model.state_dict().items()}
@@ -69,7 +79,7 @@ def test_surgery_on_torchvision(arch: str, kind: str) -> None:
     with torch.no_grad():
         assert torch.allclose(model(x), reference, atol=1e-5)  # identity at initialisation
         logits, weights = model.forward_with_attention(x)
-    assert torch.equal(logits, model(x)) and list(weights) == gates
+    assert torch.allclose(logits, reference, atol=1e-5) and list(weights) == gates
     for path in gates:
         channels = model.get_submodule(path).channels
         assert weights[path].shape == (2, channels) and torch.allclose(weights[path], torch.full_like(weights[path], 0.5))
@@ -92,11 +102,17 @@ def test_se_latent_channels_as_composer() -> None:
     assert widths == [64, 32, 128]
 
 
+def _gate_inputs(model: torch.fx.GraphModule) -> dict[str, str]:
+    """Gate path -> target of the module whose output it scales."""
+    return {str(n.target): str(n.args[0].target) for n in model.graph.nodes
+            if n.op == "call_module" and str(n.target).endswith((".eca", ".se"))}
+
+
 def test_attention_goes_after_batchnorm_when_one_follows() -> None:
     model = apply_surgery(_torchvision("resnet18"), SurgerySpec("eca", ("layer1.0.conv1", "layer2.0.downsample.0")))
-    code = model.code
-    assert code.index("layer1_0_bn1 = ") < code.index(".conv1.eca(layer1_0_bn1")
-    assert ".downsample, \"0\").eca(getattr_" in code or "downsample_1)" in code.split(".downsample, \"0\").eca(")[1][:40]
+    assert _gate_inputs(model) == {"layer1.0.conv1.eca": "layer1.0.bn1", "layer2.0.downsample.0.eca": "layer2.0.downsample.1"}
+    convnext = apply_surgery(_torchvision("convnext_tiny"), SurgerySpec("se", ("features.1.0.block.0",)))
+    assert _gate_inputs(convnext) == {"features.1.0.block.0.se": "features.1.0.block.0"}  # a LayerNorm follows, after a permute
 
 
 def test_paper_init_is_not_identity_and_is_documented_as_such() -> None:
@@ -144,8 +160,7 @@ def test_detector_backbone_with_frozen_batchnorm() -> None:
     original = set(detector.state_dict())
     apply_surgery(detector, spec)
     assert original < set(detector.state_dict())
-    code = detector.backbone.body.code
-    assert "layer2_0_bn1 = " in code and ".conv1.eca(layer2_0_bn1" in code  # FrozenBatchNorm2d seen as a norm
+    assert _gate_inputs(detector.backbone.body)["layer2.0.conv1.eca"] == "layer2.0.bn1"  # FrozenBatchNorm2d
     with torch.no_grad():
         features = detector.backbone.body(x)
         assert all(torch.allclose(features[k], reference[k], atol=1e-5) for k in reference)

@@ -61,7 +61,8 @@ def _insertion_point(graph: fx.Graph, module: nn.Module, target: str) -> fx.Node
     users = list(node.users)
     if len(users) == 1 and users[0].op == "call_module":
         norm = module.get_submodule(str(users[0].target))
-        if isinstance(norm, _norm_types()) and norm.num_features == module.get_submodule(target).out_channels:
+        # FrozenBatchNorm2d has no num_features; every BN has a per-channel weight
+        if isinstance(norm, _norm_types()) and norm.weight.shape[0] == module.get_submodule(target).out_channels:
             return users[0]
     return node
 
