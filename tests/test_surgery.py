@@ -217,18 +217,60 @@ def test_onnx_has_every_attention_output(arch: str, tmp_path: Path) -> None:
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-3)
 
 
-def test_export_model_parity_and_config(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]:
+    """A surgically modified torchvision ResNet-18 (ECA after convs with >= 256 outputs) exported with parity."""
     from eca_serve.export import ExportOptions, export_model
+    from eca_serve.models import PreprocessConfig
+
+    torch.manual_seed(0)
+    model = create_model("torchvision:resnet18", num_classes=3, categories=["a", "b", "c"],
+                         surgery={"kind": "eca", "min_channels": 256})
+    for m in model.modules():  # trained-looking gates: not all 0.5
+        if isinstance(m, SurgicalEca):
+            nn.init.normal_(m.conv.weight, std=0.5)
+    model.config = model.config.replace(preprocess=PreprocessConfig(input_size=(64, 64), resize=73))
+    root = tmp_path_factory.mktemp("models")
+    export_model(model, root / "tv" / "1", ExportOptions(name="tv", check_inputs=[(1, 64, 64), (2, 80, 64)]))
+    return root, model
+
+
+def test_export_model_parity_and_config(exported: tuple[Path, nn.Module]) -> None:
     from eca_serve.repository import read_config
 
-    model = create_model("torchvision:resnet18", num_classes=3, categories=["a", "b", "c"],
-                         surgery={"kind": "eca", "min_channels": 128})
-    model.config = model.config.replace(preprocess=model.config.preprocess.__class__(input_size=(64, 64), resize=73))
-    config = export_model(model, tmp_path / "tv" / "1", ExportOptions(name="tv", check_inputs=[(1, 64, 64), (2, 80, 64)]))
+    root, model = exported
+    config = read_config(root / "tv" / "1")
     assert config.parity["passed"] and config.architecture == "torchvision:resnet18"
+    assert {r["backend"] for r in config.parity["rows"]} >= {"onnxruntime", "torchscript_frozen"}
     assert config.build_kwargs["surgery"]["targets"] == list(model.surgery_spec.targets)
     assert [a.name for a in config.attention] == model.attention_layers == [a.name for a in attention_layers(model)]
-    assert {a.kind for a in config.attention} == {"eca"} and config.attention[0].output == "attention/layer2.0.conv1.eca"
-    assert read_config(tmp_path / "tv" / "1").build_kwargs == config.build_kwargs
-    rebuilt = create_model(config.architecture, weights=tmp_path / "tv" / "1" / "weights.safetensors")
+    assert {a.kind for a in config.attention} == {"eca"} and config.attention[0].output == "attention/layer3.0.conv1.eca"
+    rebuilt = create_model(config.architecture, weights=root / "tv" / "1" / "weights.safetensors")
     assert rebuilt.attention_layers == model.attention_layers
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "eager"])
+def test_served_attention_read_out(exported: tuple[Path, nn.Module], backend: str) -> None:
+    import httpx
+
+    from eca_serve.pipelines.images import DecodeLimits, decode_image
+    from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
+    from eca_serve.repository import read_config
+    from eca_serve.settings import Settings
+    from tests.hostile_images import png_bytes
+    from tests.serving_utils import running_server
+
+    root, model = exported
+    config = read_config(root / "tv" / "1")
+    data = png_bytes((64, 64), seed=3)
+    x = preprocess_classification(decode_image(data, limits=DecodeLimits(), target=decode_target(config.input)), config.input)
+    with torch.no_grad():
+        _, expected = model.forward_with_attention(torch.from_numpy(x)[None])
+    with running_server(Settings(model_repository=root, backend=backend, max_batch_size=2)) as (base, _):
+        response = httpx.post(f"{base}/v1/models/tv/attention?top_k=1", files={"file": ("x.png", data, "image/png")}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    layers = body["results"][0]["layers"]
+    assert [layer["name"] for layer in layers] == model.attention_layers
+    for layer in layers:
+        np.testing.assert_allclose(layer["weights"], expected[layer["name"]][0].numpy(), atol=1e-4)
