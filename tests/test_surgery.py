@@ -274,3 +274,48 @@ def test_served_attention_read_out(exported: tuple[Path, nn.Module], backend: st
     assert [layer["name"] for layer in layers] == model.attention_layers
     for layer in layers:
         np.testing.assert_allclose(layer["weights"], expected[layer["name"]][0].numpy(), atol=1e-4)
+
+
+def test_inspect_shows_inserted_attention(exported: tuple[Path, nn.Module], capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from eca_serve.cli import main
+
+    root, model = exported
+    assert main(["inspect", str(root / "tv" / "1"), "--input-size", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["architecture"] == "torchvision:resnet18" and report["attention_layers"] == len(model.attention_layers)
+    assert [r["path"] for r in report["inserted_attention"]] == model.attention_layers
+    assert report["inserted_attention"][0] == {"path": "layer3.0.conv1.eca", "kind": "eca", "channels": 256,
+                                               "k_or_hidden": 5, "params": 5}
+
+
+def test_profile_before_and_after_surgery(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from eca_serve.cli import main
+
+    args = ["profile", "torchvision:resnet18", "--attention", "both", "--min-channels", "256", "--input-size", "64",
+            "--iters", "2", "--json"]
+    assert main(args) == 0
+    rows = {r["attention"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["none"]["inserted"] == 0 and rows["eca"]["inserted"] == rows["se"]["inserted"] == 10
+    assert 0 < rows["eca"]["params_added"] == rows["eca"]["params"] - rows["none"]["params"] < 100  # 10 kernels of 5 or 7
+    assert rows["se"]["params_added"] > 1000 * rows["eca"]["params_added"]
+    assert rows["se"]["flops_delta_%"] > 0 and all(r["latency_ms"] > 0 for r in rows.values())
+
+
+def test_train_cli_with_attention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from eca_serve.cli import main
+    from eca_serve.data import generate
+
+    generate(tmp_path / "shapes", kind="classify", count=24, seed=0, size=32)
+    args = ["train", "classify", "--data", str(tmp_path / "shapes"), "--model", "torchvision:resnet18", "--attention", "se",
+            "--min-channels", "512", "--latent-channels", "8", "--input-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--warmup-steps", "1", "--workers", "0", "--out", str(tmp_path / "run"), "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] >= 2
+    args[args.index("torchvision:resnet18")] = "eca_resnet18"
+    assert main(args) == 2 and "torchvision:<arch>" in capsys.readouterr().err  # refused before any training

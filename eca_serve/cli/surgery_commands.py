@@ -65,8 +65,9 @@ def cmd_profile_surgery(args: argparse.Namespace) -> int:
     for name, model in models.items():
         params, macs = _params(model), count_macs(model, (args.input_size, args.input_size))
         rows.append({"attention": name, "inserted": len(model.attention_layers), "params": params,
-                     "params_delta_%": round(100 * (params - base_params) / base_params, 2),
-                     "GFLOPs_macs_2^30": round(macs / 2**30, 4), "flops_delta_%": round(100 * (macs - base_macs) / base_macs, 2),
+                     "params_added": params - base_params,
+                     "params_delta_%": round(100 * (params - base_params) / base_params, 3),
+                     "GFLOPs_macs_2^30": round(macs / 2**30, 4), "flops_delta_%": round(100 * (macs - base_macs) / base_macs, 3),
                      "latency_ms": round(latency[name], 2),
                      "latency_delta_%": round(100 * (latency[name] - latency["none"]) / latency["none"], 1)})
     title = f"profile {args.name} surgery (input {args.input_size}, batch {args.batch_size}, {torch.get_num_threads()} threads)"
