@@ -65,9 +65,9 @@ class SurgicalSE(SEModule):
     """
 
     def __init__(self, channels: int, hidden: int, init: str = "identity") -> None:
-        super().__init__(channels, reduction=max(channels // max(hidden, 1), 1))
         if hidden < 1:
             raise ConfigError(f"SE hidden width must be >= 1, got {hidden}")
+        super().__init__(channels)
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1, bias=True)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1, bias=True)
         self.gain = _gain(init)

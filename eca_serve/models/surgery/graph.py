@@ -9,6 +9,7 @@ returning every attention module's weights), both scriptable and exportable to O
 
 from __future__ import annotations
 
+import copy
 import operator
 from typing import Any, Mapping
 
@@ -93,14 +94,34 @@ def _rewrite(graph: fx.Graph, module: nn.Module, gates: list[str], collect: bool
     graph.lint()
 
 
-def _install_forward_with_attention(gm: fx.GraphModule, graph: fx.Graph) -> None:
+class SurgeryGraphModule(fx.GraphModule):
+    """A GraphModule with a generated ``forward_with_attention`` that survives ``copy.deepcopy``.
+
+    NOTE: GraphModule's own deepcopy regenerates only ``forward`` and drops other attributes, so the
+    attention method, ``config``, ``attention_layers`` and ``surgery_spec`` are carried over here.
+    """
+
+    _CARRIED = ("config", "attention_layers", "surgery_spec")
+
+    def __deepcopy__(self, memo: dict) -> SurgeryGraphModule:
+        copied = super().__deepcopy__(memo)
+        for name in self._CARRIED:
+            if name in self.__dict__:
+                setattr(copied, name, copy.deepcopy(self.__dict__[name], memo))
+        _install_forward_with_attention(copied, *self._attention_code)
+        return copied
+
+
+def _install_forward_with_attention(gm: fx.GraphModule, src: str, globals_: dict[str, Any]) -> None:
+    # NOTE: the private helper GraphModule.recompile itself uses: it registers the source with linecache,
+    # which TorchScript needs to compile the method.
     from torch.fx.graph_module import _method_from_src
 
-    code = graph.python_code(root_module="self")
-    src = code.src.replace("def forward(", "def forward_with_attention(", 1)
-    method = _method_from_src("forward_with_attention", src, code.globals)
-    # the class is private to this instance (GraphModule makes one per instance)
+    method = _method_from_src("forward_with_attention", src, globals_)
+    # the class is private to this instance (GraphModule makes one per instance); the code is kept there
+    # too, out of the instance's __dict__, which deepcopy copies (its globals hold modules)
     type(gm).forward_with_attention = torch.jit.export(method)
+    type(gm)._attention_code = (src, globals_)
 
 
 def rewrite(module: nn.Module, gates: list[str]) -> fx.GraphModule:
@@ -113,8 +134,9 @@ def rewrite(module: nn.Module, gates: list[str]) -> fx.GraphModule:
     plain, collecting = _trace(module), _trace(module)
     _rewrite(plain, module, gates, collect=False)
     _rewrite(collecting, module, gates, collect=True)
-    gm = fx.GraphModule(module, plain, class_name=type(module).__name__)
-    _install_forward_with_attention(gm, collecting)
+    gm = SurgeryGraphModule(module, plain, class_name=type(module).__name__)
+    code = collecting.python_code(root_module="self")
+    _install_forward_with_attention(gm, code.src.replace("def forward(", "def forward_with_attention(", 1), code.globals)
     gm.train(module.training)
     return gm
 
