@@ -115,7 +115,7 @@ def test_attention_goes_after_batchnorm_when_one_follows() -> None:
     assert _gate_inputs(convnext) == {"features.1.0.block.0.se": "features.1.0.block.0"}  # a LayerNorm follows, after a permute
 
 
-def test_paper_init_is_not_identity_and_is_documented_as_such() -> None:
+def test_paper_init_is_not_identity() -> None:
     model = _torchvision("resnet18")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

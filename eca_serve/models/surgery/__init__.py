@@ -1,4 +1,4 @@
-"""Model surgery: insert ECA or SE channel attention into an existing CNN (torchvision or ours)."""
+"""Model surgery: insert ECA or SE channel attention into an existing CNN (any forward torch.fx can trace)."""
 
 from eca_serve.models.surgery.gates import SurgicalEca, SurgicalSE
 from eca_serve.models.surgery.graph import apply_surgery, describe, gate_paths, with_fresh_gates
