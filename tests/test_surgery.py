@@ -196,16 +196,17 @@ def test_registry_rebuilds_from_the_recorded_spec(tmp_path: Path) -> None:
                      surgery={"kind": "eca", "min_channels": 64})
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf"])
-def test_onnx_has_every_attention_output(arch: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "kind"), [("resnet18", "eca"), ("mobilenet_v2", "eca"), ("mobilenet_v3_small", "eca"),
+                                          ("mobilenet_v3_small", "se"), ("efficientnet_b0", "eca"), ("regnet_y_400mf", "se")])
+def test_onnx_has_every_attention_output(arch: str, kind: str, tmp_path: Path) -> None:
     import onnxruntime as ort
 
     from eca_serve.export.formats import export_classifier_onnx
 
-    model = create_model(f"torchvision:{arch}", num_classes=3, surgery={"kind": "eca", "min_channels": 96})
+    model = create_model(f"torchvision:{arch}", num_classes=3, surgery={"kind": kind, "min_channels": 96})
     for m in model.modules():  # move the gates away from their constant initial value
-        if isinstance(m, SurgicalEca):
-            nn.init.normal_(m.conv.weight, std=0.5)
+        if isinstance(m, (SurgicalEca, SurgicalSE)):
+            nn.init.normal_(m.conv.weight if isinstance(m, SurgicalEca) else m.fc2.weight, std=0.5)
     names = export_classifier_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
     assert names == ["logits"] + [f"attention/{p}" for p in model.attention_layers]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
