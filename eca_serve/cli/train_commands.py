@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from eca_serve.cli._output import print_json, print_table
 from eca_serve.cli.export_commands import _entry_name, _parse_args
+from eca_serve.cli.surgery_commands import add_surgery_arguments, surgery_request
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--resize", type=int, default=None, help="eval shorter side before crop (default input/0.875)")
     p.add_argument("--augment", choices=["standard", "light"], default="standard")
+    add_surgery_arguments(p)
     _common(p)
     p.set_defaults(func=cmd_train_classify)
 
@@ -78,7 +80,11 @@ def cmd_train_classify(args: argparse.Namespace) -> int:
     from eca_serve.training.classify import ClassifyData, train_classifier
 
     data = ClassifyData(args.data, args.input_size, args.resize, augment=args.augment)
-    return _train(args, lambda on_step: train_classifier(args.model, _parse_args(args.arg), data, _train_config(args),
+    model_kwargs = _parse_args(args.arg)
+    surgery = surgery_request(args, args.model)
+    if surgery is not None:
+        model_kwargs["surgery"] = surgery
+    return _train(args, lambda on_step: train_classifier(args.model, model_kwargs, data, _train_config(args),
                                                          resume=args.resume, init_weights=args.init_weights, on_step=on_step))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eca_serve.cli._output import print_json, print_table
+from eca_serve.cli.surgery_commands import add_surgery_arguments, inserted_attention, print_inserted
 from eca_serve.errors import ConfigError
 
 
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("inspect", help="detect a checkpoint's architecture, load it strictly, report its cost")
+    p = sub.add_parser("inspect", help="detect a checkpoint's (or an entry folder's) architecture, load it strictly, "
+                       "report its cost and any attention inserted by surgery")
     p.add_argument("checkpoint", type=Path)
     p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs (default 224)")
     p.add_argument("--json", action="store_true")
@@ -44,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,2,4,8", help="with --recommend: batch sizes to measure")
     p.add_argument("--instance-counts", default="1,2", help="with --recommend: instance counts to measure")
     p.add_argument("--seconds", type=float, default=1.0, help="with --recommend: measuring time per setting")
+    add_surgery_arguments(p, both=True)
     p.set_defaults(func=cmd_profile)
 
 
@@ -66,7 +69,10 @@ def _param_count(entry: Any) -> int | None:
 
     if entry.task != "classification":
         return None
-    with torch.device("meta"):
+    try:
+        with torch.device("meta"):
+            model = entry.builder()
+    except (NotImplementedError, RuntimeError):  # builders that copy data at init (torchvision's) need real tensors
         model = entry.builder()
     return sum(p.numel() for p in model.parameters())
 
@@ -77,9 +83,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from eca_serve.models.arch_detect import detect_architecture
     from eca_serve.models.profile import measure
 
+    if args.checkpoint.is_dir():  # a repository entry: its weights carry the config
+        args.checkpoint = args.checkpoint / "weights.safetensors"
     ckpt = read_checkpoint(args.checkpoint)
-    name, kwargs = detect_architecture(ckpt.state_dict)
+    name, kwargs = _stored_architecture(ckpt) or detect_architecture(ckpt.state_dict)
     model = create_model(name, weights=args.checkpoint, **kwargs)
+    inserted = inserted_attention(model)
     cost = measure(model, (args.input_size, args.input_size))
     layers = attention_layers(model)
     report = {
@@ -93,8 +102,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         **_cost_fields(cost),
         "loaded": "strict",
     }
+    if inserted:
+        report["inserted_attention"] = inserted if args.json else f"{len(inserted)} modules by surgery (table below)"
     _print_report(args, f"inspect {args.checkpoint.name}", report)
+    print_inserted(inserted, args.json)
     return 0
+
+
+def _stored_architecture(ckpt: Any) -> tuple[str, dict[str, Any]] | None:
+    """(name, build arguments) from the config our exports store with the weights, when it names a
+    registered model (e.g. ``torchvision:resnet18`` with its surgery spec); else None."""
+    from eca_serve.models import list_models
+
+    stored = ckpt.config or {}
+    if stored.get("name") in list_models():
+        return stored["name"], {}
+    return None
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -104,6 +127,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return cmd_profile_entry(args)
     if args.write:
         raise ConfigError("--write stores a recommended serving block: it needs --recommend")
+    if args.attention:
+        from eca_serve.cli.surgery_commands import cmd_profile_surgery
+
+        return cmd_profile_surgery(args)
     from eca_serve.models import create_model
     from eca_serve.models.profile import measure
 

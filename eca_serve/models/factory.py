@@ -10,6 +10,7 @@ from torch import nn
 from eca_serve.errors import CheckpointError, ConfigError
 from eca_serve.models._registry import ModelEntry, get_entry
 from eca_serve.models.checkpoint import Checkpoint, eca_kernel_sizes, load_state_dict_strict, read_checkpoint
+from eca_serve.models.surgery import with_fresh_gates
 from eca_serve.models.zoo import k_size_from_checkpoint
 
 
@@ -56,7 +57,8 @@ def create_model(
         kwargs["num_classes"] = num_classes
     model = entry.builder(**kwargs)
     if ckpt is not None:
-        load_state_dict_strict(model, ckpt.state_dict, source=Path(weights).name)
+        # a checkpoint of the network before surgery gets the new attention modules' initial tensors
+        load_state_dict_strict(model, with_fresh_gates(model, ckpt.state_dict), source=Path(weights).name)
     if categories is not None:
         model.config = model.config.replace(categories=_checked_categories(categories, model.config.num_classes))
     return model.eval()
