@@ -45,7 +45,7 @@ class Cell:
     errors: int
 
 
-def inputs(kind: str, model: str) -> list[grpcclient.InferInput]:
+def inputs(kind: str, model: str, repository: Path = REPO / "models") -> list[grpcclient.InferInput]:
     """One request's inputs: the photo encoded, or as the preprocessed tensor the server would make."""
     data = PHOTO.read_bytes()
     if kind == "jpeg":
@@ -56,16 +56,17 @@ def inputs(kind: str, model: str) -> list[grpcclient.InferInput]:
     from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
     from eca_serve.repository import read_config
 
-    config = read_config(REPO / "models" / model / "1")
+    config = read_config(repository / model / "1")
     row = preprocess_classification(decode_image(data, limits=DecodeLimits(), target=decode_target(config.input)), config.input)
     item = grpcclient.InferInput("input", [1, *row.shape], "FP32")
     item.set_data_from_numpy(row[None].astype(np.float32))
     return [item]
 
 
-def run_cell(address: str, model: str, kind: str, concurrency: int, seconds: float, warmup_s: float) -> Cell:
+def run_cell(address: str, model: str, kind: str, concurrency: int, seconds: float, warmup_s: float,
+             repository: Path = REPO / "models") -> Cell:
     """``concurrency`` threads sending back to back; only calls started after the warm-up count."""
-    request = inputs(kind, model)
+    request = inputs(kind, model, repository)
     outputs = [grpcclient.InferRequestedOutput("logits")]
     start = time.perf_counter()
     measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
@@ -103,13 +104,14 @@ def main() -> None:
     parser.add_argument("--model", default="shapes_classifier")
     parser.add_argument("--address", help="an eca-serve gRPC address (default: start one on the shipped models)")
     parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--repository", type=Path, default=REPO / "models", help="where --model's config.json is (tensor inputs)")
     args = parser.parse_args()
     with ExitStack() as stack:
         address = args.address or stack.enter_context(_server())
         print(f"{'input':8} {'conc':>4} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             for kind in ("jpeg", "tensor"):  # alternating, so both kinds see the same machine state
-                cell = run_cell(address, args.model, kind, concurrency, args.seconds, args.warmup)
+                cell = run_cell(address, args.model, kind, concurrency, args.seconds, args.warmup, args.repository)
                 print(f"{cell.kind:8} {cell.concurrency:>4} {cell.rps:>8.1f} {cell.p50_ms:>8.2f} {cell.p99_ms:>8.2f} {cell.errors:>6}",
                       flush=True)
 

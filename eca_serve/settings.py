@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(16, ge=1)
     grace_period_s: float = Field(30.0, ge=0)
     drift_window: int = Field(512, ge=0, description="recent images per model in the attention drift summary (0 = off)")
+    drift_budget: float = Field(0.01, gt=0, description="most time spent on the drift summary, as a fraction of inference "
+                                "time: very fast models get a sample of their batches summarised (e.g. 100: every batch)")
     models: list[str] = Field(default_factory=list, description="serve only these names (default: all)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False

@@ -77,7 +77,7 @@ def test_shipped_classifier_drift_stays_low_in_distribution_and_rises_on_shifted
     shifted = [image.filter(ImageFilter.GaussianBlur(3)) if shift == "blur" else
                Image.fromarray((np.asarray(image, np.float32) + rng.normal(0, 40, (64, 64, 3))).clip(0, 255).astype(np.uint8))
                for image in held_out]
-    with running_server(Settings(model_repository=ROOT / "models", models=[CLS], drift_window=200)) as (base, _):
+    with running_server(Settings(model_repository=ROOT / "models", models=[CLS], drift_window=200, drift_budget=100.0)) as (base, _):
         assert _drift(base)["requests"] == 0
         _post_all(base, [_png(i) for i in held_out])
         stable = _drift(base)
@@ -95,3 +95,12 @@ def test_drift_of_a_model_without_reference_is_404(tmp_path: Path) -> None:
     with running_server(Settings(model_repository=ROOT / "models", models=[CLS], drift_window=0)) as (base, _):
         response = http.get(f"{base}/v1/models/{CLS}/drift")
     assert response.status_code == 404 and "calibrate-drift" in response.json()["error"]
+
+
+def test_monitoring_stays_within_its_budget_of_inference_time() -> None:
+    rng = np.random.default_rng(0)
+    monitor = DriftMonitor(build_reference({"a": rng.random((40, 4))}), budget=0.01)
+    assert monitor.due(0.5)  # nothing spent yet
+    monitor.charge(1.0)  # summarising cost 1 s so far
+    assert not monitor.due(10.0)  # 1 s > 1% of 10.5 s of inference: skip this batch
+    assert monitor.due(90.0)  # 1 s <= 1% of 100.5 s: summarise again

@@ -14,7 +14,7 @@ import numpy as np
 from eca_serve.batching import BatchPolicy, DynamicBatcher
 from eca_serve.errors import InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
-from eca_serve.pipelines.drift import DEFAULT_WINDOW, DriftMonitor, DriftReference
+from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW, DriftMonitor, DriftReference
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target
 from eca_serve.repository import EntryConfig
@@ -73,6 +73,7 @@ class ModelPipeline:
         on_stage: Optional observer of stage durations (metrics).
         on_batch: Optional observer of each batch (size, queue seconds per item, compute seconds).
         drift_window: Images the attention drift summary holds (0 = no drift monitoring).
+        drift_budget: Most time spent summarising attention, as a fraction of inference time.
     """
 
     params_type: ClassVar[type[RunParams]] = RunParams
@@ -80,12 +81,12 @@ class ModelPipeline:
 
     def __init__(self, config: EntryConfig, folder: Path, backend: Any, policy: BatchPolicy, limits: DecodeLimits,
                  decode_executor: Executor | None = None, on_stage: StageObserver | None = None,
-                 on_batch: Callable[[int, list[float], float], None] | None = None, drift_window: int = DEFAULT_WINDOW) -> None:
+                 on_batch: Callable[[int, list[float], float], None] | None = None, drift_window: int = DEFAULT_WINDOW, drift_budget: float = DEFAULT_BUDGET) -> None:
         self.config, self.folder, self.backend, self.limits = config, folder, backend, limits
         self.decode_executor = decode_executor
         self.on_stage = on_stage or (lambda *_: None)
         self.batcher: DynamicBatcher = DynamicBatcher(self._run_batch, policy, name=config.name, on_batch=on_batch)
-        self.drift = drift_monitor(config, folder, drift_window)
+        self.drift = drift_monitor(config, folder, drift_window, drift_budget)
         self._started = False
 
     @property
@@ -140,8 +141,10 @@ class ModelPipeline:
         outputs = self.infer_batch([i.tensor for i in items])
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
-        if self.drift is not None:
+        if self.drift is not None and self.drift.due(seconds):
+            start = time.perf_counter()
             self.drift.observe_rows(self.attention_rows(outputs))
+            self.drift.charge(time.perf_counter() - start)
         return [(out, start - item.enqueued, seconds) for out, item in zip(outputs, items)]
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
@@ -229,8 +232,8 @@ async def _await_all(awaitables: list[Awaitable[Any]]) -> list[Any]:
     return list(await asyncio.gather(*awaitables))
 
 
-def drift_monitor(config: EntryConfig, folder: Path, window: int) -> DriftMonitor | None:
+def drift_monitor(config: EntryConfig, folder: Path, window: int, budget: float = DEFAULT_BUDGET) -> DriftMonitor | None:
     """The entry's drift monitor, or None without a reference (or with ``window`` 0)."""
     if config.drift is None or window <= 0:
         return None
-    return DriftMonitor(DriftReference.load(folder / config.drift.file), window)
+    return DriftMonitor(DriftReference.load(folder / config.drift.file), window, budget)

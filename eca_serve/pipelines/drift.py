@@ -27,6 +27,7 @@ from eca_serve.errors import ConfigError
 
 DEFAULT_BINS = 10
 DEFAULT_WINDOW = 512
+DEFAULT_BUDGET = 0.01  # monitoring time / inference time
 _MIN_SCALE = 1e-3  # a channel that never moved in the reference must not turn noise into drift
 
 
@@ -128,10 +129,11 @@ class DriftMonitor:
     whatever the number of layers (measured: see ``bench/drift_bench.py``).
     """
 
-    def __init__(self, reference: DriftReference, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(self, reference: DriftReference, window: int = DEFAULT_WINDOW, budget: float = DEFAULT_BUDGET) -> None:
         if window < 1:
             raise ConfigError(f"drift window must be >= 1, got {window}")
-        self.reference, self.window = reference, window
+        self.reference, self.window, self.budget = reference, window, budget
+        self._inference_s = self._observe_s = 0.0
         self.names = [l.name for l in reference.layers]
         self._mean = np.concatenate([l.mean for l in reference.layers])
         self._scale = np.concatenate([l.scale for l in reference.layers])
@@ -145,6 +147,20 @@ class DriftMonitor:
     def observe(self, attention: Mapping[str, np.ndarray]) -> None:
         """Add a batch: layer name -> weights [N, C] (every layer of the reference)."""
         self.observe_rows(np.concatenate([np.asarray(attention[n], np.float32).reshape(len(attention[n]), -1) for n in self.names], axis=1))
+
+    def due(self, inference_s: float) -> bool:
+        """Whether to summarise the batch that took ``inference_s``: monitoring stays within ``budget`` of inference.
+
+        A model so fast that summarising every image would cost more (a 64 px classifier runs in
+        0.5 ms) has a sample of its batches summarised instead, spread evenly over time; a model of
+        a few milliseconds or more has every batch summarised.
+        """
+        self._inference_s += inference_s
+        return self._observe_s <= self.budget * self._inference_s
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` spent summarising a batch against the budget."""
+        self._observe_s += seconds
 
     def observe_rows(self, rows: np.ndarray) -> None:
         """Add a batch of rows [N, sum of C]: each image's layers concatenated in reference order."""

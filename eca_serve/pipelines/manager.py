@@ -16,7 +16,7 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
 from eca_serve.repository import EntryConfig, check_safe_name, list_entries, read_config
 from eca_serve.pipelines.base import ModelPipeline
-from eca_serve.pipelines.drift import DEFAULT_WINDOW
+from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.servable import servable_entries
 from eca_serve.pipelines.tasks import pipeline_class
@@ -41,6 +41,7 @@ class ServingOptions:
     only: list[str] = field(default_factory=list)
     grace_period_s: float = 30.0
     drift_window: int = DEFAULT_WINDOW
+    drift_budget: float = DEFAULT_BUDGET
 
 
 def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
@@ -141,7 +142,7 @@ class ModelManager:
         cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch,
-                   drift_window=self.options.drift_window)
+                   drift_window=self.options.drift_window, drift_budget=self.options.drift_budget)
 
     async def load_model(self, name: str) -> list[int]:
         """Load every version of ``name`` found in the repository that is not loaded yet (run-time load)."""
