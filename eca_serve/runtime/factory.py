@@ -60,23 +60,6 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
     return seconds
 
 
-def time_single_run(backend: Any, config: Any, rounds: int = 3, enough_s: float = 0.1) -> float:
-    """Best of up to ``rounds`` timings, in seconds, of one warmed-up single-image run.
-
-    Stops after a run slower than ``enough_s``: the best-of only filters out the jitter of short runs,
-    and further runs of a slow model (a detector: 0.3 s each) would only delay readiness.
-    """
-    batch = np.random.default_rng(0).random((1, 3, *_sample_size(config)), dtype=np.float32)
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        _run(backend, config, batch)
-        best = min(best, time.perf_counter() - start)
-        if best > enough_s:
-            break
-    return best
-
-
 def _sample_size(config: Any) -> tuple[int, int]:
     """(H, W) of sample inputs: the classifier's input size, or the detector's warm-up size."""
     return tuple(config.input.size or (config.detection or {}).get("warmup_size", (320, 320)))
