@@ -230,25 +230,30 @@ def test_bytes_outputs_are_length_prefixed_raw(client) -> None:
 
 
 def test_inflight_limit_is_shared_with_http_and_cancelled_calls_free_their_slots() -> None:
-    big = jpeg_bytes((3000, 2000), seed=2)
-    with grpc_server(ECA_SERVE_MAX_INFLIGHT_REQUESTS="3", ECA_SERVE_MAX_BATCH_SIZE="1", ECA_SERVE_DECODE_THREADS="1") as running:
+    # Each busy call makes the detector run 12 images one at a time on one instance: seconds of work, so the
+    # three calls are certainly still in flight when the refused requests arrive.
+    busy = [image_input(*[jpeg_bytes((1200, 800), seed=i)] * 12) for i in range(3)]
+    settings = {"ECA_SERVE_MAX_INFLIGHT_REQUESTS": "3", "ECA_SERVE_MAX_BATCH_SIZE": "1", "ECA_SERVE_INSTANCES": "1",
+                "ECA_SERVE_DECODE_THREADS": "1"}
+    with grpc_server(**settings) as running:
         client = tg.InferenceServerClient(running.address)
         errors: list[object] = []
-        for _ in range(3):  # three images per call keep the calls busy for a while
-            client.async_infer(CLS, [image_input(big, big, big)], callback=lambda result, error: errors.append(error))
+        for request in busy:
+            client.async_infer(DET, [request], callback=lambda result, error: errors.append(error))
         _wait_inflight(running, 3)
         refused = httpx.post(f"{running.base}/v1/models/{CLS}/classify", content=SHAPES[0], headers={"content-type": "image/png"})
         assert refused.status_code == 503
         assert code_of(lambda: client.infer(CLS, [image_input(SHAPES[0])])) == "StatusCode.RESOURCE_EXHAUSTED"
+        assert len(errors) == 0  # the busy calls were in flight all along
         _wait(lambda: len(errors) == 3)
         assert errors == [None] * 3
-        calls = [client.async_infer(CLS, [image_input(big, big, big)], callback=lambda result, error: None) for _ in range(3)]
+        calls = [client.async_infer(DET, [request], callback=lambda result, error: None) for request in busy]
         _wait_inflight(running, 3)
         for call in calls:
             call.cancel()
         _wait(lambda: _inflight(running) == 0)
         assert client.infer(CLS, [image_input(SHAPES[0])]).as_numpy("logits").shape == (1, 8)
-        assert 'endpoint="ModelInfer",model="shapes_classifier",protocol="grpc",status="CANCELLED"' in running.metrics()
+        assert 'endpoint="ModelInfer",model="shapes_detector",protocol="grpc",status="CANCELLED"' in running.metrics()
 
 
 def _inflight(running) -> float:
