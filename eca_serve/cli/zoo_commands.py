@@ -20,15 +20,15 @@ from eca_serve.errors import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the zoo commands to the ``eca-serve`` sub-parsers."""
     p = sub.add_parser("models", help="list registered architectures")
-    p.add_argument("--task", choices=["classification", "detection", "instance_segmentation"])
+    p.add_argument("--task", choices=["classification", "detection", "instance_segmentation"], help="only this task (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("inspect", help="detect a checkpoint's (or an entry folder's) architecture, load it strictly, "
                        "report its cost and any attention inserted by surgery")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs (default 224)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file, or a repository entry folder")
+    p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("profile", help="cost of a registered architecture, or (--recommend) the serving block of a "
@@ -37,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=224, help="architecture mode: square input side")
     p.add_argument("--batch-size", type=int, default=1, help="architecture mode")
     p.add_argument("--iters", type=int, default=10, help="architecture mode: timed forward passes")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="architecture mode: cpu | cuda | cuda:N")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--recommend", action="store_true", help="measure the repository entry NAME[:VERSION] with ONNX "
                    "Runtime as served (img/s, latency per batch size and instance count) and recommend its serving block")
     p.add_argument("--write", action="store_true", help="with --recommend: write the block into the entry's config.json")
-    p.add_argument("--model-repository", type=Path, default=Path("models"), help="with --recommend (default: models)")
+    p.add_argument("--model-repository", type=Path, default=Path("models"), help="with --recommend: the model repository")
     p.add_argument("--batch-sizes", default="1,2,4,8", help="with --recommend: batch sizes to measure")
     p.add_argument("--instance-counts", default="1,2", help="with --recommend: instance counts to measure")
     p.add_argument("--seconds", type=float, default=1.0, help="with --recommend: measuring time per setting")
