@@ -8,6 +8,7 @@ as the server runs it and recommends (and writes) its config.json ``serving`` bl
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     rows = [get_entry(n) for n in list_models(task=args.task)]
     data = [{"name": e.name, "task": e.task, "attention": e.attention, "params": _param_count(e),
-             "doc": (e.builder.__doc__ or "").split("\n")[0]} for e in rows]
+             "doc": plain_summary(e.builder.__doc__)} for e in rows]
     if args.json:
         print_json(data)
     else:
         print_table("eca-serve models", ["name", "task", "attention", "params", "description"], [list(d.values()) for d in data])
     return 0
+
+
+def plain_summary(doc: str | None) -> str:
+    """The first line of a docstring without reStructuredText markup (torchvision's builders link papers
+    as ```Title <url>`__``; ours quote code as ````name````)."""
+    line = (doc or "").strip().split("\n")[0]
+    line = re.sub(r"`([^`<]*?)\s*<[^>]*>`_{0,2}", r"\1", line)  # `Title <url>`__ -> Title
+    return line.replace("``", "").replace("`", "").strip()
 
 
 def _param_count(entry: Any) -> int | None:
