@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", default="torchscript,onnx", help="comma-separated artifact formats")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
-                   help="architecture argument, e.g. --arg 'widths=[16,32,64,128]' (repeatable)")
+                   help="architecture argument, e.g. --arg 'widths=[16,32,64,128]' (repeatable; default: none)")
     p.add_argument("--json", action="store_true", help="print the entry config as JSON")
 
 

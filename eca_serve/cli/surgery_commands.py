@@ -21,7 +21,7 @@ TORCHVISION_PREFIX = "torchvision:"
 def add_surgery_arguments(p: argparse.ArgumentParser, *, both: bool = False) -> None:
     """``--attention`` and the options that choose where and how attention is inserted."""
     kinds = ["eca", "se", "both"] if both else ["eca", "se"]
-    p.add_argument("--attention", choices=kinds, help="insert this channel attention into a torchvision:<arch> model")
+    p.add_argument("--attention", choices=kinds, help="insert this channel attention into a torchvision:<arch> model (default: none)")
     p.add_argument("--min-channels", type=int, default=None,
                    help="insert after every Conv2d with at least this many outputs (default 128, as Composer)")
     p.add_argument("--attention-paths", default=None, help="or after exactly these Conv2d paths (comma-separated; default: by --min-channels)")

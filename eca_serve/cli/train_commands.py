@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON", help="architecture argument (repeatable)")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON", help="architecture argument (repeatable; default: none)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=32, help="images per optimiser step")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (after warm-up)")
