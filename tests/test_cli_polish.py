@@ -100,19 +100,21 @@ def test_table_cells_are_never_rich_markup(capsys: pytest.CaptureFixture[str]) -
 def test_training_bar_shows_steps_and_time_left_within_80_columns() -> None:
     from rich.console import Console
 
-    from eca_serve.cli.train_commands import step_fields, training_progress
+    from eca_serve.cli.train_commands import report_step, training_progress
 
-    console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
-    bar = training_progress(console=console)
+    now = [0.0]
+    console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    bar = training_progress(console=console, get_time=lambda: now[0])
     task = bar.add_task("starting", total=None, info="")
     report = {"epoch": 3, "step": 250, "total_steps": 1000, "loss": 1.23456, "img_per_s": 412.7}
-    bar.update(task, **step_fields(report, epochs=10))
-    bar.update(task, **step_fields({**report, "step": 251}, epochs=10))
+    report_step(bar, task, report, epochs=10)  # a resumed run: steps 1..249 ran before, they are not speed
+    now[0] = 10.0
+    report_step(bar, task, {**report, "step": 260}, epochs=10)  # 10 steps in 10 s: 740 s left
     console.print(bar.get_renderable())
-    lines = [line for line in console.file.getvalue().splitlines() if line.strip()]
+    lines = [line.rstrip() for line in console.file.getvalue().splitlines() if line.strip()]
     assert len(lines) == 1 and len(lines[0]) <= 80, lines
-    assert "epoch 3/10" in lines[0] and "251/1000" in lines[0] and "loss 1.235" in lines[0]
-    assert "-:--:--" not in lines[0] or "0:" in lines[0]
+    assert "epoch 3/10" in lines[0] and "260/1000" in lines[0] and "loss 1.235 413 img/s" in lines[0]
+    assert "12:20" in lines[0], lines[0]  # 740 s left
 
 
 def test_data_shapes_shows_progress_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -110,7 +110,7 @@ def test_ui_setting_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_demo_files_are_package_data() -> None:
-    import tomllib
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["eca_serve.api"]

@@ -103,19 +103,21 @@ def cmd_train_detect(args: argparse.Namespace) -> int:
                                                       resume=args.resume, init_weights=args.init_weights, on_step=on_step))
 
 
-def training_progress(console: Any = None, disable: bool = False) -> Any:
+def training_progress(console: Any = None, disable: bool = False, get_time: Callable[[], float] | None = None) -> Any:
     """A rich bar that fits 80 columns: epoch, bar, step/total, time left, loss and speed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
                     TimeRemainingColumn(compact=True, elapsed_when_finished=True), TextColumn("{task.fields[info]}"),
-                    console=console, disable=disable)
+                    console=console, disable=disable, get_time=get_time)
 
 
-def step_fields(s: dict, epochs: int) -> dict[str, Any]:
-    """``Progress.update`` arguments for one ``on_step`` report of `eca_serve.training.loop.Trainer.fit`."""
-    return {"description": f"epoch {s['epoch']}/{epochs}", "completed": s["step"], "total": s["total_steps"],
-            "info": f"loss {s['loss']:.3f} {s['img_per_s']:.0f} img/s"}
+def report_step(bar: Any, task: Any, s: dict, epochs: int) -> None:
+    """Show one ``on_step`` report of `eca_serve.training.loop.Trainer.fit` on ``bar``."""
+    if bar.tasks[0].total is None:  # the first report starts the clock: a resumed run's earlier steps are not speed
+        bar.reset(task, total=s["total_steps"], completed=s["step"] - 1)
+    bar.update(task, description=f"epoch {s['epoch']}/{epochs}", completed=s["step"],
+               info=f"loss {s['loss']:.3f} {s['img_per_s']:.0f} img/s")
 
 
 def _train(args: argparse.Namespace, run: Callable) -> int:
@@ -123,7 +125,7 @@ def _train(args: argparse.Namespace, run: Callable) -> int:
         if not args.json:
             bar.console.print(f"training {args.model} for {args.epochs} epoch(s) on {args.device}")
         task = bar.add_task("starting", total=None, info="")
-        model, metrics = run(lambda s: bar.update(task, **step_fields(s, args.epochs)))
+        model, metrics = run(lambda s: report_step(bar, task, s, args.epochs))
     if args.export_to:
         _export_trained(args, model, metrics)
     report = {"model": args.model, **metrics, "checkpoint": str(args.out / "last.pt"),
