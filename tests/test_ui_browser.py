@@ -55,12 +55,17 @@ def base() -> Iterator[str]:
 
 
 @pytest.fixture
-def page(browser, base: str) -> Iterator[object]:
-    """A fresh page whose requests to anything but the server are aborted and recorded."""
+def blocked() -> list[str]:
+    """URLs the page tried to load from anywhere but the server (each was aborted)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, base: str, blocked: list[str]) -> Iterator[object]:
+    """A fresh page whose requests to anything but the server are aborted and recorded in ``blocked``."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     tab = context.new_page()
-    tab.blocked = []
     server = urlsplit(base).netloc
 
     def route(r) -> None:
@@ -68,7 +73,7 @@ def page(browser, base: str) -> Iterator[object]:
         if url.startswith(("data:", "blob:")) or urlsplit(url).netloc == server:
             r.continue_()
         else:
-            tab.blocked.append(url)
+            blocked.append(url)
             r.abort()
 
     tab.route("**/*", route)
@@ -81,20 +86,20 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-def test_swagger_ui_renders_the_operations_offline(page, base: str) -> None:
+def test_swagger_ui_renders_the_operations_offline(page, base: str, blocked: list[str]) -> None:
     page.goto(f"{base}/docs")
     page.locator('[data-path="/v1/models/{name}/classify"]').first.wait_for()
     assert page.locator(".opblock").count() >= 6
     shot(page, "docs")
-    assert page.blocked == []
+    assert blocked == []
 
 
-def test_redoc_renders_the_operations_offline(page, base: str) -> None:
+def test_redoc_renders_the_operations_offline(page, base: str, blocked: list[str]) -> None:
     page.goto(f"{base}/redoc")
     page.locator('[data-section-id*="classify"]').first.wait_for(state="attached")
     page.get_by_text("/v1/models/{name}/classify").first.wait_for(state="attached")
     shot(page, "redoc")
-    assert page.blocked == []
+    assert blocked == []
 
 
 def run_demo(page, base: str, model: str, image: str) -> None:
@@ -110,16 +115,16 @@ def attention_layer_count(base: str, model: str) -> int:
     return len(httpx.get(f"{base}/v1/models/{model}", timeout=30).json()["attention_layers"])
 
 
-def test_demo_classifies_the_star_and_plots_its_attention(page, base: str) -> None:
+def test_demo_classifies_the_star_and_plots_its_attention(page, base: str, blocked: list[str]) -> None:
     run_demo(page, base, "shapes_classifier", "star.png")
     assert page.locator("#topk li").first.get_attribute("data-label") == "star"
     assert int(page.get_attribute("#attention", "data-layers")) == attention_layer_count(base, "shapes_classifier") > 0
     assert page.locator("#timing tr").count() == 3  # header, classify, attention
     shot(page, "demo_classify")
-    assert page.blocked == []
+    assert blocked == []
 
 
-def test_demo_draws_every_detection_the_api_returns(page, base: str) -> None:
+def test_demo_draws_every_detection_the_api_returns(page, base: str, blocked: list[str]) -> None:
     run_demo(page, base, "shapes_detector", "scene.png")
     threshold = page.input_value("#threshold")
     answer = httpx.post(f"{base}/v1/models/shapes_detector/detect", params={"score_threshold": threshold, "masks": "none"},
@@ -131,4 +136,4 @@ def test_demo_draws_every_detection_the_api_returns(page, base: str) -> None:
     assert page.locator("#detections tr").count() == expected + 1
     assert int(page.get_attribute("#attention", "data-layers")) == attention_layer_count(base, "shapes_detector") > 0
     shot(page, "demo_detect")
-    assert page.blocked == []
+    assert blocked == []
