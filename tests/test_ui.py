@@ -83,6 +83,13 @@ def test_pages_load_only_assets_of_the_server(client: TestClient, path: str) -> 
                 assert foreign(CSS_URL.findall(asset.text), "http://testserver") == [], url
 
 
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_forbid_images_fonts_and_fetches_from_elsewhere(client: TestClient, path: str) -> None:
+    policy = client.get(path).headers["content-security-policy"]
+    for directive in ("img-src 'self'", "font-src 'self'", "connect-src 'self'"):
+        assert directive in policy
+
+
 def test_redoc_has_no_web_fonts_and_docs_point_at_our_schema(client: TestClient) -> None:
     assert "fonts.googleapis" not in client.get("/redoc").text
     docs = client.get("/docs").text

@@ -8,6 +8,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from eca_serve.api.docs import OFFLINE_CSP
+
 UI_DIR = Path(__file__).parent / "static" / "ui"
 
 
@@ -18,4 +20,4 @@ def install_ui(app: FastAPI) -> None:
 
 
 async def demo_page() -> FileResponse:
-    return FileResponse(UI_DIR / "index.html", media_type="text/html")
+    return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=OFFLINE_CSP)

@@ -24,13 +24,16 @@ function isClassifier(model) {
 
 async function loadModels() {
   const response = await fetch("v1/models");
-  models = (await response.json()).models;
+  // One entry per version: the page asks for a model by name, which answers with its default version.
+  const all = (await response.json()).models;
+  models = all.filter((m, i) => all.findIndex((n) => n.name === m.name) === i);
   const select = $("model");
   select.innerHTML = "";
   for (const m of models) {
     const option = document.createElement("option");
     option.value = m.name;
-    option.textContent = `${m.name} (v${m.version}${m.ready ? "" : ", loading"})`;
+    const versions = `version${m.versions.length > 1 ? "s" : ""} ${m.versions.join(", ")}`;
+    option.textContent = `${m.name} (${versions}${m.ready ? "" : ", loading"})`;
     select.appendChild(option);
   }
   onModelChange();
@@ -44,6 +47,7 @@ function onModelChange() {
   }
   $("model-task").textContent = `${model.task}, ${model.architecture}`;
   $("threshold-label").hidden = isClassifier(model);
+  $("topk-label").hidden = !isClassifier(model);
   if (currentFile) run(currentFile);
 }
 
