@@ -43,6 +43,16 @@ class UnknownModelError(ClientError, KeyError):
 class WrongTaskError(InvalidParameterError):
     """An endpoint called on a model of another task (e.g. ``detect`` on a classifier)."""
 
+    @classmethod
+    def for_model(cls, name: str, task: str, action: str) -> WrongTaskError:
+        """The error for model ``name`` of ``task`` asked to ``action``."""
+        return cls(f"model {name!r} is {with_article(task)} model; it does not {action}")
+
+
+def with_article(word: str) -> str:
+    """``word`` after "a" or "an" ("an instance_segmentation", "a classification")."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
 
 class NoDriftReferenceError(ClientError):
     """Drift scores asked of a model whose entry has no attention reference summary."""

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     models: list[str] = Field(default_factory=list, description="serve only these names (default: all)")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
+    ui: bool = Field(True, description="the demo page at / (off: / answers 404)")
     admin_enabled: bool = False
     admin_token: str | None = None
 

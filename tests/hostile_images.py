@@ -49,7 +49,7 @@ def corpus() -> dict[str, tuple[bytes, str, int]]:
     """name -> (body, content type, expected status)."""
     jpeg = jpeg_bytes((120, 90))
     return {
-        "empty body": (b"", "image/jpeg", 422),
+        "empty body": (b"", "image/jpeg", 400),
         "truncated jpeg": (jpeg[: len(jpeg) // 2], "image/jpeg", 400),
         "truncated png": (png_bytes()[:200], "image/png", 400),
         "text file": (b"hello, this is not an image\n" * 20, "image/png", 400),

@@ -272,13 +272,16 @@ def test_body_over_max_bytes_is_refused():
     assert decode(data, limits=DecodeLimits(max_bytes=len(data))).size == (200, 150)
 
 
-def test_content_type_is_a_hint_but_must_be_an_image_type():
+def test_content_type_is_a_hint_the_bytes_overrule():
     data = encode(photo_like(30, 20), "PNG")
-    for ok in ("image/jpeg", "image/png; q=1", "application/octet-stream", "IMAGE/WEBP"):
-        assert decode(data, content_type=ok).format == "PNG"
+    for declared in ("image/jpeg", "image/png; q=1", "application/octet-stream", "IMAGE/WEBP", "text/plain",
+                     "application/json", "multipart/form-data; boundary=x"):
+        assert decode(data, content_type=declared).format == "PNG"
     for bad in ("text/plain", "application/json", "multipart/form-data; boundary=x"):
         with pytest.raises(UnsupportedMediaTypeError):
-            decode(data, content_type=bad)
+            decode(b"not an image, and not declared as one" * 4, content_type=bad)
+    with pytest.raises(InvalidImageError):
+        decode(b"not an image, though declared as one" * 4, content_type="image/png")
 
 
 def test_limits_are_validated():

@@ -12,10 +12,12 @@ from fastapi.responses import JSONResponse, Response
 
 import eca_serve
 from eca_serve.api import routes_admin, routes_v1, routes_v2
+from eca_serve.api.docs import install_docs
 from eca_serve.api.drift_metrics import DriftCollector
 from eca_serve.api.errors import install_error_handlers
 from eca_serve.api.metrics import ServerMetrics
 from eca_serve.api.tracking import RequestTracking
+from eca_serve.api.ui import install_ui
 from eca_serve.batching import BatchPolicy
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     routes_admin.check_admin_settings(settings)
     app = FastAPI(title="eca-serve", version=eca_serve.__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN: ours are local (api/docs.py)
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
     app.state.draining = False
@@ -88,6 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_admin.router)
     app.add_api_route("/healthz", healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    install_docs(app)
+    if settings.ui:
+        install_ui(app)
     return app
 
 

@@ -133,5 +133,5 @@ def _pipeline(manager: Manager, name: str, version: int | None, action: str) -> 
     """The pipeline of ``name``, refusing (before the upload is read) a model whose task does not ``action``."""
     pipeline = manager.get(name, version)
     if pipeline.action != action:
-        raise WrongTaskError(f"model {name!r} is a {pipeline.config.task} model; it does not {action}")
+        raise WrongTaskError.for_model(name, pipeline.config.task, action)
     return pipeline

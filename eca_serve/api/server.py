@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 from fastapi import FastAPI
 
+from eca_serve.errors import ConfigError
 if TYPE_CHECKING:
     from eca_serve.api.grpc.server import GrpcServer
 
@@ -76,6 +78,22 @@ class DrainingServer(uvicorn.Server):
         if self.app.state.inflight:
             log.warning("grace period over with %d request(s) still in flight", self.app.state.inflight)
         self.should_exit = True
+
+
+def check_ports(host: str, ports: list[int]) -> None:
+    """Raise `ConfigError` if any of ``ports`` (0 = none) cannot be bound on ``host`` now.
+
+    Checked before the models load: otherwise uvicorn's bind error comes after seconds of loading logs
+    and scrolls away under them. Same socket options as uvicorn (SO_REUSEADDR), so a port in TIME_WAIT passes.
+    """
+    for port in [p for p in ports if p]:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def serve(app: FastAPI, host: str, port: int, grace_s: float, grpc_port: int = 0) -> None:

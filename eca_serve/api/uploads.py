@@ -11,8 +11,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from eca_serve.api.errors import BadFormError, BodyTimeoutError, BodyTooLargeError, ClientGoneError
-from eca_serve.errors import TooManyImagesError
-from eca_serve.errors import UnsupportedMediaTypeError
+from eca_serve.errors import InvalidImageError, TooManyImagesError, UnsupportedMediaTypeError
 from eca_serve.pipelines.base import ImageInput
 
 FIELD = "file"
@@ -56,8 +55,8 @@ async def read_images(request: Request, *, max_body: int, max_images: int, timeo
     if media == "multipart/form-data":
         return await _from_multipart(request, body, max_images)
     if media.startswith("image/") or media in ("application/octet-stream", ""):
-        if not body:
-            raise BadFormError("empty request body: send an image as the body or as multipart field 'file'")
+        if not body:  # 400 like an empty multipart part: both are an empty image, not a malformed request
+            raise InvalidImageError("empty request body: send an image as the body or as multipart field 'file'")
         return [ImageInput(body, media or None)]
     raise UnsupportedMediaTypeError(
         f"unsupported content type {media!r}: send multipart/form-data with field 'file', or an image/* body"

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from eca_serve.errors import EcaServeError
 
 Command = Callable[[argparse.Namespace], int]
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless it has no value to show or says it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        takes_value = action.nargs != 0 and bool(action.option_strings)
+        if not takes_value or action.required or "default" in text or action.default in (None, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def all_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """``parser`` and every sub-command's parser under it, depth first."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from all_parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_commands.register(sub)
     drift_commands.register(sub)
     quantize_commands.register(sub)
+    for each in all_parsers(parser):
+        each.formatter_class = DefaultsHelpFormatter
     return parser
 
 

@@ -17,10 +17,11 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     """A table on stdout (plain text when stdout is not a terminal)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[str(v) for v in row])
+        table.add_column(Text(column))
+    for row in rows:  # Text: brackets in docstrings ("[B, C]") are data, never rich markup
+        table.add_row(*[Text(str(v)) for v in row])
     Console(width=max(100, len(columns) * 16)).print(table)

@@ -12,8 +12,7 @@ from eca_serve.cli._output import print_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``calibrate-drift``."""
-    p = sub.add_parser("calibrate-drift", help="record an entry's attention reference (held-out images) for /drift",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("calibrate-drift", help="record an entry's attention reference (held-out images) for /drift")
     p.add_argument("model", help="NAME or NAME:VERSION of a repository entry (default version: the newest)")
     p.add_argument("--data", type=Path, required=True, help="folder of held-out images like those the model will see")
     p.add_argument("--model-repository", type=Path, default=Path("models"), help="the model repository")

@@ -22,18 +22,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-official", help="turn an authors' ECA-Net .pth.tar into a repository entry")
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="the authors' .pth.tar (ECA-Net release)")
     p.add_argument("--name", required=True, help="model name in the repository")
-    p.add_argument("--repository", type=Path, default=Path("models"))
-    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--repository", type=Path, default=Path("models"), help="model repository to write into")
+    p.add_argument("--version", type=int, default=1, help="entry version: writes REPOSITORY/NAME/VERSION")
     _common(p)
     p.set_defaults(func=cmd_import_official)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--formats", default="torchscript,onnx", help="comma-separated: torchscript,onnx")
+    p.add_argument("--formats", default="torchscript,onnx", help="comma-separated artifact formats")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
-                   help="architecture argument, e.g. --arg 'widths=[16,32,64,128]' (repeatable)")
+                   help="architecture argument, e.g. --arg 'widths=[16,32,64,128]' (repeatable; default: none)")
     p.add_argument("--json", action="store_true", help="print the entry config as JSON")
 
 

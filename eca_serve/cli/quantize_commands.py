@@ -16,21 +16,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the quantization commands to the ``eca-serve`` sub-parsers."""
     p = sub.add_parser("quantize", help="INT8 static quantization of a repository entry into a new version")
     p.add_argument("model", metavar="NAME[:VERSION]", help="the FP32 entry (default version: newest FP32)")
-    p.add_argument("--model-repository", type=Path, default=Path("models"))
+    p.add_argument("--model-repository", type=Path, default=Path("models"), help="the model repository")
     p.add_argument("--calibration", type=Path, required=True, help="folder of calibration images (~100)")
-    p.add_argument("--eval", type=Path, help="held-out ImageFolder (class folders named as the categories)")
+    p.add_argument("--eval", type=Path, help="held-out ImageFolder (class folders named as the categories; default: none, no accuracy check)")
     p.add_argument("--out-version", type=int, help="version to write (default: newest + 1)")
-    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax")
+    p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax", help="calibration method")
     p.add_argument("--max-drop", type=float, default=0.5, help="largest top-1 drop accepted, in points (default 0.5)")
     p.add_argument("--quantize-attention", action="store_true",
                    help="quantize the attention gates too (default: keep them in float32)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("quantization", help="show the quantization report of an INT8 entry")
-    p.add_argument("model", metavar="NAME[:VERSION]")
-    p.add_argument("--model-repository", type=Path, default=Path("models"))
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", metavar="NAME[:VERSION]", help="an INT8 entry (default version: newest)")
+    p.add_argument("--model-repository", type=Path, default=Path("models"), help="the model repository")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_quantization)
 
 

@@ -11,28 +11,37 @@ from typing import Any
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve`` and ``predict``."""
     p = sub.add_parser("serve", help="serve the model repository over HTTP (settings also from ECA_SERVE_* env)")
-    p.add_argument("--model-repository", type=Path, help="default: models/ (ECA_SERVE_MODEL_REPOSITORY)")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int)
-    p.add_argument("--grpc-port", type=int, help="gRPC (Open Inference Protocol) port, 0 = off; default 8001 (ECA_SERVE_GRPC_PORT)")
-    p.add_argument("--device", help="cpu | cuda | cuda:N")
-    p.add_argument("--backend", choices=["onnxruntime", "torchscript", "eager"])
+    p.add_argument("--model-repository", type=Path, help=_env_default("model_repository"))
+    p.add_argument("--host", help=f"address to listen on; {_env_default('host')}")
+    p.add_argument("--port", type=int, help=f"HTTP port; {_env_default('port')}")
+    p.add_argument("--grpc-port", type=int, help=f"gRPC (Open Inference Protocol) port, 0 = off; {_env_default('grpc_port')}")
+    p.add_argument("--device", help=f"cpu | cuda | cuda:N; {_env_default('device')}")
+    p.add_argument("--backend", choices=["onnxruntime", "torchscript", "eager"], help=_env_default("backend"))
     p.add_argument("--workers", type=int, default=1, help="only 1: uvicorn's worker processes would skip the drain on "
                    "SIGTERM (in-flight requests cut off); scale with more containers or processes behind a load balancer")
-    p.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable)")
+    p.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable; default: all)")
+    p.add_argument("--no-ui", dest="ui", action="store_false", default=None,
+                   help="no demo page at / (it answers 404); default: the page is on (ECA_SERVE_UI)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="classify/detect one image locally with the serving pipeline")
-    p.add_argument("image", type=Path)
-    p.add_argument("--model", required=True)
-    p.add_argument("--model-repository", type=Path, default=Path("models"))
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torchscript", "eager"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--top-k", type=int, default=5, help="classifiers: classes to print (default: %(default)s)")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept (default: %(default)s)")
-    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"], help="detectors: mask format (default: %(default)s)")
+    p.add_argument("image", type=Path, help="an image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    p.add_argument("--model", required=True, help="a model name in the repository")
+    p.add_argument("--model-repository", type=Path, default=Path("models"), help="the model repository")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torchscript", "eager"], help="inference backend")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--top-k", type=int, default=5, help="classifiers: classes to print")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept")
+    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"], help="detectors: mask format")
     p.add_argument("--attention", action="store_true", help="print the attention endpoint's body (per-layer weights)")
     p.set_defaults(func=cmd_predict)
+
+
+def _env_default(field: str) -> str:
+    """"default: <value> (ECA_SERVE_<FIELD>)" from the settings, so the help never drifts from them."""
+    from eca_serve.settings import Settings
+
+    return f"default: {Settings.model_fields[field].default} (ECA_SERVE_{field.upper()})"
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -42,6 +51,8 @@ def _settings(args: argparse.Namespace) -> Any:
                                "device": args.device, "backend": args.backend, "models": args.models}.items() if v}
     if args.grpc_port is not None:  # 0 is a value here: it turns gRPC off
         given["grpc_port"] = args.grpc_port
+    if args.ui is not None:
+        given["ui"] = args.ui
     return Settings(**given)
 
 
@@ -54,10 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers {args.workers}: only 1 worker per process is supported (the SIGTERM drain "
                           "covers one server); run more processes or containers behind a load balancer")
     from eca_serve.api import create_app
-    from eca_serve.api.server import serve
+    from eca_serve.api.server import check_ports, serve
     from eca_serve.logs import configure_logging
 
     settings = _settings(args)
+    check_ports(settings.host, [settings.port, settings.grpc_port])  # before the model-loading logs bury the error
     configure_logging(settings.log_level, settings.log_json)
     serve(create_app(settings), settings.host, settings.port, settings.grace_period_s, settings.grpc_port)
     return 0
@@ -66,9 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Print exactly the body the v1 API answers for this image (classify, detect, or attention)."""
     from eca_serve.api.app import serving_options
+    from eca_serve.errors import ConfigError
     from eca_serve.pipelines.manager import ModelManager
     from eca_serve.settings import Settings
 
+    if not args.image.is_file():  # before loading any model: a typo should not cost seconds and a traceback
+        raise ConfigError(f"no such image file: {args.image}")
     settings = Settings(model_repository=args.model_repository, backend=args.backend, device=args.device, models=[args.model])
     manager = ModelManager(serving_options(settings))
     print(asyncio.run(_predict(manager, args)).model_dump_json(indent=2))

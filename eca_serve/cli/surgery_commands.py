@@ -21,13 +21,13 @@ TORCHVISION_PREFIX = "torchvision:"
 def add_surgery_arguments(p: argparse.ArgumentParser, *, both: bool = False) -> None:
     """``--attention`` and the options that choose where and how attention is inserted."""
     kinds = ["eca", "se", "both"] if both else ["eca", "se"]
-    p.add_argument("--attention", choices=kinds, help="insert this channel attention into a torchvision:<arch> model")
+    p.add_argument("--attention", choices=kinds, help="insert this channel attention into a torchvision:<arch> model (default: none)")
     p.add_argument("--min-channels", type=int, default=None,
                    help="insert after every Conv2d with at least this many outputs (default 128, as Composer)")
-    p.add_argument("--attention-paths", default=None, help="or after exactly these Conv2d paths (comma-separated)")
+    p.add_argument("--attention-paths", default=None, help="or after exactly these Conv2d paths (comma-separated; default: by --min-channels)")
     p.add_argument("--k-size", type=int, default=None, help="ECA: fixed kernel (default: the paper's adaptive rule)")
-    p.add_argument("--reduction", type=int, default=16, help="SE: reduction ratio (default 16)")
-    p.add_argument("--latent-channels", type=float, default=None, help="SE: hidden width (< 1: fraction of C)")
+    p.add_argument("--reduction", type=int, default=16, help="SE: reduction ratio")
+    p.add_argument("--latent-channels", type=float, default=None, help="SE: hidden width (< 1: fraction of C; default: C / --reduction)")
     p.add_argument("--attention-init", choices=["identity", "paper"], default="identity",
                    help="identity: gate exactly 1 at first (output unchanged); paper: plain sigmoid gate")
 

@@ -8,6 +8,7 @@ as the server runs it and recommends (and writes) its config.json ``serving`` bl
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,15 @@ from eca_serve.errors import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the zoo commands to the ``eca-serve`` sub-parsers."""
     p = sub.add_parser("models", help="list registered architectures")
-    p.add_argument("--task", choices=["classification", "detection", "instance_segmentation"])
+    p.add_argument("--task", choices=["classification", "detection", "instance_segmentation"], help="only this task (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("inspect", help="detect a checkpoint's (or an entry folder's) architecture, load it strictly, "
                        "report its cost and any attention inserted by surgery")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs (default 224)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("checkpoint", type=Path, help="checkpoint file, or a repository entry folder")
+    p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("profile", help="cost of a registered architecture, or (--recommend) the serving block of a "
@@ -37,12 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=224, help="architecture mode: square input side")
     p.add_argument("--batch-size", type=int, default=1, help="architecture mode")
     p.add_argument("--iters", type=int, default=10, help="architecture mode: timed forward passes")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="cpu", help="architecture mode: cpu | cuda | cuda:N")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--recommend", action="store_true", help="measure the repository entry NAME[:VERSION] with ONNX "
                    "Runtime as served (img/s, latency per batch size and instance count) and recommend its serving block")
     p.add_argument("--write", action="store_true", help="with --recommend: write the block into the entry's config.json")
-    p.add_argument("--model-repository", type=Path, default=Path("models"), help="with --recommend (default: models)")
+    p.add_argument("--model-repository", type=Path, default=Path("models"), help="with --recommend: the model repository")
     p.add_argument("--batch-sizes", default="1,2,4,8", help="with --recommend: batch sizes to measure")
     p.add_argument("--instance-counts", default="1,2", help="with --recommend: instance counts to measure")
     p.add_argument("--seconds", type=float, default=1.0, help="with --recommend: measuring time per setting")
@@ -55,12 +56,20 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     rows = [get_entry(n) for n in list_models(task=args.task)]
     data = [{"name": e.name, "task": e.task, "attention": e.attention, "params": _param_count(e),
-             "doc": (e.builder.__doc__ or "").split("\n")[0]} for e in rows]
+             "doc": plain_summary(e.builder.__doc__)} for e in rows]
     if args.json:
         print_json(data)
     else:
         print_table("eca-serve models", ["name", "task", "attention", "params", "description"], [list(d.values()) for d in data])
     return 0
+
+
+def plain_summary(doc: str | None) -> str:
+    """The first line of a docstring without reStructuredText markup (torchvision's builders link papers
+    as ```Title <url>`__``; ours quote code as ````name````)."""
+    line = (doc or "").strip().split("\n")[0]
+    line = re.sub(r"`([^`<]*?)\s*<[^>]*>`_{0,2}", r"\1", line)  # `Title <url>`__ -> Title
+    return line.replace("``", "").replace("`", "").strip()
 
 
 def _param_count(entry: Any) -> int | None:

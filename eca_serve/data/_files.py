@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -18,10 +18,11 @@ from eca_serve.errors import ConfigError
 IMAGEFOLDER_CLASSES: tuple[str, ...] = tuple(f"{i:02d}_{name}" for i, name in enumerate(SHAPE_CLASSES))
 # Noisy images barely compress: fast zlib halves the writing time for ~10 % larger files.
 _PNG_COMPRESS_LEVEL = 1
+OnImage = Callable[[int], None] | None
 
 
 def write_imagefolder(
-    root: str | Path, count: int, seed: int, size: int = 64, *, split: str | None = None
+    root: str | Path, count: int, seed: int, size: int = 64, *, split: str | None = None, on_image: OnImage = None
 ) -> int:
     """Write ``count`` classification images as ``root[/split]/<NN_class>/<index:06d>.png``.
 
@@ -36,6 +37,7 @@ def write_imagefolder(
         seed: Dataset seed.
         size: Image side.
         split: Optional subdirectory such as ``"train"`` or ``"val"``.
+        on_image: Called with the number of images written so far, after each one (progress).
 
     Returns:
         The number of images written.
@@ -52,6 +54,8 @@ def write_imagefolder(
     for index in range(count):
         image, label = classification_item(seed, index, size)
         image.save(out / IMAGEFOLDER_CLASSES[label] / f"{index:06d}.png", compress_level=_PNG_COMPRESS_LEVEL)
+        if on_image:
+            on_image(index + 1)
     return count
 
 
@@ -81,7 +85,8 @@ def _coco_annotations(scene: Scene, image_id: int, first_id: int) -> list[dict[s
 
 
 def write_coco(
-    root: str | Path, count: int, seed: int, size: int | tuple[int, int] = 128, max_objects: int = 8
+    root: str | Path, count: int, seed: int, size: int | tuple[int, int] = 128, max_objects: int = 8,
+    *, on_image: OnImage = None,
 ) -> int:
     """Write ``count`` scenes as ``root/images/<id:06d>.png`` plus ``root/annotations.json``.
 
@@ -95,6 +100,7 @@ def write_coco(
         seed: Dataset seed.
         size: Side S or (H, W).
         max_objects: Most objects per scene.
+        on_image: Called with the number of images written so far, after each one (progress).
 
     Returns:
         The number of images written.
@@ -113,6 +119,8 @@ def write_coco(
         width, height = scene.image.size
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         annotations += _coco_annotations(scene, image_id, first_id=len(annotations) + 1)
+        if on_image:
+            on_image(index + 1)
     dataset = {
         "info": {"description": f"eca-serve procedural shapes, seed {seed}", "version": "1"},
         "images": images,
@@ -130,6 +138,7 @@ def generate(
     count: int,
     seed: int = 0,
     size: int | tuple[int, int] | None = None,
+    on_image: OnImage = None,
 ) -> int:
     """Write a shapes dataset: an ImageFolder tree (``classify``) or COCO instances (``detect``).
 
@@ -139,6 +148,7 @@ def generate(
         count: Number of images.
         seed: Dataset seed.
         size: Image side (or (H, W) for ``detect``); None gives 64 for classify, 128 for detect.
+        on_image: Called with the number of images written so far, after each one (progress).
 
     Returns:
         The number of images written.
@@ -146,7 +156,7 @@ def generate(
     if kind == "classify":
         if isinstance(size, tuple | list):
             raise ConfigError("classification images are square: give size as one integer")
-        return write_imagefolder(out_dir, count, seed, 64 if size is None else size)
+        return write_imagefolder(out_dir, count, seed, 64 if size is None else size, on_image=on_image)
     if kind == "detect":
-        return write_coco(out_dir, count, seed, 128 if size is None else size)
+        return write_coco(out_dir, count, seed, 128 if size is None else size, on_image=on_image)
     raise ConfigError(f"kind must be 'classify' or 'detect', got {kind!r}")

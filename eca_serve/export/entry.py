@@ -65,6 +65,7 @@ def save_weights(model: nn.Module, out_dir: Path) -> ArtifactSpec:
     path = out_dir / WEIGHTS_FILE
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(path), metadata={"config": json.dumps(model.config.to_dict(), default=list)})
+    path.chmod(0o644)  # safetensors writes through a private temporary file (0600); the other artifacts are 0644
     return artifact_spec(path, "safetensors")
 
 

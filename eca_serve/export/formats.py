@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -16,28 +17,40 @@ ONNX_OPSET = 17
 INPUT_NAME = "input"
 
 
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Silence torch's deprecation notice of TorchScript for our own calls only: every export printed
+    it three times, and the runtime still needs TorchScript (no replacement takes ``model.pt``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
 def export_torchscript(model: nn.Module, path: Path) -> torch.jit.ScriptModule:
     """Script ``model`` (``forward`` and ``forward_with_attention``) and save it to ``path``.
 
     The saved module is not frozen: a frozen module bakes its weights in as constants on the export
     device, so the runtime freezes it after loading it onto the serving device instead.
     """
-    scripted = torch.jit.script(model)
+    with _quiet_jit():
+        scripted = torch.jit.script(model)
     scripted.save(str(path))
     return scripted
 
 
 def freeze_torchscript(scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """Frozen copy (BN folded into convolutions, attributes inlined) keeping the attention method."""
-    return torch.jit.freeze(scripted.eval(), preserved_attrs=["forward_with_attention"])
+    with _quiet_jit():
+        return torch.jit.freeze(scripted.eval(), preserved_attrs=["forward_with_attention"])
 
 
 def torchscript_variants(model: nn.Module, path: Path) -> dict[str, Any]:
     """Write ``model.pt`` and return ``forward_with_attention`` of every TorchScript form the parity
     check compares: as scripted, reloaded from disk, and frozen as the runtime serves it."""
     scripted = export_torchscript(model, path)
-    reloaded = torch.jit.load(str(path), map_location="cpu")
-    frozen = freeze_torchscript(torch.jit.load(str(path), map_location="cpu"))
+    with _quiet_jit():
+        reloaded = torch.jit.load(str(path), map_location="cpu")
+        frozen = freeze_torchscript(torch.jit.load(str(path), map_location="cpu"))
     return {
         "torchscript": scripted.forward_with_attention,
         "torchscript_reloaded": reloaded.forward_with_attention,

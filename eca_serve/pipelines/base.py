@@ -175,7 +175,7 @@ class ModelPipeline:
     def check_params(self, params: RunParams) -> RunParams:
         """``params`` if they are this task's; subclasses add model-dependent rules."""
         if not isinstance(params, self.params_type):
-            raise WrongTaskError(f"model {self.config.name!r} is a {self.config.task} model; it does not {self.action}")
+            raise WrongTaskError.for_model(self.config.name, self.config.task, self.action)
         return params
 
     async def postprocess(self, ran: list[Ran], params: Any) -> list[Result]:  # pragma: no cover - abstract

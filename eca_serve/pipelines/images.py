@@ -114,7 +114,8 @@ def decode_image(
     Args:
         data: The request body.
         limits: Size limits, checked on the body and on the header before decoding.
-        content_type: The client's Content-Type, if any: only a hint, the bytes decide the format.
+        content_type: The client's Content-Type, if any: only a hint, the bytes decide the format (an
+            image of an accepted format passes whatever its declared type).
         target: (width, height), in upright orientation, the caller needs at least; JPEGs are then
             decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides >= target
             (e.g. ``(256, 256)`` keeps the shorter side >= 256). None = full resolution.
@@ -124,12 +125,13 @@ def decode_image(
 
     Raises:
         UnsupportedMediaTypeError: ``content_type`` is given and is neither ``image/*`` nor
-            ``application/octet-stream``.
+            ``application/octet-stream``, and the bytes are not an accepted image format.
         ImageTooLargeError: too many bytes, pixels, or too long a side (decompression bombs).
         InvalidImageError: empty, not an accepted image format, corrupt or truncated.
         ConfigError: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` was set to True in this process.
     """
-    check_content_type(content_type)
+    if sniff_format(data) is None:
+        check_content_type(content_type)
     _check_body(data, limits)
     im = _open(data)
     _check_sides(im.size, limits)
@@ -142,6 +144,20 @@ def decode_image(
     _load(im)
     upright = im.transpose(_TRANSPOSE[orientation]) if orientation != 1 else im
     return DecodedImage(image=to_rgb(upright), original_size=original, format=fmt, scale=scale)
+
+
+# Leading bytes of each accepted format (WEBP: RIFF, a 4-byte size, then WEBP).
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The accepted format ``data`` starts like (``"PNG"``, ...), or None; the signature only, no decoding."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
 
 
 def check_content_type(content_type: str | None) -> None:

@@ -107,6 +107,11 @@ class ModelManager:
         """Entries of the repository that will be served."""
         entries = self._servable(list_entries(self.options.repository))
         if self.options.only:
+            have = sorted({e[0] for e in entries})
+            missing = [n for n in self.options.only if n not in have]
+            if missing:
+                raise ConfigError(f"no model {', '.join(map(repr, missing))} in {self.options.repository} that the "
+                                  f"{self.options.backend.kind} backend can serve (it has: {', '.join(have) or 'none'})")
             entries = [e for e in entries if e[0] in self.options.only]
         if not entries:
             raise ConfigError(f"no models found in {self.options.repository} (expected <name>/<version>/config.json)")

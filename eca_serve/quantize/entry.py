@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from eca_serve.errors import ConfigError
+from eca_serve.errors import ConfigError, with_article
 from eca_serve.quantize.graph import Method, cpu_session, quantize_graph, run_graph
 from eca_serve.quantize.images import image_files, labels_of, load_inputs
 from eca_serve.quantize.report import Comparison, compare
@@ -105,7 +105,7 @@ def _parent(repository: Path, name: str, version: int | None) -> tuple[Path, Ent
     if config.precision != "fp32":
         raise ConfigError(f"{name}:{version} is {config.precision} already; quantize its FP32 parent")
     if config.task != "classification":
-        raise ConfigError(f"{name}:{version} is a {config.task} model; only classifiers are quantized")
+        raise ConfigError(f"{name}:{version} is {with_article(config.task)} model; only classifiers are quantized")
     if "onnx" not in config.artifacts:
         raise ConfigError(f"{name}:{version} has no ONNX artifact to quantize")
     return versions[version], config

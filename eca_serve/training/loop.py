@@ -119,14 +119,20 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def fit(self, loader: Iterable, steps_per_epoch: int, on_step: Callable[[dict], None] | None = None) -> TrainState:
-        """Train from the current epoch to ``cfg.epochs``, saving ``last.pt`` after every epoch."""
+        """Train from the current epoch to ``cfg.epochs``, saving ``last.pt`` after every epoch.
+
+        ``on_step`` gets each step's ``loss``, ``lr``, ``step`` (1-based, counted across a resume),
+        ``total_steps`` (of the whole run), ``epoch`` (1-based), ``images``, ``seconds`` and ``img_per_s``.
+        """
+        total_steps = self.cfg.epochs * steps_per_epoch
         while self.state.epoch < self.cfg.epochs:
             self.model.train()
             start = time.perf_counter()
             for batch in loader:
                 stats = self._step(batch)
                 if on_step:
-                    on_step({**stats, "epoch": self.state.epoch + 1, "img_per_s": stats["images"] / max(stats["seconds"], 1e-9)})
+                    on_step({**stats, "epoch": self.state.epoch + 1, "total_steps": total_steps,
+                             "img_per_s": stats["images"] / max(stats["seconds"], 1e-9)})
             self.state.seconds += time.perf_counter() - start
             self.state.epoch += 1
             self.save(self.out_dir / "last.pt")

@@ -287,7 +287,9 @@ def _declared_type() -> list[Upload]:
         Upload("png declared as image/svg+xml", png, "image/svg+xml", 200, "pic.svg", same_as=png),
     ]
     for media in ("text/plain", "text/html", "application/json", "application/pdf", "application/x-www-form-urlencoded", "video/mp4"):
-        cases.append(Upload(f"jpeg declared as {media}", jpeg, media, 415, "pic.jpg", about_content_type=True, main=media == "text/html"))
+        # A raw body's Content-Type says how to read the body (415); a part's type is a hint the bytes overrule.
+        cases.append(Upload(f"jpeg declared as {media}", jpeg, media, 415, "pic.jpg", multipart_status=200, about_content_type=True,
+                            main=media == "text/html", same_as=jpeg))
     return cases
 
 
@@ -311,8 +313,8 @@ def _polyglots() -> list[Upload]:
         Upload("valid ico (format not accepted)", encode(picture((32, 32)), "ICO"), "image/x-icon", 400, "favicon.ico"),
         Upload("random bytes", np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
                "application/octet-stream", 400, "noise.bin"),
-        # A raw empty body is a missing upload (422); an empty file part or BYTES element is a bad image (400).
-        Upload("0-byte body", b"", "image/jpeg", 422, "empty.jpg", multipart_status=400, main=True),
+        # An empty image is 400 however it comes: raw body, file part or BYTES element.
+        Upload("0-byte body", b"", "image/jpeg", 400, "empty.jpg", main=True),
     ]
 
 

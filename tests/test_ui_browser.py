@@ -1,0 +1,139 @@
+"""The docs and the demo page in a real headless Chromium, with every non-loopback request blocked.
+
+Needs a system Chromium (Debian: ``apt-get install chromium``; .ci/run installs it) driven by
+Playwright's Python package with ``executable_path`` (Playwright's own browser download is not used).
+Without a browser the tests skip, except under CI (``CI`` set), where a missing browser fails them.
+Screenshots land in ``artifacts/screenshots/`` (kept by CI, ignored by git).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from eca_serve.settings import Settings
+from tests.serving_utils import running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
+# Chromium's own resolver refuses every name but the loopback address: nothing can leave the machine.
+OFFLINE_ARGS = ["--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--no-proxy-server"]
+TIMEOUT_MS = 60_000
+
+
+def find_browser() -> str | None:
+    """``ECA_SERVE_TEST_BROWSER``, else the first Chromium on PATH."""
+    return os.environ.get("ECA_SERVE_TEST_BROWSER") or next(filter(None, map(shutil.which, BROWSER_NAMES)), None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    path = find_browser()
+    if path is None:
+        message = "no Chromium found (apt-get install chromium, or set ECA_SERVE_TEST_BROWSER); browser tests skipped"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {message}")
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]' installs playwright")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, headless=True, args=OFFLINE_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[str]:
+    with running_server(Settings(model_repository=ROOT / "models")) as (url, _):
+        yield url
+
+
+@pytest.fixture
+def blocked() -> list[str]:
+    """URLs the page tried to load from anywhere but the server (each was aborted)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, base: str, blocked: list[str]) -> Iterator[object]:
+    """A fresh page whose requests to anything but the server are aborted and recorded in ``blocked``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    server = urlsplit(base).netloc
+
+    def route(r) -> None:
+        url = r.request.url
+        if url.startswith(("data:", "blob:")) or urlsplit(url).netloc == server:
+            r.continue_()
+        else:
+            blocked.append(url)
+            r.abort()
+
+    tab.route("**/*", route)
+    yield tab
+    context.close()
+
+
+def shot(page, name: str, full_page: bool = True) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
+
+
+def test_swagger_ui_renders_the_operations_offline(page, base: str, blocked: list[str]) -> None:
+    page.goto(f"{base}/docs")
+    page.locator('[data-path="/v1/models/{name}/classify"]').first.wait_for()
+    assert page.locator(".opblock").count() >= 6
+    shot(page, "docs")
+    assert blocked == []
+
+
+def test_redoc_renders_the_operations_offline(page, base: str, blocked: list[str]) -> None:
+    page.goto(f"{base}/redoc")
+    page.locator('[data-section-id*="classify"]').first.wait_for(state="attached")
+    page.get_by_text("/v1/models/{name}/classify").first.wait_for(state="attached")
+    shot(page, "redoc", full_page=False)  # the whole reference is several screens long
+    assert blocked == []
+
+
+def run_demo(page, base: str, model: str, image: str) -> None:
+    page.goto(f"{base}/")
+    page.locator(f'#model option[value="{model}"]').wait_for(state="attached")
+    page.select_option("#model", model)
+    page.set_input_files("#file", str(ROOT / "examples" / image))
+    page.locator('#status[data-state="done"], #status[data-state="error"]').wait_for()
+    assert page.get_attribute("#status", "data-state") == "done", page.text_content("#status")
+
+
+def attention_layer_count(base: str, model: str) -> int:
+    return len(httpx.get(f"{base}/v1/models/{model}", timeout=30).json()["attention_layers"])
+
+
+def test_demo_classifies_the_star_and_plots_its_attention(page, base: str, blocked: list[str]) -> None:
+    run_demo(page, base, "shapes_classifier", "star.png")
+    assert page.locator("#topk li").first.get_attribute("data-label") == "star"
+    assert int(page.get_attribute("#attention", "data-layers")) == attention_layer_count(base, "shapes_classifier") > 0
+    assert page.locator("#timing tr").count() == 3  # header, classify, attention
+    shot(page, "demo_classify")
+    assert blocked == []
+
+
+def test_demo_draws_every_detection_the_api_returns(page, base: str, blocked: list[str]) -> None:
+    run_demo(page, base, "shapes_detector", "scene.png")
+    threshold = page.input_value("#threshold")
+    answer = httpx.post(f"{base}/v1/models/shapes_detector/detect", params={"score_threshold": threshold, "masks": "none"},
+                        content=(ROOT / "examples" / "scene.png").read_bytes(), headers={"content-type": "image/png"},
+                        timeout=60).json()
+    expected = len(answer["results"][0]["detections"])
+    assert expected > 0
+    assert int(page.get_attribute("#overlay", "data-instances")) == expected
+    assert page.locator("#detections tr").count() == expected + 1
+    assert int(page.get_attribute("#attention", "data-layers")) == attention_layer_count(base, "shapes_detector") > 0
+    shot(page, "demo_detect")
+    assert blocked == []
