@@ -272,3 +272,17 @@ def test_bytes_wire_format_round_trips_and_rejects_truncation() -> None:
     for bad, count in ((wire[:-1], 3), (wire[:2], 1), (wire, 2), (wire, 4)):
         with pytest.raises(InferenceRequestError):
             deserialize_bytes(bad, count)
+
+
+def test_openapi_describes_the_v2_bodies() -> None:
+    from eca_serve.api import create_app
+
+    spec = create_app().openapi()
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    request = infer["requestBody"]["content"]["application/json"]["schema"]
+    assert request["required"] == ["inputs"] and request["properties"]["inputs"]["items"]["properties"]["name"]["enum"] == ["image", "input"]
+    assert infer["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/InferResponse"
+    assert spec["components"]["schemas"]["InferResponse"]["properties"]["outputs"]["items"] == {"$ref": "#/components/schemas/OutputTensor"}
+    assert infer["responses"]["404"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorBody"
+    metadata = spec["paths"]["/v2/models/{name}"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert metadata["$ref"] == "#/components/schemas/ModelMetadata"

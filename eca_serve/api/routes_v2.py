@@ -12,7 +12,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 import eca_serve
+from eca_serve.api import v2_schemas
 from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.schemas import ErrorBody
 from eca_serve.api.errors import BodyTooLargeError, error_response
 from eca_serve.api.uploads import read_body
 from eca_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, parse_decimal, parse_infer_request
@@ -25,24 +27,26 @@ from eca_serve.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository"]
-ERRORS = {s: {"description": '`{"error": "..."}`'} for s in (400, 404, 413, 415, 503, 504)}
+ERRORS = {s: {"model": ErrorBody, "description": '`{"error": "..."}`'} for s in (400, 404, 413, 415, 422, 503, 504)}
 INFER_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "description": "inference request (JSON)"}},
+    "application/json": {"schema": v2_schemas.INFER_REQUEST_SCHEMA},
     "application/octet-stream": {"schema": {
         "type": "string", "format": "binary",
         "description": "JSON header of Inference-Header-Content-Length bytes, then binary tensors"}},
 }}}
+INFER_RESPONSES = {**ERRORS, 200: {"model": v2_schemas.InferResponse, "description": "JSON, or with binary outputs a "
+                   "JSON header of Inference-Header-Content-Length bytes followed by the tensors"}}
 # zlib wbits: 16 + 15 = gzip container; 15 = zlib container, which is what HTTP's "deflate" means
 _DECODERS = {"gzip": 16 + 15, "x-gzip": 16 + 15, "deflate": 15}
 
 
-@router.get("")
+@router.get("", responses={200: {"model": v2_schemas.ServerMetadata}})
 async def server_metadata() -> dict[str, Any]:
     """Server name, version and the protocol extensions served."""
     return {"name": "eca-serve", "version": eca_serve.__version__, "extensions": EXTENSIONS}
 
 
-@router.get("/health/live")
+@router.get("/health/live", responses={200: {"model": v2_schemas.Live}})
 async def live() -> dict[str, bool]:
     """200 while the process serves requests, whether or not models are loaded."""
     return {"live": True}
@@ -71,16 +75,16 @@ async def all_stats(manager: Manager) -> dict[str, Any]:
     return {"model_stats": [model_stats(manager.pipelines[c.name][c.version]) for c, _ in manager.configs()]}
 
 
-@router.get("/models/{name}", responses=ERRORS)
-@router.get("/models/{name}/versions/{version}", responses=ERRORS)
+@router.get("/models/{name}", responses={**ERRORS, 200: {"model": v2_schemas.ModelMetadata}})
+@router.get("/models/{name}/versions/{version}", responses={**ERRORS, 200: {"model": v2_schemas.ModelMetadata}})
 async def metadata(name: str, manager: Manager, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
     """Name, versions, platform, inputs and outputs (-1 = variable dimension)."""
     pipeline = _pipeline(manager, name, version)
     return model_metadata(pipeline, sorted(manager.pipelines[name]), settings.backend)
 
 
-@router.get("/models/{name}/ready", responses=ERRORS)
-@router.get("/models/{name}/versions/{version}/ready", responses=ERRORS)
+@router.get("/models/{name}/ready", responses={**ERRORS, 200: {"model": v2_schemas.ModelReady}})
+@router.get("/models/{name}/versions/{version}/ready", responses={**ERRORS, 200: {"model": v2_schemas.ModelReady}})
 async def model_ready(name: str, manager: Manager, version: str | None = None) -> dict[str, Any]:
     """200 when the model version is loaded and serving; 404 unknown, 503 loading."""
     pipeline = _pipeline(manager, name, version)
@@ -104,8 +108,8 @@ async def stats(name: str, manager: Manager, version: str | None = None) -> dict
     return {"model_stats": [model_stats(p) for _, p in sorted(manager.pipelines[name].items())]}
 
 
-@router.post("/models/{name}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
-@router.post("/models/{name}/versions/{version}/infer", responses=ERRORS, openapi_extra=INFER_BODY)
+@router.post("/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
 async def infer(name: str, request: Request, manager: Manager, settings: AppSettings, version: str | None = None) -> Response:
     """Inference on ``input`` (FP32 [N, 3, H, W]) or ``image`` (BYTES [N]); JSON or binary tensors."""
     pipeline = _pipeline(manager, name, version)
