@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import DynamicMultiHeadConv
+from eca_serve.models.resnet import Stage, init_conv_bn
 
 READOUTS = ("saliency", "keep")
 
@@ -102,27 +103,19 @@ class DgcResNet(nn.Module):
         stages, inplanes = [], widths[0]
         for i, (width, depth) in enumerate(zip(widths, layers)):
             blocks = [DgcBasicBlock(inplanes if j == 0 else width, width, 2 if i and not j else 1, dgc) for j in range(depth)]
-            stages.append(nn.Sequential(*blocks))
+            stages.append(Stage(*blocks))
             inplanes = width
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[3]
         self.fc = nn.Linear(widths[3], num_classes)
-        _init_convs(self)
+        init_conv_bn(self)
         self.attention_layers = dgc_readout_names(self)
 
     def forward_features_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
         """Last feature map [B, widths[3], H/32, W/32]; appends every DGC read-out to ``weights``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for block in self.layer1:
-            x = block.forward_collect(x, weights)
-        for block in self.layer2:
-            x = block.forward_collect(x, weights)
-        for block in self.layer3:
-            x = block.forward_collect(x, weights)
-        for block in self.layer4:
-            x = block.forward_collect(x, weights)
-        return x
+        x = self.layer1.forward_collect(self.maxpool(self.relu(self.bn1(self.conv1(x)))), weights)
+        return self.layer4.forward_collect(self.layer3.forward_collect(self.layer2.forward_collect(x, weights), weights), weights)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
@@ -222,7 +215,7 @@ class DgcCondenseNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = channels
         self.classifier = nn.Linear(channels, num_classes)
-        _init_convs(self)
+        init_conv_bn(self)
         self.attention_layers = dgc_readout_names(self)
 
     def forward_features_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
@@ -274,11 +267,3 @@ def lasso_term(attention: dict[str, Tensor]) -> Tensor:
     terms = [w.mean(dim=(0, 2)).sum() for name, w in attention.items() if name.endswith(".saliency")]
     return torch.stack(terms).sum()
 
-
-def _init_convs(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

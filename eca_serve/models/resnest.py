@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import SplitAttnConv2d
+from eca_serve.models.resnet import Stage, init_conv_bn
 
 
 class ResNeStBottleneck(nn.Module):
@@ -90,7 +91,7 @@ class ResNeSt(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_features = widths[3] * 4
         self.fc = nn.Linear(self.num_features, num_classes)
-        _init_weights(self)
+        init_conv_bn(self)
         self.attention_layers = [n for n, m in self.named_modules() if isinstance(m, SplitAttnConv2d)]
 
     def _make_layer(self, planes: int, depth: int, stride: int) -> nn.Sequential:
@@ -104,20 +105,12 @@ class ResNeSt(nn.Module):
         blocks = [ResNeStBottleneck(self.inplanes, planes, stride, downsample, **self.block_options)]
         self.inplanes = planes * 4
         blocks += [ResNeStBottleneck(self.inplanes, planes, 1, None, **self.block_options) for _ in range(1, depth)]
-        return nn.Sequential(*blocks)
+        return Stage(*blocks)
 
     def forward_features_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
         """Last feature map [B, 4*widths[3], H/32, W/32]; appends each block's split weights to ``weights``."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        for block in self.layer1:
-            x = block.forward_collect(x, weights)
-        for block in self.layer2:
-            x = block.forward_collect(x, weights)
-        for block in self.layer3:
-            x = block.forward_collect(x, weights)
-        for block in self.layer4:
-            x = block.forward_collect(x, weights)
-        return x
+        x = self.layer1.forward_collect(self.maxpool(self.relu(self.bn1(self.conv1(x)))), weights)
+        return self.layer4.forward_collect(self.layer3.forward_collect(self.layer2.forward_collect(x, weights), weights), weights)
 
     def head(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of features [B, C, h, w]."""
@@ -146,11 +139,3 @@ def _deep_stem(width: int) -> nn.Sequential:
         nn.Conv2d(width, width * 2, 3, 1, 1, bias=False),
     )
 
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)

@@ -265,13 +265,18 @@ def _attn_kwargs(attn_layer: str | None, k: int, se_reduction: int) -> dict[str,
     return {}
 
 
-def _init_weights(model: nn.Module, zero_init_last: bool) -> None:
+def init_conv_bn(model: nn.Module) -> None:
+    """He (fan-out) initialisation of every Conv2d, BatchNorm2d as the identity (weight 1, bias 0)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def _init_weights(model: nn.Module, zero_init_last: bool) -> None:
+    init_conv_bn(model)
     if zero_init_last:
         for m in model.modules():
             if isinstance(m, Bottleneck):
