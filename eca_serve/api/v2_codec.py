@@ -142,7 +142,7 @@ def parse_input(spec: dict[str, Any], binary: memoryview, offset: int, check: Sh
         raise InferenceRequestError(f"input {name!r}: binary_data_size must be an integer >= 0, got {size!r}")
     if offset + size > len(binary):
         raise InferenceRequestError(f"input {name!r}: binary data truncated ({len(binary) - offset} of {size} bytes present)")
-    return Tensor(name, datatype, shape, _from_binary(name, datatype, shape, binary[offset: offset + size])), offset + size
+    return Tensor(name, datatype, shape, from_binary(name, datatype, shape, binary[offset: offset + size])), offset + size
 
 
 def parse_shape(value: object) -> tuple[int, ...]:
@@ -176,7 +176,8 @@ def parse_outputs(value: object) -> list[OutputRequest] | None:
     return outputs
 
 
-def _from_binary(name: str, datatype: str, shape: tuple[int, ...], data: memoryview) -> np.ndarray | list[bytes]:
+def from_binary(name: str, datatype: str, shape: tuple[int, ...], data: memoryview | bytes) -> np.ndarray | list[bytes]:
+    """A tensor from its raw bytes (v2 binary extension, gRPC ``raw_input_contents``); BYTES are length-prefixed."""
     count = math.prod(shape)
     if datatype == BYTES:
         return deserialize_bytes(data, count, name)

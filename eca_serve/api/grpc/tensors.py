@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from google.protobuf.message import Message
 
-from eca_serve.api.v2_codec import BYTES, DTYPES, InferRequest, ShapeCheck, Tensor, deserialize_bytes, parse_outputs, parse_shape, serialize_bytes
+from eca_serve.api.v2_codec import (BYTES, DTYPES, InferRequest, ShapeCheck, Tensor, from_binary, parse_outputs, parse_shape,
+                                    serialize_bytes)
 from eca_serve.errors import InferenceRequestError
 
 # The typed ``InferTensorContents`` field of each datatype (FP16 and BF16 travel only as raw bytes).
@@ -67,18 +68,8 @@ def _input(spec: Message, raw: bytes | None, check: ShapeCheck) -> Tensor:
     if raw is not None:
         if spec.HasField("contents"):
             raise InferenceRequestError(f"input {name!r} has both contents and raw_input_contents")
-        return Tensor(name, datatype, shape, _from_raw(name, datatype, shape, raw))
+        return Tensor(name, datatype, shape, from_binary(name, datatype, shape, raw))
     return Tensor(name, datatype, shape, _from_contents(name, datatype, shape, spec.contents))
-
-
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray | list[bytes]:
-    count = math.prod(shape)
-    if datatype == BYTES:
-        return deserialize_bytes(raw, count, name)
-    expected = count * DTYPES[datatype].itemsize
-    if len(raw) != expected:
-        raise InferenceRequestError(f"input {name!r}: shape {list(shape)} of {datatype} needs {expected} bytes, got {len(raw)}")
-    return np.frombuffer(raw, dtype=DTYPES[datatype]).reshape(shape)
 
 
 def _from_contents(name: str, datatype: str, shape: tuple[int, ...], contents: Message) -> np.ndarray | list[bytes]:
