@@ -268,7 +268,7 @@ def _wait(condition, timeout_s: float = 60) -> None:
         time.sleep(0.02)
 
 
-def test_a_taken_grpc_port_stops_the_server_with_status_1() -> None:
+def test_a_taken_grpc_port_stops_the_server_before_loading_with_one_line() -> None:
     import socket
 
     from tests.reliability.serverproc import start_server
@@ -276,5 +276,6 @@ def test_a_taken_grpc_port_stops_the_server_with_status_1() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        with pytest.raises(RuntimeError, match=r"exited with 1(.|\n)*cannot serve gRPC on port"):
-            start_server(MODELS, env={"ECA_SERVE_GRPC_PORT": str(taken.getsockname()[1]), "ECA_SERVE_LOG_LEVEL": "error"})
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=rf"exited with 2:\nerror: cannot listen on 127.0.0.1:{port}: Address already in use\n$"):
+            start_server(MODELS, env={"ECA_SERVE_GRPC_PORT": str(port), "ECA_SERVE_LOG_LEVEL": "error"})
