@@ -44,6 +44,15 @@ def test_monitor_holds_at_most_its_window_and_scores_a_shift() -> None:
     assert shifted.requests == 100 and shifted.score > 1.0 and [n for n, _ in shifted.layers] == ["a", "b"]
 
 
+def test_no_score_before_the_window_holds_enough_images() -> None:
+    rng = np.random.default_rng(0)
+    monitor = DriftMonitor(build_reference({"a": rng.random((40, 4))}), window=512)
+    monitor.observe({"a": rng.random((99, 4))})
+    assert monitor.scores().score is None and monitor.scores().requests == 99
+    monitor.observe({"a": rng.random((1, 4))})
+    assert monitor.scores().score is not None
+
+
 def test_a_reference_needs_enough_images() -> None:
     with pytest.raises(ConfigError, match="at least 20 images"):
         build_reference({"a": np.zeros((5, 4))})
@@ -69,7 +78,7 @@ def _drift(base: str) -> dict:
 
 @pytest.mark.parametrize("shift", ["blur", "noise"])
 def test_shipped_classifier_drift_stays_low_in_distribution_and_rises_on_shifted_data(shift: str) -> None:
-    config = read_config(ROOT / "models" / CLS / "1")
+    config = read_config(ROOT / "models" / CLS / "2")  # the newest version answers
     assert config.drift is not None and config.drift.images >= 200
     # Held out from both training and the reference (which used seed 2): seed 7.
     held_out = [image for image, _ in (ShapesClassification(seed=7, length=200, size=64, transform=lambda i: i)[i] for i in range(200))]
@@ -78,7 +87,8 @@ def test_shipped_classifier_drift_stays_low_in_distribution_and_rises_on_shifted
                Image.fromarray((np.asarray(image, np.float32) + rng.normal(0, 40, (64, 64, 3))).clip(0, 255).astype(np.uint8))
                for image in held_out]
     with running_server(Settings(model_repository=ROOT / "models", models=[CLS], drift_window=200, drift_budget=100.0)) as (base, _):
-        assert _drift(base)["requests"] == 0
+        empty = _drift(base)
+        assert empty["requests"] == 0 and empty["score"] is None and {l["score"] for l in empty["layers"]} == {None}
         _post_all(base, [_png(i) for i in held_out])
         stable = _drift(base)
         _post_all(base, [_png(i) for i in shifted])
@@ -88,7 +98,9 @@ def test_shipped_classifier_drift_stays_low_in_distribution_and_rises_on_shifted
     assert stable["score"] < 0.15, stable
     assert moved["score"] > 0.5 and moved["score"] > 5 * stable["score"], moved
     assert [l["name"] for l in moved["layers"]] == [a.name for a in config.attention]
-    assert f'eca_serve_attention_drift_model_score{{model="{CLS}",version="1"}}' in metrics
+    newest = moved["version"]
+    assert f'eca_serve_attention_drift_model_score{{model="{CLS}",version="{newest}"}}' in metrics
+    assert f'eca_serve_attention_drift_model_score{{model="{CLS}",version="1"}}' not in metrics  # v1 saw no request
 
 
 def test_drift_of_a_model_without_reference_is_404(tmp_path: Path) -> None:

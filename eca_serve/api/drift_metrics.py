@@ -27,8 +27,10 @@ class DriftCollector(Collector):
                 if pipeline.drift is None:
                     continue
                 scores = pipeline.drift.scores()
-                model.add_metric([name, str(version)], scores.score)
                 window.add_metric([name, str(version)], scores.requests)
+                if scores.score is None:  # too few images yet: no score rather than noise
+                    continue
+                model.add_metric([name, str(version)], scores.score)
                 for layer_name, score in scores.layers:
                     layer.add_metric([name, str(version), layer_name], score)
         yield from (layer, model, window)

@@ -58,9 +58,13 @@ async def drift(name: str, manager: Manager, version: Version = None) -> schemas
     if pipeline.drift is None:
         raise NoDriftReferenceError(f"model {name!r} has no drift reference (eca-serve calibrate-drift), or monitoring is off")
     scores = pipeline.drift.scores()
-    return schemas.DriftResponse(model=name, version=pipeline.config.version, score=round(scores.score, 6),
-                                 layers=[schemas.DriftLayer(name=n, score=round(v, 6)) for n, v in scores.layers],
+    return schemas.DriftResponse(model=name, version=pipeline.config.version, score=_round(scores.score),
+                                 layers=[schemas.DriftLayer(name=n, score=_round(v)) for n, v in scores.layers],
                                  requests=scores.requests, window=pipeline.drift.window)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 async def _images(request: Request, settings: AppSettings) -> list:

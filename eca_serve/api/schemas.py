@@ -106,14 +106,15 @@ class AttentionResponse(BaseModel):
 
 class DriftLayer(BaseModel):
     name: str = Field(examples=["layer3.1.eca"])
-    score: float = Field(description="PSI of the recent window against the reference", examples=[0.031])
+    score: float | None = Field(description="PSI of the recent window against the reference (null below 100 images)",
+                                examples=[0.031])
 
 
 class DriftResponse(BaseModel):
     model: str
     version: int
-    score: float = Field(description="mean of the layers' scores: < 0.1 stable, 0.1-0.25 moderate, > 0.25 shifted",
-                         examples=[0.028])
+    score: float | None = Field(description="mean of the layers' scores: < 0.1 stable, 0.1-0.25 moderate, > 0.25 shifted; "
+                                "null until the window holds 100 images", examples=[0.028])
     layers: list[DriftLayer]
     requests: int = Field(description="images the recent summary holds (the window fills up to its size)")
     window: int = Field(description="most images the summary holds", examples=[512])

@@ -27,6 +27,7 @@ from eca_serve.errors import ConfigError
 
 DEFAULT_BINS = 10
 DEFAULT_WINDOW = 512
+MIN_IMAGES = 100  # before this many, PSI noise (~(bins - 1) / n = 0.09) is as large as a moderate shift
 DEFAULT_BUDGET = 0.01  # monitoring time / inference time
 _MIN_SCALE = 1e-3  # a channel that never moved in the reference must not turn noise into drift
 
@@ -114,10 +115,14 @@ def psi(counts: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class DriftScores:
-    """The recent window against the reference: overall ``score`` (mean of the layers), per-layer scores."""
+    """The recent window against the reference: overall ``score`` (mean of the layers), per-layer scores.
 
-    score: float
-    layers: list[tuple[str, float]]
+    Scores are None until the window holds `MIN_IMAGES` images (or is full): a PSI of a handful of
+    images is noise (about (bins - 1) / n), not drift.
+    """
+
+    score: float | None
+    layers: list[tuple[str, float | None]]
     requests: int
 
 
@@ -180,6 +185,8 @@ class DriftMonitor:
     def scores(self) -> DriftScores:
         with self._lock:
             counts, requests = self._counts.copy(), min(self._seen, self.window)
+        if requests < min(MIN_IMAGES, self.window):
+            return DriftScores(None, [(name, None) for name in self.names], requests)
         layers = [(name, psi(c)) for name, c in zip(self.names, counts)]
         overall = float(np.mean([s for _, s in layers])) if layers else 0.0
         return DriftScores(overall, layers, requests)
