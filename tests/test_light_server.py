@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.reliability.serverproc import ServerProcess
+from tests.reliability.serverproc import ServerProcess, wait_ready
 from tests.serving_utils import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,19 +40,7 @@ def start_wrapped(modules_file: Path, log: Path, ready_timeout_s: float = 180.0)
     env = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "wb") as sink:
         process = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + ready_timeout_s
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RuntimeError(f"eca-serve exited with {process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.base}/healthz", timeout=2).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    server.stop(timeout_s=5)
-    raise RuntimeError(f"eca-serve not ready after {ready_timeout_s} s:\n{server.output()}")
+    return wait_ready(ServerProcess(process, f"http://127.0.0.1:{port}", log), ready_timeout_s)
 
 
 def call_every_endpoint(base: str) -> dict[str, httpx.Response]:

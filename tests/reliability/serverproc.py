@@ -76,11 +76,19 @@ def start_server(repository: Path, env: dict[str, str] | None = None, ready_time
     environment = {**os.environ, "ECA_SERVE_LOG_LEVEL": "warning", "ECA_SERVE_GRPC_PORT": "0", **(env or {})}
     with open(log, "wb") as sink:
         process = subprocess.Popen(serve_command(repository, port), env=environment, stdout=sink, stderr=subprocess.STDOUT)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    return wait_ready(ServerProcess(process, f"http://127.0.0.1:{port}", log), ready_timeout_s)
+
+
+def wait_ready(server: ServerProcess, ready_timeout_s: float) -> ServerProcess:
+    """``server`` once /healthz answers 200.
+
+    Raises:
+        RuntimeError: The process exited, or was not ready within ``ready_timeout_s`` (it is killed then).
+    """
     deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if not server.alive():
-            raise RuntimeError(f"eca-serve exited with {process.returncode}:\n{server.output()}")
+            raise RuntimeError(f"eca-serve exited with {server.process.returncode}:\n{server.output()}")
         try:
             if httpx.get(f"{server.base}/healthz", timeout=2).status_code == 200:
                 return server
