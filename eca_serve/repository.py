@@ -241,19 +241,37 @@ def read_config(folder: Path, *, verify: bool = True) -> EntryConfig:
     Raises:
         ConfigError: missing or invalid config, or an artifact missing or modified.
     """
+    config = parse_config(folder)
+    if verify:
+        verify_artifacts(folder, config)
+    return config
+
+
+def parse_config(folder: Path) -> EntryConfig:
+    """Read and validate ``folder/config.json`` without reading the artifacts.
+
+    Raises:
+        ConfigError: missing or invalid config.
+    """
     path = folder / CONFIG_FILE
     try:
-        config = EntryConfig.model_validate_json(path.read_bytes())
+        return EntryConfig.model_validate_json(path.read_bytes())
     except FileNotFoundError:
         raise ConfigError(f"no {CONFIG_FILE} in {folder}") from None
     except ValueError as exc:
         raise ConfigError(f"invalid {path}: {exc}") from None
-    if verify:
-        for key, spec in config.artifacts.items():
-            _verify_artifact(folder, key, spec)
-        if config.drift is not None:
-            _verify_artifact(folder, "drift", config.drift)
-    return config
+
+
+def verify_artifacts(folder: Path, config: EntryConfig) -> None:
+    """Check that every artifact ``config`` names (and its drift reference) is in ``folder`` unmodified.
+
+    Raises:
+        ConfigError: an artifact missing or not matching its sha256.
+    """
+    for key, spec in config.artifacts.items():
+        _verify_artifact(folder, key, spec)
+    if config.drift is not None:
+        _verify_artifact(folder, "drift", config.drift)
 
 
 def _verify_artifact(folder: Path, key: str, spec: ArtifactSpec | DriftSpec) -> None:

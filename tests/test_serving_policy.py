@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from eca_serve.api import routes_v2
 from eca_serve.api.errors import status_of
+from eca_serve.api.metrics import ServerMetrics
+from eca_serve.api.v2_models import repository_index
 from eca_serve.cli import main
 from eca_serve.cli.profile_entry import Cell, recommend, write_serving
 from eca_serve.errors import ConfigError, NotReadyError
@@ -137,6 +139,8 @@ def test_a_model_whose_worker_crashed_is_not_ready_answers_503_and_recovers(entr
     async def body() -> None:
         options = ServingOptions(repository=entry.parent.parent, backend=BackendOptions(device="cpu"), limits=DecodeLimits())
         manager = ModelManager(options, on_batch_for=on_batch_for)
+        metrics = ServerMetrics(inflight=lambda: 0)
+        metrics.watch(manager)
         await manager.load_all()
         try:
             pipeline = manager.get("shapes_small")
@@ -145,6 +149,10 @@ def test_a_model_whose_worker_crashed_is_not_ready_answers_503_and_recovers(entr
             for _ in range(10):
                 await asyncio.sleep(0)
             assert not pipeline.ready and not manager.ready
+            assert repository_index(manager) == [{"name": "shapes_small", "version": "1", "state": "UNAVAILABLE",
+                                                  "reason": "a batch worker crashed and is being restarted"}]
+            assert live_value(metrics, "eca_serve_model_ready") == 0.0
+            assert live_value(metrics, "eca_serve_worker_crashes_total") == 1.0
             with pytest.raises(NotReadyError) as refused:
                 await routes_v2.model_ready("shapes_small", manager)
             assert status_of(refused.value) == 503
@@ -157,7 +165,17 @@ def test_a_model_whose_worker_crashed_is_not_ready_answers_503_and_recovers(entr
             assert (await routes_v2.model_ready("shapes_small", manager))["ready"] is True
             assert len((await pipeline.run([image], ClassifyParams()))[0].logits) == 8
             assert pipeline.batcher.stats().worker_crash_count == 1
+            assert live_value(metrics, "eca_serve_model_ready") == 1.0
+            assert repository_index(manager)[0]["state"] == "READY"
         finally:
             await manager.stop(grace_s=1.0)
 
     run_with_manual_clock(body, 60.0)
+
+
+def live_value(metrics: ServerMetrics, name: str) -> float:
+    """The one sample ``name`` of the shapes_small/1 series in the /metrics text."""
+    line = f'{name}{{model="shapes_small",version="1"}} '
+    found = [row[len(line):] for row in metrics.render().decode().splitlines() if row.startswith(line)]
+    assert len(found) == 1, found
+    return float(found[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from eca_serve.pipelines.manager import ModelManager
@@ -92,13 +92,18 @@ class _LiveCollector(Collector):
             return
         depth = GaugeMetricFamily("eca_serve_queue_depth", "Requests waiting in the batch queue", labels=["model", "version"])
         busy = GaugeMetricFamily("eca_serve_batch_in_flight", "Requests in the running batch", labels=["model", "version"])
+        ready = GaugeMetricFamily("eca_serve_model_ready", "1 while the model version serves, 0 while it is not ready "
+                                  "(stopping, or a crashed batch worker awaits its restart)", labels=["model", "version"])
+        crashes = CounterMetricFamily("eca_serve_worker_crashes", "Batch worker crashes (each one restarted with backoff)",
+                                      labels=["model", "version"])
         for name, versions in sorted(self.manager.pipelines.items()):
             for version, pipeline in sorted(versions.items()):
-                stats = pipeline.batcher.stats()
-                depth.add_metric([name, str(version)], stats.queue_depth)
-                busy.add_metric([name, str(version)], stats.in_flight)
-        yield depth
-        yield busy
+                stats, labels = pipeline.batcher.stats(), [name, str(version)]
+                depth.add_metric(labels, stats.queue_depth)
+                busy.add_metric(labels, stats.in_flight)
+                ready.add_metric(labels, 1.0 if pipeline.ready else 0.0)
+                crashes.add_metric(labels, stats.worker_crash_count)
+        yield from (depth, busy, ready, crashes)
         load = GaugeMetricFamily("eca_serve_model_load_seconds", "Load + warm-up time", labels=["model", "version"])
         for key, seconds in sorted(self.manager.load_seconds.items()):
             load.add_metric(key.split("/", 1), seconds)

@@ -146,7 +146,8 @@ def repository_index(manager: ModelManager) -> list[dict[str, str]]:
     for name, version in sorted(manager.expected | set(loaded)):
         pipeline = loaded.get((name, version))
         if pipeline is not None:
-            state, reason = ("READY", "") if pipeline.ready else ("UNAVAILABLE", "stopped")
+            reason = pipeline.unready_reason
+            state, reason = ("READY", "") if reason is None else ("UNAVAILABLE", reason)
         elif manager.loading_error:
             state, reason = "UNAVAILABLE", manager.loading_error
         else:

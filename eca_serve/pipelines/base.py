@@ -98,6 +98,15 @@ class ModelPipeline:
         """Started, not stopping, and every batcher worker alive (a crashed one is being restarted)."""
         return self._started and self.batcher.healthy
 
+    @property
+    def unready_reason(self) -> str | None:
+        """Why the pipeline is not ready (None when it is): stopped, or a crashed worker awaiting its restart."""
+        if not self._started:
+            return "stopped"
+        if not self.batcher.healthy:
+            return "a batch worker crashed and is being restarted"
+        return None
+
     async def start(self) -> None:
         await self.batcher.start()
         self._started = True

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
-from eca_serve.repository import EntryConfig, check_safe_name, list_entries, read_config
+from eca_serve.repository import EntryConfig, check_safe_name, list_entries, parse_config, verify_artifacts
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
@@ -102,6 +102,7 @@ class ModelManager:
         self.expected: set[tuple[str, int]] = set()
         self.load_seconds: dict[str, float] = {}
         self.loading_error: str | None = None
+        self._parsed: dict[Path, EntryConfig] = {}  # configs read by discovery, verified and used by _build
 
     def discover(self) -> list[tuple[str, int, Path]]:
         """Entries of the repository that will be served."""
@@ -119,7 +120,11 @@ class ModelManager:
         return entries
 
     def _servable(self, entries: list[tuple[str, int, Path]]) -> list[tuple[str, int, Path]]:
-        return servable_entries(entries, self.options.backend.device, self.options.backend.kind)
+        return servable_entries(entries, self.options.backend.device, self.options.backend.kind, read=self._parse)
+
+    def _parse(self, folder: Path) -> EntryConfig:
+        self._parsed[folder] = parse_config(folder)
+        return self._parsed[folder]
 
     async def load_all(self) -> None:
         """Load, warm up and start every discovered entry (in a worker thread; the loop stays free)."""
@@ -140,7 +145,8 @@ class ModelManager:
         return pipeline
 
     def _build(self, folder: Path) -> ModelPipeline:
-        config = read_config(folder)
+        config = self._parsed.pop(folder, None) or parse_config(folder)
+        verify_artifacts(folder, config)
         policy = policy_for(config, self.options.backend.device, self.options.policy_defaults)
         backend = create_backend(folder, config, backend_options_for(self.options.backend, policy))
         warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))

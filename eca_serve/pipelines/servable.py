@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from eca_serve.errors import ConfigError
 
@@ -38,17 +38,20 @@ def check_servable(config: Any, device: str, backend: str = "onnxruntime") -> No
         raise ConfigError(reason)
 
 
-def servable_entries(entries: list[tuple[str, int, Path]], device: str, backend: str) -> list[tuple[str, int, Path]]:
+def servable_entries(entries: list[tuple[str, int, Path]], device: str, backend: str,
+                     read: Callable[[Path], Any] | None = None) -> list[tuple[str, int, Path]]:
     """``entries`` ((name, version, folder) as `list_entries` gives them) minus those that cannot run there.
 
     Each one left out is logged with its reason, so that a GPU server, or one on the torchscript or
-    eager backend, serves the FP32 versions of a repository that also holds INT8 ones.
+    eager backend, serves the FP32 versions of a repository that also holds INT8 ones. ``read`` parses
+    an entry's config (default `parse_config`; the manager passes one that keeps what it read).
     """
-    from eca_serve.repository import read_config
+    from eca_serve.repository import parse_config
 
+    read = read or parse_config
     kept = []
     for name, version, folder in entries:
-        reason = unservable_reason(read_config(folder, verify=False), device, backend)
+        reason = unservable_reason(read(folder), device, backend)
         if reason is None:
             kept.append((name, version, folder))
         else:
