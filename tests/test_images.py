@@ -1,87 +1,22 @@
-"""Image decoding and preprocessing on real encoded images made here with Pillow (no mocks)."""
+"""Image decoding on real encoded images made here with Pillow (no mocks): formats, orientation, refusals, draft mode."""
 
 from __future__ import annotations
 
 import io
-import statistics
-import struct
 import threading
 import time
-import zlib
 from functools import lru_cache
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFile, ImageOps
 
-from eca_serve.errors import (
-    ConfigError, ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError,
+from eca_serve.errors import ConfigError, ImageTooLargeError, InvalidImageError, UnsupportedMediaTypeError
+from eca_serve.pipelines.images import DecodeLimits
+from eca_serve.pipelines.preprocess import boxes_to_original, decode_target, original_scale
+from tests.image_samples import (
+    RED, GREEN, BLUE, DETECTOR_SPEC, classifier_spec, photo_like, encode, decode, pixel, png_declaring,
 )
-from eca_serve.repository import InputSpec
-from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
-from eca_serve.pipelines.preprocess import (
-    boxes_to_original, decode_target, original_scale, preprocess_classification, preprocess_detection,
-    stack_batch, to_chw_float,
-)
-
-LIMITS = DecodeLimits()
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-ONE_LEVEL = 1 / 255 / min(STD) + 1e-6  # one 8-bit step after normalisation: 0.0175
-# Documented deviation of a JPEG draft decode (DCT downscaling) from a full decode + the reference transform.
-DRAFT_MEAN_TOL, DRAFT_MAX_TOL = 0.02, 1.0
-RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-
-
-def classifier_spec(interpolation: str = "bilinear", **kw) -> InputSpec:
-    fields = dict(layout="NCHW", size=(224, 224), resize=256, crop=True, interpolation=interpolation,
-                  mean=MEAN, std=STD)
-    return InputSpec(**{**fields, **kw})
-
-
-DETECTOR_SPEC = InputSpec(layout="CHW", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-
-
-@lru_cache(maxsize=None)
-def photo_like(width: int, height: int, seed: int = 0, gray: bool = False) -> Image.Image:
-    """Smooth colour gradients + random ellipses/rectangles + sensor-like noise."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    u, v = x / width, y / height
-    base = np.stack([120 + 90 * np.sin(2.3 * u + 1.7 * v + p) for p in rng.uniform(0, 6, 3)], -1)
-    im = Image.fromarray(np.clip(base + 30 * np.cos(9 * u * v)[..., None], 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(im)
-    for _ in range(12):
-        x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
-        x1, y1 = x0 + rng.uniform(0.05, 0.4) * width, y0 + rng.uniform(0.05, 0.4) * height
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=fill)
-    noisy = np.asarray(im).astype(np.float32) + rng.normal(0, 4, (height, width, 3))
-    im = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
-    return im.convert("L").convert("RGB") if gray else im
-
-
-def encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def decode(data: bytes, **kw) -> DecodedImage:
-    return decode_image(data, limits=kw.pop("limits", LIMITS), **kw)
-
-
-def pixel(decoded: DecodedImage, x: int, y: int) -> tuple[int, ...]:
-    return decoded.image.getpixel((x, y))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose IHDR is patched to declare width x height (CRC recomputed)."""
-    data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))
-    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of fields
-    ihdr[4:12] = struct.pack(">II", width, height)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(data)
 
 
 # --- formats and pixel modes -------------------------------------------------------------------
@@ -339,140 +274,3 @@ def test_decode_target_follows_the_spec():
     assert decode_target(classifier_spec(resize=None, crop=False, size=(200, 300))) == (300, 200)
     assert decode_target(classifier_spec(resize=None)) is None
     assert decode_target(DETECTOR_SPEC) is None
-
-
-# --- preprocessing vs the reference transform --------------------------------------------------
-
-def pillow_reference(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    """torchvision's PIL eval transform spelled out with Pillow and numpy: the whole image resized
-    (no box), torchvision's center crop (zero padding when too small), ToTensor + Normalize."""
-    resize = spec.resize or (None if spec.crop else spec.size)
-    resample = getattr(Image.Resampling, spec.interpolation.upper())
-    if isinstance(resize, int):
-        w, h = img.size
-        short, long = min(w, h), max(w, h)
-        size = (resize, int(resize * long / short)) if w <= h else (int(resize * long / short), resize)
-        img = img.resize(size, resample)
-    elif resize is not None:
-        img = img.resize((resize[1], resize[0]), resample)
-    pixels = np.asarray(img)
-    if spec.crop:
-        (ch, cw), (h, w) = spec.size, pixels.shape[:2]
-        padded = np.zeros((max(h, ch), max(w, cw), 3), np.uint8)
-        top, left = (max(ch - h, 0)) // 2, (max(cw - w, 0)) // 2
-        padded[top:top + h, left:left + w] = pixels
-        ph, pw = padded.shape[:2]
-        y, x = int(round((ph - ch) / 2.0)), int(round((pw - cw) / 2.0))
-        pixels = padded[y:y + ch, x:x + cw]
-    out = pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-    return (out - np.asarray(spec.mean, np.float32)[:, None, None]) / np.asarray(spec.std, np.float32)[:, None, None]
-
-
-def torchvision_reference(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    T = pytest.importorskip("torchvision.transforms")  # the torch extra; not needed to serve
-
-    mode = getattr(T.InterpolationMode, spec.interpolation.upper())
-    resize = spec.resize or (None if spec.crop else spec.size)
-    steps = [T.Resize(resize, interpolation=mode)] if resize else []
-    steps += [T.CenterCrop(spec.size)] if spec.crop else []
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])(img).numpy()
-
-
-REFERENCE_CASES = [  # (spec fields, image size)
-    ({}, (640, 480)), ({}, (333, 517)), ({"interpolation": "bicubic"}, (517, 333)), ({"interpolation": "nearest"}, (300, 200)),
-    ({"resize": None, "crop": True}, (150, 180)), ({"resize": None, "crop": False, "size": (160, 200)}, (333, 250)),
-    ({"resize": 100, "crop": False}, (333, 250)),
-]
-
-
-@pytest.mark.parametrize("spec_kw, size", REFERENCE_CASES)
-def test_the_pillow_reference_is_torchvision(spec_kw, size):
-    img, spec = photo_like(*size, seed=5), classifier_spec(**spec_kw)
-    ref, tv = pillow_reference(img, spec), torchvision_reference(img, spec)
-    assert ref.shape == tv.shape and np.abs(ref - tv).max() < 1e-6
-
-
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
-@pytest.mark.parametrize("width, height, gray", [
-    (300, 200, False), (640, 480, False), (1920, 1080, False), (333, 517, False), (517, 333, True), (200, 100, False),
-])
-def test_classification_matches_the_reference(interpolation, width, height, gray):
-    img, spec = photo_like(width, height, seed=width, gray=gray), classifier_spec(interpolation)
-    ours, ref = preprocess_classification(img, spec), pillow_reference(img, spec)
-    assert ours.shape == (3, 224, 224) and ours.dtype == np.float32 and ours.flags.c_contiguous
-    diff = np.abs(ours - ref)
-    # The boxed resize may round a pixel one level differently from the whole-image resize, rarely.
-    assert diff.max() <= ONE_LEVEL and (diff > 1e-6).mean() < 0.002
-
-
-@pytest.mark.parametrize("spec_kw, size", REFERENCE_CASES[4:])
-def test_other_spec_combinations_match_the_reference(spec_kw, size):
-    img, spec = photo_like(*size, seed=7), classifier_spec(**spec_kw)
-    ours, ref = preprocess_classification(img, spec), pillow_reference(img, spec)
-    assert ours.shape == ref.shape and np.abs(ours - ref).max() <= ONE_LEVEL
-
-
-def test_to_tensor_and_normalize_are_bit_identical():
-    T = pytest.importorskip("torchvision.transforms")
-
-    img = photo_like(97, 61, seed=12)
-    ref = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])(img).numpy()
-    assert np.array_equal(to_chw_float(img, MEAN, STD), ref)
-
-
-def test_normalized_in_model_gives_unit_range():
-    img = photo_like(300, 300, seed=8)
-    out = preprocess_classification(img, classifier_spec(normalized_in_model=True))
-    assert out.min() >= 0 and out.max() <= 1 and out.max() > 0.5
-
-
-@pytest.mark.parametrize("width, height", [(1920, 1080), (1080, 1920), (1024, 768)])
-def test_draft_pipeline_stays_close_to_the_full_resolution_reference(width, height):
-    data = encode(photo_like(width, height, seed=9), "JPEG", quality=85)
-    spec = classifier_spec()
-    ref = pillow_reference(decode(data).image, spec)
-    drafted = decode(data, target=decode_target(spec))
-    diff = np.abs(preprocess_classification(drafted, spec) - ref)
-    assert drafted.scale > 1 and diff.mean() < DRAFT_MEAN_TOL and diff.max() < DRAFT_MAX_TOL
-
-
-def test_detection_keeps_size_and_range():
-    decoded = decode(encode(photo_like(333, 250, seed=10), "PNG"))
-    out = preprocess_detection(decoded, DETECTOR_SPEC)
-    assert out.shape == (3, 250, 333) and out.dtype == np.float32
-    assert out.min() >= 0 and out.max() <= 1
-    assert np.array_equal(out, np.asarray(decoded.image).transpose(2, 0, 1).astype(np.float32) / 255)
-    with pytest.raises(ConfigError):
-        preprocess_detection(decoded, classifier_spec())
-    with pytest.raises(ConfigError):
-        preprocess_classification(decoded, DETECTOR_SPEC)
-
-
-def test_stack_batch():
-    items = [np.full((3, 4, 5), i, np.float32) for i in range(3)]
-    batch = stack_batch(items)
-    assert batch.shape == (3, 3, 4, 5) and batch.dtype == np.float32 and batch.flags.c_contiguous
-    assert batch[:, 0, 0, 0].tolist() == [0, 1, 2]
-    with pytest.raises(ConfigError):
-        stack_batch([np.zeros((3, 4, 5), np.float32), np.zeros((3, 4, 6), np.float32)])
-    with pytest.raises(ConfigError):
-        stack_batch([])
-
-
-# --- timings (printed, not asserted) ------------------------------------------------------------
-
-def test_print_decode_and_preprocess_timings(capsys):
-    spec, lines = classifier_spec(), []
-    for size in ((640, 480), (1920, 1080)):
-        data = encode(photo_like(*size, seed=11), "JPEG", quality=85)
-        for label, target in (("full decode", None), ("draft", decode_target(spec))):
-            runs = []
-            for _ in range(12):
-                start = time.perf_counter()
-                preprocess_classification(decode(data, target=target), spec)
-                runs.append(1000 * (time.perf_counter() - start))
-            lines.append(f"{size[0]}x{size[1]} JPEG ({len(data) // 1024} KiB) {label:<12}: "
-                         f"median {statistics.median(runs):5.1f} ms, min {min(runs):5.1f} ms")
-    assert len(lines) == 4
-    with capsys.disabled():
-        print("\ndecode + classifier preprocess:\n  " + "\n  ".join(lines))
