@@ -41,9 +41,11 @@ class RawProbe:
         warm_up(self.backend, self.config)
         count, kind = best.split(" ")[::-1] if best.startswith("batch") else best.split(" ")
         self.callers, self.batch = (int(count), 1) if kind == "instances" else (1, int(count))
+        self.cpu_ms: list[float] = []  # CPU milliseconds per image of each `rate` call
 
     def rate(self, seconds: float) -> float:
-        """Images/s of ``callers`` threads each running batches of ``batch`` back to back for ``seconds``."""
+        """Images/s of ``callers`` threads each running batches of ``batch`` back to back for ``seconds``;
+        appends the CPU milliseconds per image to ``cpu_ms``."""
         batch = self.batch if self.config.task == "classification" else 1
         rng = np.random.default_rng(0)
         if self.config.task == "classification":
@@ -55,16 +57,19 @@ class RawProbe:
             call = lambda: self.backend.infer(images)
         barrier = threading.Barrier(self.callers)
 
-        def run(_: int) -> float:
+        def run(_: int) -> tuple[int, float]:
             barrier.wait()
             count, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
                 call()
                 count += 1
-            return count / (time.perf_counter() - start)
+            return count, count / (time.perf_counter() - start)
 
+        cpu = time.process_time()
         with ThreadPoolExecutor(self.callers) as pool:
-            return batch * sum(pool.map(run, range(self.callers)))
+            runs = list(pool.map(run, range(self.callers)))
+        self.cpu_ms.append(1e3 * (time.process_time() - cpu) / max(1, batch * sum(n for n, _ in runs)))
+        return batch * sum(rate for _, rate in runs)
 
 
 def interleaved(cells: dict[str, Measure], rounds: int, raw: Callable[[], float] | None = None,
@@ -87,9 +92,16 @@ def interleaved(cells: dict[str, Measure], rounds: int, raw: Callable[[], float]
     return results, raws
 
 
-def cell_row(model: str, endpoint: str, c: int, photos: str, results: list[LoadResult], raws: list[float]) -> dict[str, Any]:
+def cell_row(model: str, endpoint: str, c: int, photos: str, results: list[LoadResult], raws: list[float],
+             raw_cpu_ms: float | None = None) -> dict[str, Any]:
     """One table row: median and spread of requests/s over rounds, latency over all rounds, served/raw
-    per round (each round's rate over that round's raw rate; one raw rate for every round if one is given)."""
+    per round (each round's rate over that round's raw rate; one raw rate for every round if one is given).
+
+    With ``raw_cpu_ms`` (the backend's CPU milliseconds per image), ``cpu_ratio`` is that over the CPU
+    milliseconds a request costs the server and the client together: the served/raw that a machine
+    with nothing else running would reach once every core is busy (the wall-clock ratio also moves
+    with what other processes take from the cores).
+    """
     rates = [r.rate for r in results]
     raws = raws if len(raws) == len(results) else raws[:1] * len(results)
     ratios = [rate / raw for rate, raw in zip(rates, raws) if raw]
@@ -114,6 +126,9 @@ def cell_row(model: str, endpoint: str, c: int, photos: str, results: list[LoadR
             "client_cpu_ms_per_req": round(1e3 * sum(r.client_cpu_s for r in results) / answered, 2),
             "client_cores": round(sum(r.client_cpu_s for r in results) / window_s, 2),
             "server_cpu_ms_per_req": round(1e3 * sum(r.server_cpu_s for r in results) / answered, 2),
+            "raw_cpu_ms_per_img": round(raw_cpu_ms, 2) if raw_cpu_ms else None,
+            "cpu_ratio": round(raw_cpu_ms / (1e3 * sum(r.server_cpu_s + r.client_cpu_s for r in results) / answered), 2)
+            if raw_cpu_ms and lat_ms else None,
             "transport_errors": errors}
 
 

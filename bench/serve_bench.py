@@ -13,10 +13,12 @@ preprocess per photo; then (3) HTTP from this one asyncio process, multipart JPE
 measured for ``--seconds`` after a warm-up of the same load (``--warmup`` seconds, longer for long queues);
 (4) for classifiers, gRPC cells next to them (``bench/grpc_cells.py``): the same photos as encoded JPEGs and
 as pre-decoded tensors, sent by tritonclient.grpc and by a lean pre-serialized client. At each
-concurrency the cells alternate, ``--rounds`` times (with more than one round the raw backend is
-re-measured at the start of each round). It prints one table; "served/raw" is images/s divided by
+concurrency the cells alternate, ``--rounds`` times, and the raw backend's best setting is re-measured
+at the start of each round. It prints one table; "served/raw" is images/s divided by
 the backend's best images/s (of the same round), "client cores" the load generator's CPU over the
-window, "server ms" the server process's CPU per answered request.
+window, "server ms" the server process's CPU per answered request, and "cpu ratio" the backend's CPU
+per image over the CPU a request costs server and client together (the served/raw of a machine busy
+with nothing else).
 
 Interleaved comparison at one concurrency: ``python bench/serve_bench.py --models eca_mobilenet_v2
 --only eca_mobilenet_v2 --endpoints classify --concurrency 16 --rounds 3 --seconds 4``.
@@ -206,18 +208,18 @@ def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: t
             if name in args.models.split(","):
                 costs = preprocess_cost(root, name, images)
                 print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
-            probe = RawProbe(root, name, args.device, max(raw, key=raw.get)) if args.rounds > 1 else None
-            rows += run_cells(server, f"127.0.0.1:{grpc_port}", root, name, (max(raw.values()), probe), images, args)
+            probe = RawProbe(root, name, args.device, max(raw, key=raw.get))
+            rows += run_cells(server, f"127.0.0.1:{grpc_port}", root, name, probe, images, args)
     finally:
         server.stop(timeout_s=60)
     return rows
 
 
-def run_cells(server: ServerProcess, grpc_address: str, root: Path, name: str, raw: tuple[float, RawProbe | None],
+def run_cells(server: ServerProcess, grpc_address: str, root: Path, name: str, probe: RawProbe,
               images: dict[str, bytes], args: argparse.Namespace) -> list[dict]:
     """One model's cells: each HTTP endpoint and gRPC cell at each concurrency on the small photos, in
-    interleaved rounds; then its first endpoint on 12 MP. ``raw`` is the best raw rate and, for rounds,
-    a probe that re-measures it in each round."""
+    interleaved rounds, the raw backend's best setting re-measured by ``probe`` at the start of each
+    round; then its first endpoint on 12 MP."""
     from eca_serve.repository import read_config
 
     small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
@@ -226,7 +228,6 @@ def run_cells(server: ServerProcess, grpc_address: str, root: Path, name: str, r
     endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
     wanted = [c for c in args.grpc.split(",") if c] if task == "classification" else []
     grpc = grpc_cells.grpc_cells(grpc_address, root, name, small, server.pid) if wanted else {}
-    best, probe = raw
     rows, rate = [], 0.0
     # The warm-up covers 1.5 turnovers of the queue at the last measured rate, so that a long queue
     # (64 clients of a slow model) is full.
@@ -234,13 +235,14 @@ def run_cells(server: ServerProcess, grpc_address: str, root: Path, name: str, r
         warmup = max(args.warmup, 1.5 * c / rate) if rate else args.warmup
         cells = {e: _http_cell(f"{server.base}/v1/models/{name}/{e}", small, c, warmup, server.pid, args) for e in endpoints}
         cells.update({label: _bound(grpc[label], c, args.seconds, warmup) for label in wanted})
-        results, raws = interleaved(cells, args.rounds, (lambda: probe.rate(args.seconds / 2)) if probe else None,
+        results, raws = interleaved(cells, args.rounds, lambda: probe.rate(args.seconds / 2),
                                     report=lambda label, r: print(f"  {name} {label} c={c}: {r.rate:.1f} req/s", flush=True))
-        rows += [cell_row(name, label, c, "300-640px", runs, raws or [best]) for label, runs in results.items()]
+        cpu_ms = statistics.median(probe.cpu_ms[-args.rounds:])
+        rows += [cell_row(name, label, c, "300-640px", runs, raws, cpu_ms) for label, runs in results.items()]
         rate = max(r.rate for runs in results.values() for r in runs) or rate
     url = f"{server.base}/v1/models/{name}/{endpoints[0]}"
     result = asyncio.run(run_load(url, [multipart_request(url, images["coffee_12mp"])], 4, args.seconds, args.warmup, server.pid))
-    rows.append(cell_row(name, endpoints[0], 4, "12MP", [result], [best]))
+    rows.append(cell_row(name, endpoints[0], 4, "12MP", [result], [statistics.median(raws)], cpu_ms))
     return rows
 
 
@@ -257,12 +259,12 @@ def print_table(rows: list[dict]) -> None:
     order = {e: i for i, e in enumerate(dict.fromkeys(r["endpoint"] for r in rows))}
     rows = sorted(rows, key=lambda r: (r["model"], r["photos"] != "300-640px", order[r["endpoint"]], r["concurrency"]))
     print(f"{'model':18} {'endpoint':17} {'c':>3} {'photos':9} {'req/s':>7} {'spread':>11} {'p50 ms':>7} {'p99/p50':>7} "
-          f"{'served/raw':>10} {'spread':>9} {'client cores':>12} {'server ms':>9}  statuses")
+          f"{'served/raw':>10} {'spread':>9} {'client cores':>12} {'server ms':>9} {'cpu ratio':>9}  statuses")
     for r in rows:
         ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
         print(f"{r['model']:18} {r['endpoint']:17} {r['concurrency']:>3} {r['photos']:9} {r['req_per_s']:>7} "
               f"{spread(r['req_per_s_rounds'], 1):>11} {r['p50_ms']:>7} {ratio:>7.2f} {r['served_over_raw']:>10} "
-              f"{spread(r['served_over_raw_rounds'], 2):>9} {r['client_cores']:>12} {r['server_cpu_ms_per_req']:>9}  {r['statuses']}"
+              f"{spread(r['served_over_raw_rounds'], 2):>9} {r['client_cores']:>12} {r['server_cpu_ms_per_req']:>9} {str(r['cpu_ratio']):>9}  {r['statuses']}"
               + (f" errors {r['transport_errors']}" if r["transport_errors"] else ""))
 
 
