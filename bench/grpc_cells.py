@@ -22,7 +22,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -154,7 +154,7 @@ def tritonclient_load(address: str, requests: list, concurrency: int, seconds: f
     return window.result
 
 
-def _tc_arguments(grpcclient: object, request: object) -> tuple[list, list]:
+def _tc_arguments(grpcclient: Any, request: Any) -> tuple[list, list]:
     """The ``InferInput``/``InferRequestedOutput`` objects that make tritonclient send ``request``."""
     spec = request.inputs[0]
     item = grpcclient.InferInput(spec.name, list(spec.shape), spec.datatype)
