@@ -8,9 +8,11 @@ only the status line, the headers and ``Content-Length`` bytes of body: no HTTP 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -21,20 +23,28 @@ class LoadResult:
     Attributes:
         seconds: Wall time of the cell.
         latencies: Seconds per answered request, in completion order.
-        statuses: HTTP status -> count.
+        statuses: HTTP status (gRPC: status code name) -> count.
         client_cpu_s: CPU seconds this process spent (the load generator's own cost).
+        server_cpu_s: CPU seconds the server process spent, when its pid was given.
         errors: Transport errors (connection reset, malformed answer) -> count.
     """
 
     seconds: float
     latencies: list[float] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
+    statuses: dict[int | str, int] = field(default_factory=dict)
     client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process ``pid`` has used (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def multipart_request(url: str, body: bytes, filename: str = "photo.jpg", content_type: str = "image/jpeg") -> bytes:
@@ -69,12 +79,14 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def run_load(url: str, requests: list[bytes], concurrency: int, seconds: float, warmup_s: float = 0.0) -> LoadResult:
+async def run_load(url: str, requests: list[bytes], concurrency: int, seconds: float, warmup_s: float = 0.0,
+                   server_pid: int | None = None) -> LoadResult:
     """``concurrency`` clients send ``requests`` round-robin, each waiting for its answer.
 
     Only answers that arrive in the window of ``seconds`` after ``warmup_s`` are recorded, so
     neither the start-up burst (every client sending at once into idle model instances) nor the
-    drain at the end counts; the rate is those answers over the window.
+    drain at the end counts; the rate is those answers over the window. With ``server_pid``, the
+    server's CPU seconds in the window are recorded too.
     """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -106,9 +118,10 @@ async def run_load(url: str, requests: list[bytes], concurrency: int, seconds: f
 
     tasks = [asyncio.ensure_future(client(i)) for i in range(concurrency)]
     await asyncio.sleep(max(0.0, measured_from - time.perf_counter()))
-    cpu = time.process_time()
+    cpu, server_cpu = time.process_time(), process_cpu_s(server_pid) if server_pid else 0.0
     await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
     result.client_cpu_s = time.process_time() - cpu
+    result.server_cpu_s = process_cpu_s(server_pid) - server_cpu if server_pid else 0.0
     await asyncio.gather(*tasks)
     result.seconds = seconds
     return result

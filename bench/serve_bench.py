@@ -10,8 +10,18 @@ server idles: (1) the backend alone on pre-decoded tensors, built as the server 
 caller at batch 1/4/8 on CPU, 1/8/32/64 on CUDA, and for the policy's instances side by side), (2) decode +
 preprocess per photo; then (3) HTTP from this one asyncio process, multipart JPEG uploads of real photographs
 (scikit-image's samples, plus one upscaled to 12 megapixels) at concurrency 1, 4, 16 and 64, each cell
-measured for ``--seconds`` after a warm-up of the same load (``--warmup`` seconds, longer for long queues).
-It prints one table; "served/raw" is HTTP images/s divided by the backend's best images/s.
+measured for ``--seconds`` after a warm-up of the same load (``--warmup`` seconds, longer for long queues);
+(4) for classifiers, gRPC cells next to them (``bench/grpc_cells.py``): the same photos as encoded JPEGs and
+as pre-decoded tensors, sent by tritonclient.grpc and by a lean pre-serialized client. At each
+concurrency the cells alternate, ``--rounds`` times, and the raw backend's best setting is re-measured
+at the start of each round. It prints one table; "served/raw" is images/s divided by
+the backend's best images/s (of the same round), "client cores" the load generator's CPU over the
+window, "server ms" the server process's CPU per answered request, and "cpu ratio" the backend's CPU
+per image over the CPU a request costs server and client together (the served/raw of a machine busy
+with nothing else).
+
+Interleaved comparison at one concurrency: ``python bench/serve_bench.py --models eca_mobilenet_v2
+--only eca_mobilenet_v2 --endpoints classify --concurrency 16 --rounds 3 --seconds 4``.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import grpc_cells  # noqa: E402
+from cell_rounds import RawProbe, cell_row, interleaved, spread  # noqa: E402
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
 from tests.reliability.serverproc import ServerProcess, serve_command, start_server  # noqa: E402
@@ -154,6 +166,9 @@ def main() -> None:
     parser.add_argument("--repository", type=Path, help="export into (or reuse) this folder instead of a temporary one")
     parser.add_argument("--only", help="measure only these served names (comma list)")
     parser.add_argument("--endpoints", help="only these endpoints (comma list of classify,attention,detect)")
+    parser.add_argument("--grpc", default=",".join(grpc_cells.cell_label(c, k) for k in grpc_cells.KINDS for c in grpc_cells.CLIENTS),
+                        help="gRPC cells for classifiers (comma list of grpc-{jpeg,tensor}/{tc,lean}; empty for none)")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the cells at each concurrency")
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
     parser.add_argument("--footprint", action="store_true", help="only the shipped models' footprint: RSS, start to ready, PNG latency")
     parser.add_argument("--requests", type=int, default=2000, help="mixed requests of --footprint between the two RSS readings")
@@ -181,7 +196,9 @@ def main() -> None:
 def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: tuple[int, ...], args: argparse.Namespace) -> list[dict]:
     """Per model: its raw limit (measured while the server idles, so both see the machine in the same state),
     then its HTTP cells."""
-    env = {"ECA_SERVE_DEVICE": args.device, "ECA_SERVE_MODELS": json.dumps(served), **dict(e.split("=", 1) for e in args.server_env)}
+    grpc_port = free_port()
+    env = {"ECA_SERVE_DEVICE": args.device, "ECA_SERVE_MODELS": json.dumps(served), "ECA_SERVE_GRPC_PORT": str(grpc_port),
+           **dict(e.split("=", 1) for e in args.server_env)}
     server = start_server(root, env, ready_timeout_s=600)
     rows = []
     try:
@@ -191,56 +208,63 @@ def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: t
             if name in args.models.split(","):
                 costs = preprocess_cost(root, name, images)
                 print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
-            rows += run_http(server.base, root, name, max(raw.values()), images, args)
+            probe = RawProbe(root, name, args.device, max(raw, key=raw.get))
+            rows += run_cells(server, f"127.0.0.1:{grpc_port}", root, name, probe, images, args)
     finally:
         server.stop(timeout_s=60)
     return rows
 
 
-def run_http(base: str, root: Path, name: str, raw: float, images: dict[str, bytes], args: argparse.Namespace) -> list[dict]:
-    """One model's cells: each endpoint at each concurrency on the small photos, then its first endpoint on 12 MP."""
+def run_cells(server: ServerProcess, grpc_address: str, root: Path, name: str, probe: RawProbe,
+              images: dict[str, bytes], args: argparse.Namespace) -> list[dict]:
+    """One model's cells: each HTTP endpoint and gRPC cell at each concurrency on the small photos, in
+    interleaved rounds, the raw backend's best setting re-measured by ``probe`` at the start of each
+    round; then its first endpoint on 12 MP."""
     from eca_serve.repository import read_config
 
     small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
     task = read_config(root / name / "1").task
     endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
     endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]
+    wanted = [c for c in args.grpc.split(",") if c] if task == "classification" else []
+    grpc = grpc_cells.grpc_cells(grpc_address, root, name, small, server.pid) if wanted else {}
     rows, rate = [], 0.0
-    # Endpoints alternate at each concurrency: the VM's speed drifts over tens of seconds, so cells
-    # compared with each other are measured back to back. The warm-up covers 1.5 turnovers of the
-    # queue at the last measured rate, so that a long queue (64 clients of a slow model) is full.
+    # The warm-up covers 1.5 turnovers of the queue at the last measured rate, so that a long queue
+    # (64 clients of a slow model) is full.
     for c in (int(v) for v in args.concurrency.split(",")):
         warmup = max(args.warmup, 1.5 * c / rate) if rate else args.warmup
-        for endpoint in endpoints:
-            url = f"{base}/v1/models/{name}/{endpoint}"
-            result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, warmup))
-            rows.append(_row(name, endpoint, c, "300-640px", result, raw))
-            rate = result.rate or rate
-    url = f"{base}/v1/models/{name}/{endpoints[0]}"
-    result = asyncio.run(run_load(url, [multipart_request(url, images["coffee_12mp"])], 4, args.seconds, args.warmup))
-    rows.append(_row(name, endpoints[0], 4, "12MP", result, raw))
+        cells = {e: _http_cell(f"{server.base}/v1/models/{name}/{e}", small, c, warmup, server.pid, args) for e in endpoints}
+        cells.update({label: _bound(grpc[label], c, args.seconds, warmup) for label in wanted})
+        results, raws = interleaved(cells, args.rounds, lambda: probe.rate(args.seconds / 2),
+                                    report=lambda label, r: print(f"  {name} {label} c={c}: {r.rate:.1f} req/s", flush=True))
+        cpu_ms = statistics.median(probe.cpu_ms[-args.rounds:])
+        rows += [cell_row(name, label, c, "300-640px", runs, raws, cpu_ms) for label, runs in results.items()]
+        rate = max(r.rate for runs in results.values() for r in runs) or rate
+    url = f"{server.base}/v1/models/{name}/{endpoints[0]}"
+    result = asyncio.run(run_load(url, [multipart_request(url, images["coffee_12mp"])], 4, args.seconds, args.warmup, server.pid))
+    rows.append(cell_row(name, endpoints[0], 4, "12MP", [result], [statistics.median(raws)], cpu_ms))
     return rows
 
 
-def _row(name: str, endpoint: str, c: int, photos_kind: str, result: LoadResult, raw: float) -> dict:
-    lat_ms = sorted(1e3 * v for v in result.latencies)
-    rate = result.rate
-    p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
-    return {"model": name, "endpoint": endpoint, "concurrency": c, "photos": photos_kind, "req_per_s": round(rate, 1),
-            "p50_ms": round(statistics.median(lat_ms), 1) if lat_ms else None, "p99_ms": round(p99, 1),
-            "raw_img_per_s": round(raw, 1), "served_over_raw": round(rate / raw, 2), "statuses": result.statuses,
-            "client_cpu_ms_per_req": round(1e3 * result.client_cpu_s / max(1, len(result.latencies)), 2),
-            "transport_errors": result.errors}
+def _http_cell(url: str, photos_: list[bytes], c: int, warmup: float, pid: int, args: argparse.Namespace) -> Callable[[], LoadResult]:
+    requests = [multipart_request(url, b) for b in photos_]
+    return lambda: asyncio.run(run_load(url, requests, c, args.seconds, warmup, pid))
+
+
+def _bound(cell: grpc_cells.Cell, c: int, seconds: float, warmup: float) -> Callable[[], LoadResult]:
+    return lambda: cell(c, seconds, warmup)
 
 
 def print_table(rows: list[dict]) -> None:
-    rows = sorted(rows, key=lambda r: (r["model"], r["photos"] != "300-640px", r["endpoint"] == "attention", r["concurrency"]))
-    header = f"{'model':22} {'endpoint':9} {'c':>3} {'photos':9} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p99/p50':>7} {'served/raw':>10} {'client ms':>9}  statuses"
-    print(header)
+    order = {e: i for i, e in enumerate(dict.fromkeys(r["endpoint"] for r in rows))}
+    rows = sorted(rows, key=lambda r: (r["model"], r["photos"] != "300-640px", order[r["endpoint"]], r["concurrency"]))
+    print(f"{'model':18} {'endpoint':17} {'c':>3} {'photos':9} {'req/s':>7} {'spread':>11} {'p50 ms':>7} {'p99/p50':>7} "
+          f"{'served/raw':>10} {'spread':>9} {'client cores':>12} {'server ms':>9} {'cpu ratio':>9}  statuses")
     for r in rows:
         ratio = r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else float("nan")
-        print(f"{r['model']:22} {r['endpoint']:9} {r['concurrency']:>3} {r['photos']:9} {r['req_per_s']:>7} {r['p50_ms']:>8} "
-              f"{r['p99_ms']:>8} {ratio:>7.2f} {r['served_over_raw']:>10} {r['client_cpu_ms_per_req']:>9}  {r['statuses']}"
+        print(f"{r['model']:18} {r['endpoint']:17} {r['concurrency']:>3} {r['photos']:9} {r['req_per_s']:>7} "
+              f"{spread(r['req_per_s_rounds'], 1):>11} {r['p50_ms']:>7} {ratio:>7.2f} {r['served_over_raw']:>10} "
+              f"{spread(r['served_over_raw_rounds'], 2):>9} {r['client_cores']:>12} {r['server_cpu_ms_per_req']:>9} {str(r['cpu_ratio']):>9}  {r['statuses']}"
               + (f" errors {r['transport_errors']}" if r["transport_errors"] else ""))
 
 

@@ -12,7 +12,8 @@ import dataclasses
 import logging
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+import weakref
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 from google.protobuf import json_format
@@ -23,7 +24,8 @@ from eca_serve import errors
 from eca_serve.api.grpc.metrics import GrpcMetrics
 from eca_serve.api.grpc.protocol import SERVICE, messages, rpc_types
 from eca_serve.api.grpc.tensors import fill_model_infer_response, parse_model_infer
-from eca_serve.api.v2_codec import InferRequest, parse_decimal, request_timeout_s
+from eca_serve.api.grpc.wire import split_raw_contents
+from eca_serve.api.v2_codec import InferRequest, ShapeCheck, parse_decimal, request_timeout_s
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
 from eca_serve.pipelines.base import ModelPipeline
@@ -60,6 +62,8 @@ class InferenceService:
 
     def __init__(self, state: Any, metrics: GrpcMetrics) -> None:
         self.state, self.metrics = state, metrics
+        # Per served pipeline, built on its first request (a reloaded model is a new pipeline).
+        self._checkers: weakref.WeakKeyDictionary[ModelPipeline, ShapeCheck] = weakref.WeakKeyDictionary()
 
     @property
     def manager(self) -> ModelManager:
@@ -109,14 +113,21 @@ class InferenceService:
         entries = [e for e in repository_index(self.manager) if not request.ready or e["state"] == "READY"]
         return json_format.ParseDict({"models": entries}, messages().RepositoryIndexResponse())
 
-    async def ModelInfer(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+    async def ModelInfer(self, request: Message, context: grpc.aio.ServicerContext,
+                         raw: Sequence[memoryview] | None = None) -> Message:
         pipeline = self._pipeline(request.model_name, request.model_version)
-        parsed = parse_model_infer(request, shape_checker(pipeline.config, InferLimits.of(self.settings)))
+        parsed = parse_model_infer(request, self._checker(pipeline), raw)
         outputs = await run_inference(pipeline, with_deadline(parsed, context.time_remaining()))
         response = messages().ModelInferResponse(model_name=request.model_name, model_version=str(pipeline.config.version),
                                                  id=request.id)
         fill_model_infer_response(response, outputs)
         return response
+
+    def _checker(self, pipeline: ModelPipeline) -> ShapeCheck:
+        check = self._checkers.get(pipeline)
+        if check is None:
+            check = self._checkers[pipeline] = shape_checker(pipeline.config, InferLimits.of(self.settings))
+        return check
 
     def _pipeline(self, name: str, version: str) -> ModelPipeline:
         """The served pipeline; versions are strings, empty for the newest."""
@@ -133,6 +144,7 @@ class InferenceService:
         """RPC ``name`` on raw bytes: parsing, refusal, in-flight count, status codes, metrics and a log line."""
         request_type, _ = rpc_types()[name]
         implementation: Rpc = getattr(self, name)
+        infer = name == "ModelInfer"
         tracked = name not in UNTRACKED
 
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -144,9 +156,11 @@ class InferenceService:
                     _refuse_if_busy(self.state)
                     self.state.inflight += 1
                     counted = True
-                request = _parse(request_type, data)
+                split = split_raw_contents(data) if infer else None
+                request = _parse(request_type, data if split is None else split[0])
                 model = getattr(request, "model_name", "") or getattr(request, "name", "")
-                return (await implementation(request, context)).SerializeToString()
+                answer = await (implementation(request, context) if split is None else self.ModelInfer(request, context, split[1]))
+                return answer.SerializeToString()
             except asyncio.CancelledError:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if _expired(context) else grpc.StatusCode.CANCELLED
                 raise

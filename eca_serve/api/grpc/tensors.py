@@ -7,7 +7,7 @@ HTTP; every malformed request raises `InferenceRequestError` (gRPC INVALID_ARGUM
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from google.protobuf.message import Message
@@ -38,15 +38,21 @@ def parameter_values(parameters: Any) -> dict[str, Any]:
     return values
 
 
-def parse_model_infer(request: Message, check: ShapeCheck) -> InferRequest:
+def parse_model_infer(request: Message, check: ShapeCheck, raw: Sequence[bytes | memoryview] | None = None) -> InferRequest:
     """The `InferRequest` of a ``ModelInferRequest``; ``check`` sees each input before its data is read.
+
+    Args:
+        request: The parsed message.
+        check: Called per input with its declared name, datatype and shape.
+        raw: The raw input contents when they were taken out of the message before parsing
+            (`wire.split_raw_contents`); None reads ``request.raw_input_contents``.
 
     Raises:
         InferenceRequestError: Unknown datatype, bad shape, raw contents that do not match the inputs
             one to one or the declared sizes, BYTES length prefixes that overrun, or typed contents of
             the wrong kind or count.
     """
-    raw = request.raw_input_contents
+    raw = request.raw_input_contents if raw is None else raw
     if raw and len(raw) != len(request.inputs):
         raise InferenceRequestError(f"raw_input_contents holds {len(raw)} entries for {len(request.inputs)} inputs")
     if not request.inputs:
@@ -57,7 +63,7 @@ def parse_model_infer(request: Message, check: ShapeCheck) -> InferRequest:
                         parameter_values(request.parameters))
 
 
-def _input(spec: Message, raw: bytes | None, check: ShapeCheck) -> Tensor:
+def _input(spec: Message, raw: bytes | memoryview | None, check: ShapeCheck) -> Tensor:
     name, datatype = spec.name, spec.datatype
     if not name:
         raise InferenceRequestError("input name must be a non-empty string")
