@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import int8_cells  # noqa: E402
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
 from tests.reliability.serverproc import ServerProcess, serve_command, start_server  # noqa: E402
@@ -157,8 +158,12 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
     parser.add_argument("--footprint", action="store_true", help="only the shipped models' footprint: RSS, start to ready, PNG latency")
     parser.add_argument("--requests", type=int, default=2000, help="mixed requests of --footprint between the two RSS readings")
+    int8_cells.add_arguments(parser)
     args = parser.parse_args()
     images = photos()
+    if args.int8:
+        int8_cells.main(args, images)
+        return
     if args.footprint:
         print_footprint(footprint(images, args.requests))
         return
