@@ -55,7 +55,10 @@ def run_ap(args: argparse.Namespace) -> None:
     rows = [{"setting": "fp32", "file": str(folder / "model.onnx"), **fp32}]
     print(json.dumps(rows[0]), flush=True)
     for i, setting in enumerate(SETTINGS):
-        target = args.out / f"int8_{i}.onnx"
+        target, done = args.out / f"int8_{i}.onnx", args.out / f"int8_{i}.json"
+        if done.exists() and target.exists():  # a rerun keeps the settings already scored
+            rows.append(json.loads(done.read_text()))
+            continue
         nodes = quantize_detector_graph(folder / "model.onnx", target, calibration[:setting.calibration_images],
                                         setting, attention)
         int8 = coco_ap(cpu_session(target), data, scenes, ids, config.categories)
@@ -63,6 +66,7 @@ def run_ap(args: argparse.Namespace) -> None:
         rows.append({"setting": setting.label(), "file": str(target), "nodes": nodes, **int8,
                      "drop_points": drops, "within_1_point": ok})
         print(json.dumps(rows[-1]), flush=True)
+        done.write_text(json.dumps(rows[-1]) + "\n")
     (args.out / "ap.json").write_text(json.dumps({"eval_images": len(ids), "rows": rows}, indent=2) + "\n")
 
 

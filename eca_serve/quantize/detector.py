@@ -19,7 +19,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from eca_serve.errors import ConfigError
-from eca_serve.quantize.graph import METHODS, Method, _entropy_ranges, attention_nodes, cpu_session
+from eca_serve.quantize.graph import METHODS, Method, attention_nodes, cpu_session
 from eca_serve.quantize.images import image_files
 from eca_serve.repository import EntryConfig
 
@@ -92,11 +92,8 @@ def detector_nodes(model: Any, scope: Scope, attention_outputs: Sequence[str]) -
         raise ConfigError(f"unknown detector scope {scope!r}; choose one of {list(SCOPES)}")
     producer = {out: node for node in model.graph.node for out in node.output}
     features = {n.input[0] for n in model.graph.node if n.op_type in _FEATURE_CONSUMERS}
-    if not features:
-        raise ConfigError("no RoIAlign in the graph: not a two-stage detector")
     rpn_convs = _rpn_head_convs(model, features)
-    roots = set(features) | {n.output[0] for n in model.graph.node if n.op_type == "MaxPool" and n.input[0] in features}
-    backbone = _ancestors(producer, roots)
+    backbone = _ancestors(producer, set(fpn_outputs(model)))
     gates = set(attention_nodes(model, attention_outputs))
     chosen = [n for n in model.graph.node if n.name in backbone and n.op_type in _QUANTIZABLE and n.name not in gates]
     fpn = {n.name for n in chosen if "fpn" in n.name}
@@ -110,6 +107,15 @@ def detector_nodes(model: Any, scope: Scope, attention_outputs: Sequence[str]) -
         chosen = [n for n in chosen if n.name != first_conv and n.name not in outputs]
     names = [n.name for n in chosen]
     return names + (rpn_convs if scope == "with_rpn_head" else [])
+
+
+def fpn_outputs(model: Any) -> list[str]:
+    """The feature maps [1, C, H/s, W/s] the heads read: RoIAlign inputs, plus the RPN's max-pooled level."""
+    features = {n.input[0] for n in model.graph.node if n.op_type in _FEATURE_CONSUMERS}
+    if not features:
+        raise ConfigError("no RoIAlign in the graph: not a two-stage detector")
+    pooled = {n.output[0] for n in model.graph.node if n.op_type == "MaxPool" and n.input[0] in features}
+    return sorted(features | pooled)
 
 
 def _ancestors(producer: dict[str, Any], roots: set[str]) -> set[str]:
@@ -176,20 +182,40 @@ def quantize_detector_graph(source: Path, target: Path, scenes: list[np.ndarray]
         calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                      "percentile": CalibrationMethod.Percentile}[setting.method]
         reader = _Scenes(model.graph.input[0].name, scenes)
-        if setting.method == "entropy":  # ORT's default 128 bins for 128 levels equals minmax: see graph.py
-            _entropy_ranges(prepared, reader, cache)
-            reader = _Scenes(model.graph.input[0].name, scenes)
+        if setting.method != "minmax":
+            _histogram_ranges(prepared, model, setting.method, reader, cache)
         quantize_static(str(prepared), str(target), reader, quant_format=QuantFormat.QDQ,
                         per_channel=setting.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=calibrate,
                         op_types_to_quantize=sorted(_QUANTIZABLE), nodes_to_quantize=nodes,
-                        calibration_cache_path=str(cache) if setting.method == "entropy" else None)
+                        calibration_cache_path=str(cache) if setting.method != "minmax" else None)
     finally:
-        for scratch in (prepared, cache, cache.with_suffix(".aug.onnx")):
+        for scratch in (prepared, cache, cache.with_suffix(".aug.onnx"), cache.with_suffix(".sub.onnx")):
             scratch.unlink(missing_ok=True)
         for scratch in Path(target.parent).glob("augmented_model*.onnx"):
             scratch.unlink(missing_ok=True)
     return len(nodes)
+
+
+def _histogram_ranges(prepared: Path, model: Any, method: Method, reader: _Scenes, cache: Path) -> None:
+    """Entropy or percentile ranges of the backbone + FPN tensors, written to ``cache``.
+
+    Histogram calibrators stack each tensor over the calibration scenes, so they see only the
+    backbone + FPN subgraph (fixed shapes for a fixed scene size): the heads' tensors have one row
+    per proposal or detection, a different count in every scene. Entropy uses 2048 bins for 128
+    levels (ORT's 128 for 128 equals minmax, see graph.py), percentile ORT's 2048 bins at 99.999.
+    """
+    import onnx.utils
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    sub = cache.with_suffix(".sub.onnx")
+    onnx.utils.extract_model(str(prepared), str(sub), [model.graph.input[0].name], fpn_outputs(model))
+    options = {"num_bins": 2048, "num_quantized_bins": 128} if method == "entropy" else {"num_bins": 2048, "percentile": 99.999}
+    calibrator = create_calibrator(sub, sorted(_QUANTIZABLE), augmented_model_path=str(cache.with_suffix(".aug.onnx")),
+                                   calibrate_method=CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.Percentile,
+                                   extra_options=options)
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
 
 
 def load_scenes(files: Sequence[Path], config: EntryConfig) -> list[tuple[np.ndarray, tuple[int, int]]]:
