@@ -38,6 +38,8 @@ SETTINGS = [
     DetectorSetting("minmax", True, "fpn_adds_float", 32),
     DetectorSetting("minmax", True, "ends_float", 32),
     DetectorSetting("minmax", True, "with_rpn_head", 32),
+    DetectorSetting("percentile", False, "backbone_fpn", 32),
+    DetectorSetting("minmax", False, "backbone_fpn", 64),
 ]
 
 
@@ -75,6 +77,8 @@ def run_speed(args: argparse.Namespace) -> None:
     import numpy as np
 
     rows = json.loads((args.out / "ap.json").read_text())["rows"]
+    if args.only:  # row 0 (FP32) always, then the chosen settings
+        rows = [rows[0]] + [rows[1 + int(i)] for i in args.only.split(",")]
     threads = args.threads
     sessions = [cpu_session(Path(r["file"]), threads) for r in rows]
     scene = np.random.default_rng(0).random((3, 192, 192), dtype=np.float32)
@@ -112,6 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/det_int8"))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--window", type=float, default=1.0)
+    parser.add_argument("--only", help="speed: time only these settings (indices into SETTINGS, comma list)")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = ORT default)")
     args = parser.parse_args()
     run_ap(args) if args.phase == "ap" else run_speed(args)
