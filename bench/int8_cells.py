@@ -85,7 +85,7 @@ def _cli(*args: str) -> None:
 def run(root: Path, models: list[str], images: dict[str, bytes], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every model's raw and served cells, FP32 and INT8 interleaved; returns the rows printed by `print_rows`."""
     from loadgen import multipart_request, run_load
-    from serve_bench import preprocess_cost, raw_backend
+    from serve_bench import preprocess_cost
     from tests.reliability.serverproc import start_server
 
     env = {"ECA_SERVE_DEVICE": "cpu", "ECA_SERVE_MODELS": json.dumps(models)}
@@ -98,16 +98,20 @@ def run(root: Path, models: list[str], images: dict[str, bytes], args: argparse.
             costs = preprocess_cost(root, name, images)
             pre_ms = statistics.mean(costs[k] for k in ("astronaut", "coffee", "chelsea", "rocket"))
             print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
-            rows.append({"model": name, "cell": "decode+preprocess ms", "fp32": [pre_ms], "int8": [pre_ms]})
+            cpu_ms = _preprocess_cpu_ms(root, name, small)
+            rows.append({"model": name, "cell": "decode+preprocess ms", "fp32": [pre_ms], "int8": [pre_ms], "cpu_ms": cpu_ms})
             rate = 0.0
             for c in (int(v) for v in args.concurrency.split(",")):
-                cell: dict[str, Any] = {"model": name, "cell": f"served c={c}", "fp32": [], "int8": []}
+                cell: dict[str, Any] = {"model": name, "cell": f"served c={c}", "fp32": [], "int8": [],
+                                        "server_cpu_ms": {"fp32": [], "int8": []}}
                 for _ in range(args.int8_rounds):
                     for precision, version in (("fp32", 1), ("int8", 2)):
                         url = f"{server.base}/v1/models/{name}/classify?version={version}&top_k=1"
                         # a full queue before measuring (1.5 turnovers), capped: a slow phase must not eat the lock
                         warmup = min(max(args.warmup, 1.5 * c / rate), 3 * args.warmup) if rate else args.warmup
-                        result = asyncio.run(run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, warmup))
+                        load = run_load(url, [multipart_request(url, b) for b in small], c, args.seconds, warmup)
+                        result, cpu_s = asyncio.run(_with_server_cpu(load, server.pid, warmup, args.seconds))
+                        cell["server_cpu_ms"][precision].append(1e3 * cpu_s / max(1, len(result.latencies)))
                         if set(result.statuses) != {200}:
                             raise RuntimeError(f"{name} v{version} at c={c}: statuses {result.statuses} {result.errors}")
                         cell[precision].append(result.rate)
@@ -119,31 +123,52 @@ def run(root: Path, models: list[str], images: dict[str, bytes], args: argparse.
     return rows
 
 
+async def _with_server_cpu(load: Any, pid: int, warmup: float, seconds: float) -> tuple[Any, float]:
+    """(``load``'s result, CPU seconds the server process spent in its measured window)."""
+    from serve_bench import cpu_seconds
+
+    async def window() -> float:
+        await asyncio.sleep(warmup)
+        start = cpu_seconds(pid)
+        await asyncio.sleep(seconds)
+        return cpu_seconds(pid) - start
+
+    result, cpu_s = await asyncio.gather(load, window())
+    return result, cpu_s
+
+
 def _raw_rows(root: Path, name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Backend img/s at batch 1 and 8 of versions 1 and 2, built as the server builds them."""
     rows = []
     for batch in (1, 8):
-        cell: dict[str, Any] = {"model": name, "cell": f"raw batch {batch}", "fp32": [], "int8": []}
+        cell: dict[str, Any] = {"model": name, "cell": f"raw batch {batch}", "fp32": [], "int8": [],
+                                "cpu_ms": {"fp32": [], "int8": []}}
         for _ in range(args.int8_rounds):
             for precision, version in (("fp32", 1), ("int8", 2)):
-                cell[precision].append(_raw_rate(root, name, version, batch, max(1.0, args.seconds / 3)))
+                rate, cpu_ms = _raw_rate(root, name, version, batch, max(1.0, args.seconds / 3))
+                cell[precision].append(rate)
+                cell["cpu_ms"][precision].append(cpu_ms)
         rows.append(cell)
         print(_line(cell), flush=True)
     return rows
 
 
-_BACKENDS: dict[tuple[str, int], Callable[[int, float], float]] = {}
+_BACKENDS: dict[tuple[str, int], Callable[[int, float], tuple[float, float]]] = {}
 
 
-def _raw_rate(root: Path, name: str, version: int, batch: int, seconds: float) -> float:
-    """Images/s of one caller running batches of ``batch`` on ``name:version`` for ``seconds``."""
+def _raw_rate(root: Path, name: str, version: int, batch: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU-ms per image) of one caller running batches of ``batch`` on ``name:version``.
+
+    CPU time counts every thread of this process: on a CPU shared with other work it is what an
+    image costs, where images/s also depends on how much of the CPU the run was given.
+    """
     key = (name, version)
     if key not in _BACKENDS:
         _BACKENDS[key] = _backend_runner(root / name / str(version))
     return _BACKENDS[key](batch, seconds)
 
 
-def _backend_runner(folder: Path) -> Callable[[int, float], float]:
+def _backend_runner(folder: Path) -> Callable[[int, float], tuple[float, float]]:
     import numpy as np
 
     from eca_serve.batching import BatchPolicy
@@ -157,7 +182,32 @@ def _backend_runner(folder: Path) -> Callable[[int, float], float]:
     backend = create_backend(folder, config, backend_options_for(BackendOptions("onnxruntime", "cpu"), policy))
     warm_up(backend, config, batch_sizes=(1, 8))
     inputs = {b: np.random.default_rng(0).standard_normal((b, 3, *config.input.size), dtype=np.float32) for b in (1, 8)}
-    return lambda batch, seconds: batch * _rate(lambda: backend.infer(inputs[batch]), seconds)
+    def measure(batch: int, seconds: float) -> tuple[float, float]:
+        import time
+
+        cpu, start = time.process_time(), time.perf_counter()
+        rate = batch * _rate(lambda: backend.infer(inputs[batch]), seconds)
+        images = rate * (time.perf_counter() - start)
+        return rate, 1e3 * (time.process_time() - cpu) / max(images, 1.0)
+
+    return measure
+
+
+def _preprocess_cpu_ms(root: Path, name: str, photos: list[bytes]) -> float:
+    """CPU-ms of decode + preprocess per 300-640 px photo (the server's functions, this thread)."""
+    import time
+
+    from eca_serve.pipelines.images import DecodeLimits, decode_image
+    from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
+    from eca_serve.repository import read_config
+
+    config = read_config(root / name / "1")
+    start, n = time.thread_time(), 0
+    while n < 40:
+        decoded = decode_image(photos[n % len(photos)], limits=DecodeLimits(), target=decode_target(config.input))
+        preprocess_classification(decoded, config.input)
+        n += 1
+    return 1e3 * (time.thread_time() - start) / n
 
 
 def _summary(values: list[float]) -> str:
@@ -186,17 +236,18 @@ def print_rows(rows: list[dict[str, Any]], cores: int) -> None:
     for model in dict.fromkeys(r["model"] for r in rows):
         by_cell = {r["cell"]: r for r in rows if r["model"] == model}
         served, raw8 = by_cell.get("served c=16"), by_cell.get("raw batch 8")
-        if not served or not raw8:
+        if not served or not raw8 or "server_cpu_ms" not in served:
             continue
-        pre = by_cell["decode+preprocess ms"]["fp32"][0]
-        rate, model_ms = statistics.median(served["int8"]), cores * 1e3 / statistics.median(raw8["int8"])
-        budget = cores * 1e3 / rate
-        rest = budget - model_ms - pre
-        bound = cores * 1e3 / (pre + max(rest, 0.0))
-        print(f"{model} INT8 at c=16: {rate:.1f} req/s = {budget:.1f} CPU-ms per request on {cores} cores: model "
-              f"{model_ms:.1f} (raw batch 8), decode+preprocess {pre:.1f}, HTTP/batching/client {rest:.1f}; "
-              f"with a free model the rest bounds it at {bound:.0f} req/s ({rate / bound:.0%} of it)")
-
+        pre = by_cell["decode+preprocess ms"]["cpu_ms"]
+        for precision in ("fp32", "int8"):
+            spent = statistics.median(served["server_cpu_ms"][precision])
+            model_ms = statistics.median(raw8["cpu_ms"][precision])
+            rest = max(spent - model_ms - pre, 0.0)
+            print(f"{model} {precision} at c=16: the server spent {spent:.1f} CPU-ms per request: model {model_ms:.1f} "
+                  f"(raw batch 8), decode+preprocess {pre:.1f}, HTTP/multipart/batching {rest:.1f}. On {cores} free cores: "
+                  f"{cores * 1e3 / spent:.0f} req/s; with a free model (the decode+HTTP bound) {cores * 1e3 / (pre + rest):.0f} req/s")
+        ratio = statistics.median(served["server_cpu_ms"]["fp32"]) / statistics.median(served["server_cpu_ms"]["int8"])
+        print(f"{model}: CPU-ms per request FP32/INT8 at c=16 = {ratio:.2f}x (what INT8/FP32 throughput is on free cores)")
 
 def main(args: argparse.Namespace, images: dict[str, bytes]) -> None:
     """serve_bench's ``--int8`` run: prepare into ``--repository`` (or a temporary folder), then measure."""
