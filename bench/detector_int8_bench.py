@@ -90,7 +90,7 @@ def run_speed(args: argparse.Namespace) -> None:
         for k, (s, f) in enumerate(zip(sessions, feeds)):
             rates[k].append(_window(s, f, args.window))
     base = rates[0]
-    print(f"| setting | box AP | mask AP | img/s median (min-max) | INT8/FP32 per round: median (min-max) |")
+    print("| setting | box AP | mask AP | img/s median (min-max) | INT8/FP32 per round: median (min-max) |")
     print("|---|---|---|---|---|")
     for row, rate in zip(rows, rates):
         ratios = [r / b for r, b in zip(rate, base)]
