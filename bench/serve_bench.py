@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import grpc_cells  # noqa: E402
+import int8_cells  # noqa: E402
 from cell_rounds import RawProbe, cell_row, interleaved, spread  # noqa: E402
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
@@ -172,8 +173,12 @@ def main() -> None:
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
     parser.add_argument("--footprint", action="store_true", help="only the shipped models' footprint: RSS, start to ready, PNG latency")
     parser.add_argument("--requests", type=int, default=2000, help="mixed requests of --footprint between the two RSS readings")
+    int8_cells.add_arguments(parser)
     args = parser.parse_args()
     images = photos()
+    if args.int8:
+        int8_cells.main(args, images)
+        return
     if args.footprint:
         print_footprint(footprint(images, args.requests))
         return

@@ -23,7 +23,8 @@ from eca_serve.cli._output import print_json, print_table
 from eca_serve.errors import ConfigError, UnknownModelError
 from eca_serve.repository import CONFIG_FILE, EntryConfig, ServingSpec, list_entries, read_config
 
-MODEL_BOUND_S = 0.020  # a single run slower than this: batching on CPU only widens latency
+MODEL_BOUND_S = 0.020  # a single run slower than this: batching on CPU only widens latency ...
+BATCH_GAIN = 1.25  # ... unless batches measure this much more throughput (INT8: 1.4-1.7x at batch 8)
 WITHIN = 0.05  # throughputs this close to the best count as equal (runs on a VM vary about as much)
 
 
@@ -34,14 +35,17 @@ class Cell:
     Attributes:
         instances: Concurrent batches (threads), as the batcher's ``instances``.
         batch_size: Images per backend call.
-        images_per_s: Images of all instances together per second.
+        images_per_s: Images of all instances together per second (median over rounds).
         latency_ms: Median time of one backend call (what every image of a batch waits).
+        low, high: Smallest and largest images/s over the rounds (equal to ``images_per_s`` for one).
     """
 
     instances: int
     batch_size: int
     images_per_s: float
     latency_ms: float
+    low: float | None = None
+    high: float | None = None
 
 
 def recommend(cells: list[Cell], device: str) -> ServingSpec:
@@ -50,9 +54,11 @@ def recommend(cells: list[Cell], device: str) -> ServingSpec:
     Rule: the smallest batch size whose throughput is within `WITHIN` (5%) of the best measured,
     with the instance count that is fastest at that batch size. On CPU, a model-bound model (its
     fastest single-image run takes over `MODEL_BOUND_S`, 20 ms) gets batch size 1 whatever the
-    throughputs say: a batch's cost there is flat per image, so batching brings no throughput and
-    only makes the images of a batch wait for each other (measured for ECA-ResNet-50 at 4 clients:
-    p99/p50 1.75 with batches of 4, 1.25 with batches of 1, same throughput).
+    throughputs say within `BATCH_GAIN` (1.25x) of batch 1: an FP32 batch's cost there is flat per
+    image, so batching brings no throughput and only makes the images of a batch wait for each other
+    (measured for ECA-ResNet-50 at 4 clients: p99/p50 1.75 with batches of 4, 1.25 with batches of 1,
+    same throughput). INT8 graphs do gain from batches (ONNX Runtime's int8 kernels: ECA-ResNet-50
+    1.38x, ECA-MobileNetV2 1.65x from batch 1 to 8, issue #16), so a larger gain keeps the batch.
 
     Raises:
         ConfigError: No cells.
@@ -64,26 +70,42 @@ def recommend(cells: list[Cell], device: str) -> ServingSpec:
     good = [c for c in cells if c.images_per_s >= (1 - WITHIN) * best]
     single = [c.latency_ms / 1e3 for c in cells if c.batch_size == 1]
     size = min(c.batch_size for c in good)
-    if kind == "cpu" and single and min(single) > MODEL_BOUND_S:
+    batch_one = max((c.images_per_s for c in cells if c.batch_size == 1), default=0.0)
+    if kind == "cpu" and single and min(single) > MODEL_BOUND_S and best < BATCH_GAIN * batch_one:
         size = 1
     choice = max((c for c in cells if c.batch_size == size), key=lambda c: c.images_per_s)
     return ServingSpec(device=kind, max_batch_size=choice.batch_size, instances=choice.instances)
 
 
 def measure_entry(folder: Path, config: EntryConfig, device: str, batch_sizes: list[int],
-                  instance_counts: list[int], seconds: float) -> list[Cell]:
-    """Every (instance count, batch size) cell, on the backend the server would build for that count."""
+                  instance_counts: list[int], seconds: float, rounds: int = 1) -> list[Cell]:
+    """Every (instance count, batch size) cell, on the backend the server would build for that count.
+
+    With ``rounds`` > 1 every cell is measured once per round, cells interleaved within a round (a
+    VM's speed drifts over seconds: back-to-back cells would compare phases, not settings); a cell
+    reports the median round and the spread.
+    """
     from eca_serve.batching import BatchPolicy
     from eca_serve.pipelines.manager import backend_options_for
     from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
-    cells = []
+    backends = {}
     for instances in instance_counts:
         policy = BatchPolicy.for_device(device, instances=instances)
-        backend = create_backend(folder, config, backend_options_for(BackendOptions("onnxruntime", device), policy))
-        warm_up(backend, config, batch_sizes=tuple(batch_sizes) if config.task == "classification" else (1,))
-        cells += [_measure_cell(backend, config, instances, size, seconds) for size in batch_sizes]
-    return cells
+        backends[instances] = create_backend(folder, config, backend_options_for(BackendOptions("onnxruntime", device), policy))
+        warm_up(backends[instances], config, batch_sizes=tuple(batch_sizes) if config.task == "classification" else (1,))
+    settings = [(instances, size) for instances in instance_counts for size in batch_sizes]
+    runs: dict[tuple[int, int], list[Cell]] = {s: [] for s in settings}
+    for _ in range(max(1, rounds)):
+        for instances, size in settings:
+            runs[(instances, size)].append(_measure_cell(backends[instances], config, instances, size, seconds))
+    return [_median_cell(runs[s]) for s in settings]
+
+
+def _median_cell(runs: list[Cell]) -> Cell:
+    rates = [c.images_per_s for c in runs]
+    return Cell(runs[0].instances, runs[0].batch_size, round(statistics.median(rates), 1),
+                round(statistics.median(c.latency_ms for c in runs), 2), min(rates), max(rates))
 
 
 def _measure_cell(backend: Any, config: EntryConfig, instances: int, batch_size: int, seconds: float) -> Cell:
@@ -148,7 +170,8 @@ def cmd_profile_entry(args: argparse.Namespace) -> int:
     """Measure, print the table and the recommended block, and with ``--write`` store it."""
     folder = find_entry(args.model_repository, args.name)
     config = read_config(folder)
-    cells = measure_entry(folder, config, args.device, _ints(args.batch_sizes), _ints(args.instance_counts), args.seconds)
+    cells = measure_entry(folder, config, args.device, _ints(args.batch_sizes), _ints(args.instance_counts), args.seconds,
+                          getattr(args, "rounds", 1))
     block = recommend(cells, args.device)
     written = str(write_serving(folder, block)) if args.write else None
     entry = f"{config.name}/{config.version}"
@@ -156,10 +179,10 @@ def cmd_profile_entry(args: argparse.Namespace) -> int:
         print_json({"entry": entry, "device": args.device, "cells": [asdict(c) for c in cells],
                     "recommended": block.model_dump(exclude_none=True), "written": written})
         return 0
-    rows = [(c.instances, c.batch_size, c.images_per_s, c.latency_ms,
+    rows = [(c.instances, c.batch_size, c.images_per_s, f"{c.low}-{c.high}", c.latency_ms,
              "<-" if (c.instances, c.batch_size) == (block.instances, block.max_batch_size) else "") for c in cells]
     print_table(f"profile {entry} on {args.device} (onnxruntime, as served)",
-                ["instances", "batch size", "img/s", "ms per batch (p50)", "recommended"], rows)
+                ["instances", "batch size", "img/s (median)", "min-max", "ms per batch (p50)", "recommended"], rows)
     print(json.dumps({"serving": block.model_dump(exclude_none=True)}, indent=2))
     print(f"written to {written}" if written else "not written (add --write to store it in config.json)")
     return 0

@@ -25,6 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize-attention", action="store_true",
                    help="quantize the attention gates too (default: keep them in float32)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    d = p.add_argument_group("detectors", "--calibration and --eval are COCO folders (annotations.json + images/)")
+    d.add_argument("--max-ap-drop", type=float, default=1.0, help="largest box or mask AP drop accepted, in points (default 1)")
+    d.add_argument("--scope", default="backbone_fpn", choices=["backbone_fpn", "backbone", "fpn_adds_float", "ends_float", "with_rpn_head"],
+                   help="nodes in INT8 (default: backbone and FPN convolutions, adds, ReLU, max-pool)")
+    d.add_argument("--per-tensor", action="store_true", help="int8 weights per tensor (default: per output channel)")
+    d.add_argument("--calibration-images", type=int, default=32, help="calibration scenes used (default 32)")
+    d.add_argument("--eval-images", type=int, help="score the first N held-out scenes (default: all)")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("quantization", help="show the quantization report of an INT8 entry")
@@ -43,9 +50,12 @@ def parse_model(text: str) -> tuple[str, int | None]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from eca_serve.quantize.detector_entry import is_detector_entry
     from eca_serve.quantize.entry import QuantizeOptions, quantize_entry
 
     name, version = parse_model(args.model)
+    if is_detector_entry(args.model_repository, name, version):
+        return _quantize_detector(args, name, version)
     options = QuantizeOptions(calibration=args.calibration, eval=args.eval, method=args.method,
                               out_version=args.out_version, max_drop=args.max_drop,
                               attention_in_float=not args.quantize_attention,
@@ -60,6 +70,25 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize_detector(args: argparse.Namespace, name: str, version: int | None) -> int:
+    from eca_serve.quantize.detector import DetectorSetting
+    from eca_serve.quantize.detector_entry import DetectorQuantizeOptions, quantize_detector_entry
+
+    if args.eval is None:
+        raise ConfigError("detectors need --eval: a held-out COCO folder (annotations.json + images/) to score AP on")
+    setting = DetectorSetting(args.method, not args.per_tensor, args.scope, args.calibration_images)
+    options = DetectorQuantizeOptions(calibration=args.calibration, eval=args.eval, setting=setting,
+                                      eval_images=args.eval_images, max_ap_drop=args.max_ap_drop, out_version=args.out_version,
+                                      command="eca-serve " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "quantize")
+    result = quantize_detector_entry(args.model_repository, name, version, options)
+    _print(args, f"quantize {args.model} -> {result.folder}", {"folder": str(result.folder), **result.report.to_json()})
+    if not result.accepted:
+        print(f"refused: AP drop {result.report.ap_drop_points} points > --max-ap-drop {args.max_ap_drop}; "
+              f"no entry written, report in {result.folder / 'quantization.json'}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_quantization(args: argparse.Namespace) -> int:
     from eca_serve.repository import list_entries, read_config
 
@@ -68,6 +97,9 @@ def cmd_quantization(args: argparse.Namespace) -> int:
     if not versions or (version is not None and version not in versions):
         raise ConfigError(f"no entry {args.model} in {args.model_repository}")
     config = read_config(versions[version if version is not None else max(versions)])
+    if config.quantization is None and "quantization" in config.metrics:  # detectors: AP report in metrics
+        _print(args, f"{config.name}:{config.version} ({config.precision})", config.metrics["quantization"])
+        return 0
     if config.quantization is None:
         raise ConfigError(f"{config.name}:{config.version} is {config.precision}: it has no quantization report")
     _print(args, f"{config.name}:{config.version} ({config.precision})", config.quantization.model_dump(mode="json"))

@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="1,2,4,8", help="with --recommend: batch sizes to measure")
     p.add_argument("--instance-counts", default="1,2", help="with --recommend: instance counts to measure")
     p.add_argument("--seconds", type=float, default=1.0, help="with --recommend: measuring time per setting")
+    p.add_argument("--rounds", type=int, default=1, help="with --recommend: interleaved rounds per setting (median, spread)")
     add_surgery_arguments(p, both=True)
     p.set_defaults(func=cmd_profile)
 
