@@ -53,6 +53,7 @@ MODELS = {
 }
 BATCHES = (1, 8)
 CONCURRENCY = 16
+BASELINE = "resnet50"
 SIZE = 224
 COSTS_FILE = "families_costs.json"  # beside the model folders; the server only reads */<version>/config.json
 
@@ -175,22 +176,30 @@ def served_cell(cells: Cells, base: str, name: str, photos: list[bytes], seconds
     add(cells, name, "served_not_200", failed)
 
 
-def cell(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+def cell(values: list[float], digits: int = 1) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def relative(cells: Cells, name: str, what: str) -> str:
+    """Per-round ratio to ResNet-50's cell of the same round: the slow drift between rounds cancels."""
+    ratios = [a / b for a, b in zip(cells[(name, what)], cells[(BASELINE, what)]) if b]
+    return cell(ratios, 2) if ratios else "-"
 
 
 def print_table(costs: dict[str, dict[str, float]], cells: Cells, args: argparse.Namespace) -> None:
     print(f"\nCPU, {SIZE} px, shared 2-core machine: median of {args.rounds} rounds (min-max); ORT windows "
-          f"{args.window_s:g} s, served windows {args.served_s:g} s at concurrency {CONCURRENCY}\n")
-    print("| model | params | FLOPs (G) | ORT img/s batch 1 | ORT img/s batch 8 | served req/s c=16 |")
-    print("|---|---|---|---|---|---|")
+          f"{args.window_s:g} s, served windows {args.served_s:g} s at concurrency {CONCURRENCY}; "
+          f"x ResNet-50: ratio to ResNet-50 in the same round\n")
+    print("| model | params | FLOPs (G) | ORT img/s batch 1 | ORT img/s batch 8 | served req/s c=16 "
+          "| ORT batch 1 x ResNet-50 | served x ResNet-50 |")
+    print("|---|---|---|---|---|---|---|---|")
     for label, name in MODELS.items():
         c = costs[name]
-        served = cell(cells[(name, "served")])
         failed = int(sum(cells[(name, "served_not_200")]))
+        served = cell(cells[(name, "served")]) + (f", {failed} not 200" if failed else "")
         print(f"| {label} | {int(c['params']):,} ({c['params_m']:.2f} M) | {c['gflops']:.2f} | "
-              f"{cell(cells[(name, 'ort_b1')])} | {cell(cells[(name, 'ort_b8')])} | {served}"
-              + (f", {failed} not 200" if failed else "") + " |")
+              f"{cell(cells[(name, 'ort_b1')])} | {cell(cells[(name, 'ort_b8')])} | {served} | "
+              f"{relative(cells, name, 'ort_b1')} | {relative(cells, name, 'served')} |")
 
 
 def main() -> None:
@@ -200,6 +209,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=2.0, help="seconds per ORT cell")
     parser.add_argument("--served-s", type=float, default=3.0, help="measured seconds per served cell (after warm-up)")
     parser.add_argument("--lock", type=Path, default=Path("/tmp/bench.lock"), help="shared lock, held per round")
+    parser.add_argument("--json", type=Path, help="also write the per-round cells here")
     parser.add_argument("--export-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,6 +219,8 @@ def main() -> None:
             return
         costs = ensure_repository(root)
         cells = measure_rounds(root, args)
+    if args.json:
+        args.json.write_text(json.dumps({"costs": costs, "cells": {f"{n}/{w}": v for (n, w), v in cells.items()}}))
     print_table(costs, cells, args)
 
 
