@@ -43,7 +43,8 @@ def detection_output_names(model: nn.Module) -> list[str]:
 def export_detector_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:
     """ONNX graph of ``DetectorOutputs`` with dynamic image height/width and detection count.
 
-    NOTE: torchvision's detectors export with the legacy (TorchScript-based) exporter only.
+    NOTE: torchvision's detectors export with the legacy (TorchScript-based) exporter only. The backbone's
+    attention gates are rewritten as for classifiers (`eca_serve.export.gates`).
     """
     names = detection_output_names(model)
     axes: dict[str, dict[int, str]] = {formats.INPUT_NAME: {1: "height", 2: "width"}}
@@ -55,6 +56,7 @@ def export_detector_onnx(model: nn.Module, path: Path, example: Tensor) -> list[
         torch.onnx.export(DetectorOutputs(model).eval(), (example,), str(path), dynamo=False,
                           opset_version=formats.ONNX_OPSET, input_names=[formats.INPUT_NAME], output_names=names,
                           dynamic_axes=axes)
+    formats.rewrite_gates_file(path, [n for n in names if n.startswith("attention/")])
     return names
 
 

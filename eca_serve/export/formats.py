@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from eca_serve.export.gates import rewrite_gates_file
 from eca_serve.introspect import AttentionOutputs
 from eca_serve.repository import attention_output
 
@@ -66,6 +67,8 @@ def classifier_output_names(model: nn.Module) -> list[str]:
 def export_classifier_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:
     """ONNX graph returning logits and every layer's attention, dynamic in batch, height and width.
 
+    The attention gates are rewritten into the form ONNX Runtime runs cheapest (`eca_serve.export.gates`).
+
     Args:
         model: Classifier in eval mode.
         path: Output ``.onnx`` file.
@@ -82,6 +85,7 @@ def export_classifier_onnx(model: nn.Module, path: Path, example: Tensor) -> lis
             AttentionOutputs(model).eval(), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=[INPUT_NAME], output_names=names, dynamic_axes=axes,
         )
+    rewrite_gates_file(path, [n for n in names if n.startswith("attention/")])
     return names
 
 

@@ -8,20 +8,26 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from eca_serve.errors import ConfigError
+from eca_serve.export.gates import rewrite_gates
 
 Method = Literal["minmax", "entropy", "percentile"]
 METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 _POOLS = frozenset({"ReduceMean", "GlobalAveragePool"})
 _SIGMOIDS = frozenset({"Sigmoid", "HardSigmoid"})
-_GATE_MAX_NODES = 16  # pool -> [Unsqueeze] -> Conv(1d) | Conv, Relu, Conv -> Sigmoid -> Squeeze/Flatten
+_VIEWS = frozenset({"Unsqueeze", "Squeeze", "Flatten", "Reshape"})
+_GATE_MAX_NODES = 16  # pool -> [view] -> Conv(1d) | Conv, Relu, Conv -> Sigmoid -> views
 
 
 def attention_nodes(model: Any, attention_outputs: Sequence[str]) -> list[str]:
-    """Names of the nodes of every attention gate: pool -> gate -> sigmoid -> ... -> the scaling Mul.
+    """Names of the nodes that compute every gate's weights from its pooled map, kept float by default.
 
-    Each ``attention/<layer>`` output is walked back along first inputs to its pooling node (ECA:
-    ReduceMean, Unsqueeze, Conv1d, Sigmoid, Squeeze; SE: ReduceMean, Conv, Relu, Conv, Sigmoid,
-    Flatten) and forward along first consumers to the Mul that scales the feature map.
+    Each ``attention/<layer>`` output is walked back along first inputs to its pooling node (ECA as
+    exported: GlobalAveragePool, Reshape, Conv1d, Sigmoid, Reshape; SE: GlobalAveragePool, Conv, Relu,
+    Conv, Sigmoid, Flatten; graphs of older exports: ReduceMean, Unsqueeze/Squeeze) and forward from the
+    sigmoid through views to the Mul that scales the feature map. The pool and that Mul are not
+    returned: they read and write the full feature map, and quantized they run on the int8 map
+    (QLinearGlobalAveragePool, QLinearMul) while the weights themselves, and the attention outputs,
+    stay float.
 
     Args:
         model: ``onnx.ModelProto``.
@@ -37,33 +43,37 @@ def attention_nodes(model: Any, attention_outputs: Sequence[str]) -> list[str]:
             consumers.setdefault(name, []).append(node)
     names: list[str] = []
     for output in attention_outputs:
-        names += _walk_back(producer, output) + _walk_forward(consumers, output)
+        weights = _walk_back(producer, output)
+        sigmoid = next(n for n in weights if n.op_type in _SIGMOIDS)
+        names += [n.name for n in weights] + _walk_forward(consumers, sigmoid.output[0], output, {n.name for n in weights})
     return names
 
 
-def _walk_back(producer: dict[str, Any], output: str) -> list[str]:
+def _walk_back(producer: dict[str, Any], output: str) -> list[Any]:
+    """The nodes from the attention output back to (not including) its pool."""
     node, found = producer.get(output), []
     while node is not None and len(found) < _GATE_MAX_NODES:
-        found.append(node)
         if node.op_type in _POOLS:
             if any(n.op_type in _SIGMOIDS for n in found):
-                return [n.name for n in found]
+                return found
             break
+        found.append(node)
         node = producer.get(node.input[0])
     raise ConfigError(f"attention output {output!r} does not come from a pool -> sigmoid gate")
 
 
-def _walk_forward(consumers: dict[str, list[Any]], output: str) -> list[str]:
-    found, tensor = [], output
-    while len(found) < _GATE_MAX_NODES:
-        users = consumers.get(tensor, [])
-        if not users:
-            break
-        node = next((n for n in users if n.op_type == "Mul"), users[0])
-        found.append(node.name)
-        if node.op_type == "Mul":
+def _walk_forward(consumers: dict[str, list[Any]], start: str, output: str, seen: set[str]) -> list[str]:
+    """The views between the sigmoid's output ``start`` and the Mul that scales the map (not included)."""
+    found, frontier, visited = [], [start], {start}
+    while frontier and len(visited) < _GATE_MAX_NODES:
+        users = consumers.get(frontier.pop(), [])
+        if any(n.op_type == "Mul" for n in users):
             return found
-        tensor = node.output[0]
+        for node in (n for n in users if n.op_type in _VIEWS and n.output[0] not in visited):
+            if node.name not in seen:
+                found.append(node.name)
+            visited.add(node.output[0])
+            frontier.append(node.output[0])
     raise ConfigError(f"attention output {output!r} does not scale a feature map (no Mul found)")
 
 
@@ -83,10 +93,12 @@ def quantize_graph(source: Path, target: Path, calibration: np.ndarray, *, metho
     """Write the static INT8 (QDQ) version of ``source`` to ``target``; returns the nodes kept in float.
 
     Weights int8 per output channel, activations uint8 per tensor, ranges calibrated on
-    ``calibration`` float32 [N, 3, H, W]. With ``attention_in_float`` every gate of
-    ``attention_outputs`` (and its Mul) stays float32: they cost almost nothing, and quantized
-    (sigmoid output in steps of 1/255) they doubled the error of the first gate of the shipped
-    classifier (models/README.md).
+    ``calibration`` float32 [N, 3, H, W]. The gates of ``attention_outputs`` are first brought to the
+    exporter's form (`eca_serve.export.gates`: graphs of older exports have a ReduceMean pool, which
+    stays float and costs a transposed, dequantized copy of the map). With ``attention_in_float`` the
+    nodes that compute each gate's weights from its pooled map stay float32 (`attention_nodes`):
+    quantized (sigmoid output in steps of 1/255) they doubled the error of the first gate of the shipped
+    classifier (models/README.md). The pool and the scaling Mul are quantized either way.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -96,8 +108,12 @@ def quantize_graph(source: Path, target: Path, calibration: np.ndarray, *, metho
         raise ConfigError(f"unknown calibration method {method!r}; choose one of {list(METHODS)}")
     prepared = target.with_name(target.stem + ".prep.onnx")
     cache = target.with_name(target.stem + ".ranges.json")
-    quant_pre_process(str(source), str(prepared))  # shape inference + folding, as ORT recommends
+    rewritten = target.with_name(target.stem + ".gates.onnx")
     try:
+        gates = onnx.load(str(source))
+        rewrite_gates(gates, attention_outputs)
+        onnx.save(gates, str(rewritten))
+        quant_pre_process(str(rewritten), str(prepared))  # shape inference + folding, as ORT recommends
         model = onnx.load(str(prepared))
         excluded = attention_nodes(model, attention_outputs) if attention_in_float else []
         # Histogram calibrators stack every batch's tensors: batches must share one shape.
@@ -111,7 +127,7 @@ def quantize_graph(source: Path, target: Path, calibration: np.ndarray, *, metho
                         nodes_to_exclude=excluded or None,
                         calibration_cache_path=str(cache) if method == "entropy" else None)
     finally:
-        for scratch in (prepared, cache, cache.with_suffix(".aug.onnx")):
+        for scratch in (rewritten, prepared, cache, cache.with_suffix(".aug.onnx")):
             scratch.unlink(missing_ok=True)
     return excluded
 
