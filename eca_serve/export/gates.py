@@ -64,10 +64,14 @@ def find_gate(graph: Any, attention: str) -> Gate | None:
             break
         core.insert(0, node)
     pool = node
+    ops = [n.op_type for n in core]
+    keepdims = 1 if pool.op_type == "GlobalAveragePool" else (_ints(pool, "keepdims") or [1])[0]
     if pool.op_type == "ReduceMean" and _ints(pool, "axes") not in ([2, 3], [-2, -1]):
         return None
-    ops = [n.op_type for n in core]
-    if ops not in (["Unsqueeze", "Conv", "Sigmoid"], ["Conv", "Relu", "Conv", "Sigmoid"]):
+    if ops == ["Unsqueeze", "Conv", "Sigmoid"]:  # ECA: [N, C] -> [N, 1, C]
+        if keepdims != 0 or _constant_ints(graph, core[0].input[1] if len(core[0].input) > 1 else "") != [1]:
+            return None
+    elif ops != ["Conv", "Relu", "Conv", "Sigmoid"] or keepdims != 1:  # SE: on [N, C, 1, 1]
         return None
     glue_forward, tensor = [], attention
     while len(glue_forward) <= _MAX_GLUE:
@@ -85,7 +89,22 @@ def find_gate(graph: Any, attention: str) -> Gate | None:
 
 
 def _ints(node: Any, name: str) -> list[int] | None:
-    return next((list(a.ints) for a in node.attribute if a.name == name), None)
+    """An int or ints attribute of ``node`` as a list; None when absent."""
+    found = next((a for a in node.attribute if a.name == name), None)
+    if found is None:
+        return None
+    return list(found.ints) if found.ints else [found.i]
+
+
+def _constant_ints(graph: Any, name: str) -> list[int] | None:
+    """The values of a constant int tensor (initializer or Constant node output); None otherwise."""
+    from onnx import numpy_helper
+
+    tensor = next((t for t in graph.initializer if t.name == name), None)
+    if tensor is None:
+        node = next((n for n in graph.node if n.op_type == "Constant" and n.output[0] == name), None)
+        tensor = next((a.t for a in node.attribute if a.name == "value"), None) if node is not None else None
+    return None if tensor is None else [int(v) for v in numpy_helper.to_array(tensor).ravel()]
 
 
 def rewrite_gates(model: Any, attention_outputs: Sequence[str]) -> int:
