@@ -1,16 +1,18 @@
-"""Rewrite the exported channel-attention gates into the form ONNX Runtime runs cheapest.
+"""Rewrite the exported channel-attention gates into the form ONNX Runtime runs cheapest in INT8.
 
 torch exports ECA's gate as ``ReduceMean(keepdims=0) -> Unsqueeze -> Conv1d -> Sigmoid -> Squeeze ->
 Unsqueeze -> Unsqueeze -> Mul`` and SE's as ``ReduceMean -> Conv -> Relu -> Conv -> Sigmoid -> Flatten ->
 Unsqueeze -> Unsqueeze -> Mul``. The shape glue between the pool and the scaling Mul is rewritten here to
 one ``Reshape`` per view (ECA) or none (SE: the sigmoid's [N, C, 1, 1] scales the map directly), and the
-pool becomes a ``GlobalAveragePool`` where that is cheaper. The arithmetic (pool, Conv1d / the two 1x1
+pool becomes a ``GlobalAveragePool``. The arithmetic (pool, Conv1d / the two 1x1
 convs, sigmoid, product) is unchanged, so outputs and attention weights stay equal to float rounding.
 
 The pool is a ``GlobalAveragePool``: in FP32 it runs on ONNX Runtime's blocked (NCHWc) layout as fast
 as ``ReduceMean``, and in a static INT8 (QDQ) graph it becomes a ``QLinearGlobalAveragePool`` on the
 channels-last uint8 map, where a float ``ReduceMean`` needed a transpose and a dequantized copy of the
-whole feature map (measured: bench/attention_cost_bench.py, models/README.md).
+whole feature map (measured: bench/attention_cost_bench.py, models/README.md). In FP32 no form of the gate
+avoids its cost: ONNX Runtime's NCHWc transformer takes no broadcasting Mul, so every gated block leaves
+the blocked layout (models/README.md, "ECA's cost in the served graph").
 """
 
 from __future__ import annotations
