@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["minmax", "entropy", "percentile"], default="minmax", help="calibration method")
     p.add_argument("--max-drop", type=float, default=0.5, help="largest top-1 drop accepted, in points (default 0.5)")
     p.add_argument("--quantize-attention", action="store_true",
-                   help="quantize the attention gates too (default: keep them in float32)")
+                   help="quantize the attention weights' nodes too (default: Conv1d / SE convs and sigmoid stay float32; "
+                        "the gates' pool and Mul are int8 either way)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     d = p.add_argument_group("detectors", "--calibration and --eval are COCO folders (annotations.json + images/)")
     d.add_argument("--max-ap-drop", type=float, default=1.0, help="largest box or mask AP drop accepted, in points (default 1)")

@@ -29,7 +29,8 @@ class QuantizeOptions:
         method: Activation range calibration: ``minmax``, ``entropy`` or ``percentile``.
         out_version: Version to write; None = newest version of the model + 1.
         max_drop: Largest accepted top-1 drop, in percentage points.
-        attention_in_float: Keep the attention gates (pool -> gate -> sigmoid -> Mul) in float32.
+        attention_in_float: Keep the nodes that compute the attention weights (ECA's Conv1d, SE's 1x1 convs, the
+            sigmoid) in float32; the gate's pool and its scaling Mul run int8 either way.
         command: The command line, recorded in the provenance.
     """
 
