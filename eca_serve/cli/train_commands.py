@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-images", type=Path, help="folder of validation images (default: none, no COCO evaluation)")
     p.add_argument("--val-annotations", type=Path, help="COCO instances JSON of --val-images (default: none)")
     p.add_argument("--model", default="maskrcnn_eca_resnet18_fpn", help="registered detector architecture")
+    add_surgery_arguments(p)
     _common(p)
     p.set_defaults(func=cmd_train_detect)
 
@@ -99,7 +100,11 @@ def cmd_train_detect(args: argparse.Namespace) -> int:
     from eca_serve.training.detect import DetectData, train_detector
 
     data = DetectData(args.images, args.annotations, args.val_images, args.val_annotations)
-    return _train(args, lambda on_step: train_detector(args.model, _parse_args(args.arg), data, _train_config(args),
+    model_kwargs = _parse_args(args.arg)
+    surgery = surgery_request(args, args.model)
+    if surgery is not None:  # on the backbone body of torchvision:<detector>
+        model_kwargs["surgery"] = surgery
+    return _train(args, lambda on_step: train_detector(args.model, model_kwargs, data, _train_config(args),
                                                       resume=args.resume, init_weights=args.init_weights, on_step=on_step))
 
 
