@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="eca_resnet18", help="registered architecture (eca-serve models)")
     p.add_argument("--input-size", type=int, default=224, help="square training crop side in pixels")
     p.add_argument("--resize", type=int, default=None, help="eval shorter side before crop (default input/0.875)")
-    p.add_argument("--augment", choices=["standard", "light"], default="standard", help="training augmentation")
+    p.add_argument("--augment", choices=["standard", "light", "flip"], default="standard",
+                   help="training augmentation: standard (crops, flip, jitter), light (flip, jitter), flip (flip only)")
     add_surgery_arguments(p)
     _common(p)
     p.set_defaults(func=cmd_train_classify)
