@@ -50,15 +50,12 @@ class AttentionFPNBackbone(nn.Module):
             registration order; empty before surgery.
     """
 
-    out_channels: int
-    attention_layers: list[str]
-
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.body = backbone.body
         self.fpn = backbone.fpn
-        self.out_channels = backbone.out_channels
-        self.attention_layers = []
+        self.out_channels: int = backbone.out_channels
+        self.attention_layers: list[str] = []
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Pyramid features ``{"0": [B, C, H/4, W/4], ..., "pool": [B, C, H/64, W/64]}`` of a batch [B, 3, H, W]."""
