@@ -59,7 +59,8 @@ def cmd_profile_surgery(args: argparse.Namespace) -> int:
     models = {"none": create_model(args.name)}
     models.update({k: create_model(args.name, surgery=surgery_request(args, args.name, k)) for k in kinds})
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size)
-    latency = _interleaved_latency(models, x, args.iters)
+    times = _interleaved_latency(models, x, args.iters)
+    latency = {name: statistics.median(t) for name, t in times.items()}
     base_params, base_macs = _params(models["none"]), count_macs(models["none"], (args.input_size, args.input_size))
     rows = []
     for name, model in models.items():
@@ -69,7 +70,9 @@ def cmd_profile_surgery(args: argparse.Namespace) -> int:
                      "params_delta_%": round(100 * (params - base_params) / base_params, 3),
                      "GFLOPs_macs_2^30": round(macs / 2**30, 4), "flops_delta_%": round(100 * (macs - base_macs) / base_macs, 3),
                      "latency_ms": round(latency[name], 2),
-                     "latency_delta_%": round(100 * (latency[name] - latency["none"]) / latency["none"], 1)})
+                     "latency_range_ms": f"{min(times[name]):.2f}-{max(times[name]):.2f}",
+                     "latency_delta_%": round(100 * (latency[name] - latency["none"]) / latency["none"], 1),
+                     **_paired_delta(times[name], times["none"])})
     title = f"profile {args.name} surgery (input {args.input_size}, batch {args.batch_size}, {torch.get_num_threads()} threads)"
     print_json(rows) if args.json else print_table(title, list(rows[0]), [list(r.values()) for r in rows])
     return 0
@@ -79,8 +82,16 @@ def _params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _interleaved_latency(models: dict[str, Any], x: Any, iters: int) -> dict[str, float]:
-    """Median ms per forward of each model; the models take turns so that load changes hit all alike."""
+def _paired_delta(times: list[float], base: list[float]) -> dict[str, Any]:
+    """Change against the original within each round (adjacent runs, so slow load drift cancels):
+    median and the 10th-90th percentile range of the per-round ratios, in %."""
+    ratios = sorted(100 * (t / b - 1) for t, b in zip(times, base))
+    lo, hi = ratios[len(ratios) // 10], ratios[(len(ratios) * 9) // 10 - (1 if len(ratios) >= 10 else 0)]
+    return {"paired_delta_%": round(statistics.median(ratios), 1), "paired_p10_p90_%": f"{lo:+.1f} to {hi:+.1f}"}
+
+
+def _interleaved_latency(models: dict[str, Any], x: Any, iters: int) -> dict[str, list[float]]:
+    """ms of each forward of each model, per round; the models take turns so that load changes hit all alike."""
     import torch
 
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -92,7 +103,7 @@ def _interleaved_latency(models: dict[str, Any], x: Any, iters: int) -> dict[str
                 start = time.perf_counter()
                 model(x)
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def inserted_attention(model: Any) -> list[dict[str, Any]]:

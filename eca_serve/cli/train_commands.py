@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="eca_resnet18", help="registered architecture (eca-serve models)")
     p.add_argument("--input-size", type=int, default=224, help="square training crop side in pixels")
     p.add_argument("--resize", type=int, default=None, help="eval shorter side before crop (default input/0.875)")
-    p.add_argument("--augment", choices=["standard", "light"], default="standard", help="training augmentation")
+    p.add_argument("--augment", choices=["standard", "light", "flip"], default="standard",
+                   help="training augmentation: standard (crops, flip, jitter), light (flip, jitter), flip (flip only)")
     add_surgery_arguments(p)
     _common(p)
     p.set_defaults(func=cmd_train_classify)
@@ -33,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-images", type=Path, help="folder of validation images (default: none, no COCO evaluation)")
     p.add_argument("--val-annotations", type=Path, help="COCO instances JSON of --val-images (default: none)")
     p.add_argument("--model", default="maskrcnn_eca_resnet18_fpn", help="registered detector architecture")
+    add_surgery_arguments(p)
     _common(p)
     p.set_defaults(func=cmd_train_detect)
 
@@ -99,7 +101,11 @@ def cmd_train_detect(args: argparse.Namespace) -> int:
     from eca_serve.training.detect import DetectData, train_detector
 
     data = DetectData(args.images, args.annotations, args.val_images, args.val_annotations)
-    return _train(args, lambda on_step: train_detector(args.model, _parse_args(args.arg), data, _train_config(args),
+    model_kwargs = _parse_args(args.arg)
+    surgery = surgery_request(args, args.model)
+    if surgery is not None:  # on the backbone body of torchvision:<detector>
+        model_kwargs["surgery"] = surgery
+    return _train(args, lambda on_step: train_detector(args.model, model_kwargs, data, _train_config(args),
                                                       resume=args.resume, init_weights=args.init_weights, on_step=on_step))
 
 

@@ -28,8 +28,10 @@ class ClassifyData:
         input_size: Side of the square crop the model sees.
         resize: Shorter side before the center crop at evaluation (None: ``input_size / 0.875``).
         val_fraction: Held-out share when ``root`` has no ``val/`` sub-tree.
-        augment: ``standard`` (random resized crop 0.6-1, flip, colour jitter) or ``light`` (flip and colour
-            jitter on the evaluation view: for fine-tuning when crops would cut objects out of the image).
+        augment: ``standard`` (random resized crop 0.6-1, flip, colour jitter), ``light`` (flip and colour
+            jitter on the evaluation view: for fine-tuning when crops would cut objects out of the image) or
+            ``flip`` (flip only, on the evaluation view: short runs from scratch on data whose colours are
+            already random, such as Shapes).
     """
 
     root: Path
@@ -55,6 +57,8 @@ def _transforms(data: ClassifyData, pre: PreprocessConfig, train: bool) -> Calla
 
     normalize = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
     jitter = [T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
+    if train and data.augment == "flip":
+        return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), T.RandomHorizontalFlip(), *normalize])
     if train and data.augment == "light":
         return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), *jitter, *normalize])
     if train:

@@ -69,3 +69,6 @@ def _register(arch: str, head: str) -> None:
 
 for _arch, _head in TORCHVISION_HEADS.items():
     _register(_arch, _head)
+
+# the detectors' entries (``torchvision:fasterrcnn_resnet50_fpn``, ...) register on import
+from eca_serve.models.surgery import torchvision_detection as _detection  # noqa: E402,F401
