@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 import weakref
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable
 
 import grpc
 from google.protobuf import json_format
@@ -24,7 +24,6 @@ from eca_serve import errors
 from eca_serve.api.grpc.metrics import GrpcMetrics
 from eca_serve.api.grpc.protocol import SERVICE, messages, rpc_types
 from eca_serve.api.grpc.tensors import fill_model_infer_response, parse_model_infer
-from eca_serve.api.grpc.wire import split_raw_contents
 from eca_serve.api.v2_codec import InferRequest, ShapeCheck, parse_decimal, request_timeout_s
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
@@ -113,10 +112,9 @@ class InferenceService:
         entries = [e for e in repository_index(self.manager) if not request.ready or e["state"] == "READY"]
         return json_format.ParseDict({"models": entries}, messages().RepositoryIndexResponse())
 
-    async def ModelInfer(self, request: Message, context: grpc.aio.ServicerContext,
-                         raw: Sequence[memoryview] | None = None) -> Message:
+    async def ModelInfer(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
         pipeline = self._pipeline(request.model_name, request.model_version)
-        parsed = parse_model_infer(request, self._checker(pipeline), raw)
+        parsed = parse_model_infer(request, self._checker(pipeline))
         outputs = await run_inference(pipeline, with_deadline(parsed, context.time_remaining()))
         response = messages().ModelInferResponse(model_name=request.model_name, model_version=str(pipeline.config.version),
                                                  id=request.id)
@@ -144,7 +142,6 @@ class InferenceService:
         """RPC ``name`` on raw bytes: parsing, refusal, in-flight count, status codes, metrics and a log line."""
         request_type, _ = rpc_types()[name]
         implementation: Rpc = getattr(self, name)
-        infer = name == "ModelInfer"
         tracked = name not in UNTRACKED
 
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -156,11 +153,9 @@ class InferenceService:
                     _refuse_if_busy(self.state)
                     self.state.inflight += 1
                     counted = True
-                split = split_raw_contents(data) if infer else None
-                request = _parse(request_type, data if split is None else split[0])
+                request = _parse(request_type, data)
                 model = getattr(request, "model_name", "") or getattr(request, "name", "")
-                answer = await (implementation(request, context) if split is None else self.ModelInfer(request, context, split[1]))
-                return answer.SerializeToString()
+                return (await implementation(request, context)).SerializeToString()
             except asyncio.CancelledError:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if _expired(context) else grpc.StatusCode.CANCELLED
                 raise

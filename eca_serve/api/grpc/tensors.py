@@ -7,7 +7,7 @@ HTTP; every malformed request raises `InferenceRequestError` (gRPC INVALID_ARGUM
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import Message
@@ -38,21 +38,15 @@ def parameter_values(parameters: Any) -> dict[str, Any]:
     return values
 
 
-def parse_model_infer(request: Message, check: ShapeCheck, raw: Sequence[bytes | memoryview] | None = None) -> InferRequest:
+def parse_model_infer(request: Message, check: ShapeCheck) -> InferRequest:
     """The `InferRequest` of a ``ModelInferRequest``; ``check`` sees each input before its data is read.
-
-    Args:
-        request: The parsed message.
-        check: Called per input with its declared name, datatype and shape.
-        raw: The raw input contents when they were taken out of the message before parsing
-            (`wire.split_raw_contents`); None reads ``request.raw_input_contents``.
 
     Raises:
         InferenceRequestError: Unknown datatype, bad shape, raw contents that do not match the inputs
             one to one or the declared sizes, BYTES length prefixes that overrun, or typed contents of
             the wrong kind or count.
     """
-    raw = request.raw_input_contents if raw is None else raw
+    raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InferenceRequestError(f"raw_input_contents holds {len(raw)} entries for {len(request.inputs)} inputs")
     if not request.inputs:
