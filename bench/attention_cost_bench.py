@@ -32,18 +32,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def export(root: Path, name: str) -> Path:
-    """``root/name/1``: the zoo model with seed-0 weights, ONNX only; returns its folder."""
-    import torch
-
-    from eca_serve import create_model
-    from eca_serve.export import ExportOptions, export_model
-
-    torch.manual_seed(0)
-    export_model(create_model(name), root / name / "1", ExportOptions(name=name, formats=("onnx",)))
-    return root / name / "1"
+from quantize_bench import export_zoo  # noqa: E402
 
 
 def quantize(root: Path, name: str, calibration: Path) -> Path:
@@ -110,7 +101,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     table: list[list[str]] = []
     root = work / "models"
     done = lambda folder: (folder / "config.json").exists()  # noqa: E731
-    variants = {"fp32": {n: root / n / "1" if done(root / n / "1") else export(root, n) for n in names}}
+    variants = {"fp32": {n: root / n / "1" if done(root / n / "1") else export_zoo(root, n) for n in names}}
     if not args.no_int8:
         if not (work / "calib16").exists():
             write_imagefolder(work / "calib16", 16, seed=1, size=224)

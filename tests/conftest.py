@@ -70,3 +70,12 @@ def calm_state_dict(reference: dict[str, Any], seed: int = 0) -> "OrderedDict[st
             fan_in = tensor[0].numel()
             state[name] = tensor * (2.0 / fan_in) ** 0.5
     return state
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module: small models on a shared CPU run faster so than contending for several."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,7 @@ ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficien
 MIN_CHANNELS = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU run faster on one thread than contending for several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _torchvision(arch: str) -> nn.Module:

@@ -9,7 +9,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from eca_serve.models import create_model
@@ -19,13 +18,7 @@ SMALL = dict(min_size=64, max_size=64, rpn_pre_nms_top_n_test=50, rpn_post_nms_t
              rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50, box_batch_size_per_image=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU run faster on one thread than contending for several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_resnet50_detector_backbone_surgery_is_identity_at_init() -> None:
