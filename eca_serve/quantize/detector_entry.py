@@ -6,14 +6,13 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from eca_serve.errors import ConfigError
 from eca_serve.quantize.detector import (
     REPORT_FILE, CocoSet, DetectorReport, DetectorSetting, calibration_files, coco_ap, compare_detectors,
     load_scenes, quantize_detector_graph,
 )
-from eca_serve.quantize.entry import INT8_FILE, _target_folder
+from eca_serve.quantize.entry import INT8_FILE, fp32_parent, int8_config, target_folder
 from eca_serve.quantize.graph import cpu_session
-from eca_serve.repository import EntryConfig, artifact_spec, list_entries, read_config, write_config
+from eca_serve.repository import list_entries, read_config, write_config
 
 DETECTION_TASKS = frozenset({"detection", "instance_segmentation"})
 
@@ -76,8 +75,8 @@ def quantize_detector_entry(repository: Path, name: str, version: int | None,
     """
     import onnxruntime
 
-    parent_folder, parent = _detector_parent(repository, name, version)
-    folder = _target_folder(repository, name, options.out_version)
+    parent_folder, parent = fp32_parent(repository, name, version, DETECTION_TASKS)
+    folder = target_folder(repository, name, options.out_version)
     calibration = [s for s, _ in load_scenes(calibration_files(options.calibration, options.setting.calibration_images), parent)]
     data = CocoSet(options.eval)
     ids, files = data.files(options.eval_images)
@@ -98,34 +97,6 @@ def quantize_detector_entry(repository: Path, name: str, version: int | None,
     if not accepted:
         (folder / INT8_FILE).unlink(missing_ok=True)
     else:
-        write_config(folder, _int8_config(parent, folder, report, options))
+        metrics = {"images": report.eval_images, **report.int8, "quantization": report.to_json()}
+        write_config(folder, int8_config(parent, folder, metrics, options.command, report.onnxruntime))
     return DetectorQuantizeResult(folder, report)
-
-
-def _detector_parent(repository: Path, name: str, version: int | None) -> tuple[Path, EntryConfig]:
-    versions = {v: f for n, v, f in list_entries(repository) if n == name}
-    if version is None:
-        fp32 = [v for v in sorted(versions) if read_config(versions[v], verify=False).precision == "fp32"]
-        version = fp32[-1] if fp32 else max(versions)
-    if version not in versions:
-        raise ConfigError(f"no version {version} of {name} in {repository} (have {sorted(versions)})")
-    config = read_config(versions[version])
-    if config.precision != "fp32":
-        raise ConfigError(f"{name}:{version} is {config.precision} already; quantize its FP32 parent")
-    if config.task not in DETECTION_TASKS or "onnx" not in config.artifacts:
-        raise ConfigError(f"{name}:{version} is not an ONNX detector")
-    return versions[version], config
-
-
-def _int8_config(parent: EntryConfig, folder: Path, report: DetectorReport, options: DetectorQuantizeOptions) -> EntryConfig:
-    from eca_serve import __version__
-
-    data = parent.model_dump(mode="json")
-    data.update(
-        version=int(folder.name), precision="int8", quantization=None, parity=None, serving=None, drift=None,
-        artifacts={"onnx": artifact_spec(folder / INT8_FILE, "onnx").model_dump(mode="json")},
-        metrics={"images": report.eval_images, **report.int8, "quantization": report.to_json()},
-        provenance={"command": options.command or "quantize", "parent": f"{parent.name}:{parent.version}",
-                    "onnxruntime": report.onnxruntime, "eca_serve": __version__},
-    )
-    return EntryConfig.model_validate(data)

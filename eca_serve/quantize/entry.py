@@ -16,6 +16,7 @@ from eca_serve.repository import (
 
 INT8_FILE = "model.onnx"
 REPORT_FILE = "quantization.json"
+CLASSIFICATION = frozenset({"classification"})
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ def quantize_entry(repository: Path, name: str, version: int | None, options: Qu
     Raises:
         ConfigError: unknown entry, not an FP32 ONNX classifier, target version taken, bad images.
     """
-    parent_folder, parent = _parent(repository, name, version)
-    folder = _target_folder(repository, name, options.out_version)
+    parent_folder, parent = fp32_parent(repository, name, version)
+    folder = target_folder(repository, name, options.out_version)
     calibration_files = image_files(options.calibration)
     calibration = load_inputs(calibration_files, parent)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,13 @@ def quantize_entry(repository: Path, name: str, version: int | None, options: Qu
     return QuantizeResult(folder, report)
 
 
-def _parent(repository: Path, name: str, version: int | None) -> tuple[Path, EntryConfig]:
+def fp32_parent(repository: Path, name: str, version: int | None,
+                tasks: frozenset[str] = CLASSIFICATION) -> tuple[Path, EntryConfig]:
+    """(folder, config) of the FP32 ONNX entry ``name:version`` (None = newest FP32 version) of one of ``tasks``.
+
+    Raises:
+        ConfigError: unknown model or version, no FP32 version, an INT8 entry, another task, no ONNX artifact.
+    """
     versions = {v: f for n, v, f in list_entries(repository) if n == name}
     if not versions:
         raise ConfigError(f"no model {name!r} in {repository}")
@@ -105,14 +112,15 @@ def _parent(repository: Path, name: str, version: int | None) -> tuple[Path, Ent
     config = read_config(versions[version])
     if config.precision != "fp32":
         raise ConfigError(f"{name}:{version} is {config.precision} already; quantize its FP32 parent")
-    if config.task != "classification":
-        raise ConfigError(f"{name}:{version} is {with_article(config.task)} model; only classifiers are quantized")
+    if config.task not in tasks:
+        raise ConfigError(f"{name}:{version} is {with_article(config.task)} model; "
+                          f"this quantizes {' and '.join(sorted(tasks))} models")
     if "onnx" not in config.artifacts:
         raise ConfigError(f"{name}:{version} has no ONNX artifact to quantize")
     return versions[version], config
 
 
-def _target_folder(repository: Path, name: str, out_version: int | None) -> Path:
+def target_folder(repository: Path, name: str, out_version: int | None) -> Path:
     taken = [v for n, v, _ in list_entries(repository) if n == name]
     version = out_version if out_version is not None else max(taken) + 1
     if version < 1:
@@ -141,20 +149,27 @@ def _report(parent: EntryConfig, options: QuantizeOptions, measured: Comparison,
 
 
 def _int8_config(parent: EntryConfig, folder: Path, report: QuantizationSpec, options: QuantizeOptions) -> EntryConfig:
-    from eca_serve import __version__
-
     metrics = {"images": report.eval_images, "quantization": report.model_dump(mode="json")}
     if report.top1_int8 is not None:
         metrics = {"top1": report.top1_int8, **metrics}
+    return int8_config(parent, folder, metrics, options.command, report.onnxruntime,
+                       quantization=report.model_dump(mode="json"))
+
+
+def int8_config(parent: EntryConfig, folder: Path, metrics: dict, command: str | None, onnxruntime: str,
+                quantization: dict | None = None) -> EntryConfig:
+    """config.json of the INT8 version in ``folder`` of ``parent``: its ONNX graph only, ``metrics``, provenance."""
+    from eca_serve import __version__
+
     data = parent.model_dump(mode="json")
     data.update(
-        version=int(folder.name), precision="int8", quantization=report.model_dump(mode="json"),
+        version=int(folder.name), precision="int8", quantization=quantization,
         artifacts={"onnx": artifact_spec(folder / INT8_FILE, "onnx").model_dump(mode="json")},
         parity=None, metrics=metrics,
         # INT8 gains more from batching than FP32 and its attention differs slightly: its serving block
         # (eca-serve profile --recommend) and drift reference (eca-serve calibrate-drift) are its own.
         serving=None, drift=None,
-        provenance={"command": options.command or "quantize", "parent": f"{parent.name}:{parent.version}",
-                    "onnxruntime": report.onnxruntime, "eca_serve": __version__},
+        provenance={"command": command or "quantize", "parent": f"{parent.name}:{parent.version}",
+                    "onnxruntime": onnxruntime, "eca_serve": __version__},
     )
     return EntryConfig.model_validate(data)
