@@ -19,7 +19,7 @@ from typing import Any, Iterator, Literal, Sequence
 import numpy as np
 
 from eca_serve.errors import ConfigError
-from eca_serve.quantize.graph import METHODS, Method, attention_nodes, cpu_session
+from eca_serve.quantize.graph import METHODS, Method, attention_nodes
 from eca_serve.quantize.images import image_files
 from eca_serve.repository import EntryConfig
 
@@ -27,7 +27,6 @@ Scope = Literal["backbone_fpn", "backbone", "fpn_adds_float", "ends_float", "wit
 SCOPES: tuple[str, ...] = ("backbone_fpn", "backbone", "fpn_adds_float", "ends_float", "with_rpn_head")
 _QUANTIZABLE = frozenset({"Conv", "Add", "Relu", "MaxPool"})
 _FEATURE_CONSUMERS = frozenset({"RoiAlign"})
-REPORT_FILE = "quantization.json"
 
 
 @dataclass(frozen=True)
@@ -310,7 +309,3 @@ def compare_detectors(fp32: dict[str, float], int8: dict[str, float], max_drop_p
     """AP drops in points (100 x the 0-1 AP) of every ``*_AP`` and whether all are within the bound."""
     drops = {k: round(100 * (fp32[k] - int8[k]), 2) for k in fp32 if k.endswith("_AP")}
     return drops, all(d <= max_drop_points for d in drops.values())
-
-
-def fp32_session(folder: Path, config: EntryConfig) -> Any:
-    return cpu_session(folder / config.artifacts["onnx"].file)

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eca_serve.quantize.detector import (
-    REPORT_FILE, CocoSet, DetectorReport, DetectorSetting, calibration_files, coco_ap, compare_detectors,
+    CocoSet, DetectorReport, DetectorSetting, calibration_files, coco_ap, compare_detectors,
     load_scenes, quantize_detector_graph,
 )
-from eca_serve.quantize.entry import INT8_FILE, fp32_parent, int8_config, target_folder
+from eca_serve.quantize.entry import INT8_FILE, REPORT_FILE, fp32_parent, int8_config, target_folder
 from eca_serve.quantize.graph import cpu_session
 from eca_serve.repository import list_entries, read_config, write_config
 

@@ -130,7 +130,7 @@ def build_detector(
         "stem_width": int(stem_width), "out_channels": int(out_channels), "trainable_layers": trainable_layers,
         "frozen_bn": bool(frozen_bn), **post, **heads,
     }
-    model.config = _detector_config(name, architecture, family.task, num_classes, categories, extra)
+    model.config = detector_config(name, architecture, family.task, num_classes, categories, extra)
     if backbone_weights is not None:
         load_backbone_from_classifier(model, backbone_weights)
     return model.eval()
@@ -188,9 +188,10 @@ def _roi_heads(architecture: str, channels: int, num_classes: int, heads: Mappin
     return modules
 
 
-def _detector_config(
+def detector_config(
     name: str, architecture: str, task: str, num_classes: int, categories: Sequence[str] | None, extra: dict
 ) -> ModelConfig:
+    """The `ModelConfig` of a detector: category names (COCO's for 91 classes), preprocessing, ``extra`` options."""
     if categories is None:
         names = coco_categories() if num_classes == 91 else detection_categories(num_classes)
     else:

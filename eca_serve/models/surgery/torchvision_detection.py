@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.models._registry import register_model
-from eca_serve.models.detection.builders import _detector_config
+from eca_serve.models.detection.builders import detector_config
 from eca_serve.models.detection.models import EcaFasterRCNN, EcaMaskRCNN
 from eca_serve.models.surgery.graph import apply_surgery, gate_paths
 from eca_serve.models.surgery.spec import resolve_spec
@@ -150,7 +150,7 @@ def build_torchvision_detector(
              **post, **counts}
     if spec is not None:
         extra["surgery"] = spec.to_dict()
-    config = _detector_config(PREFIX + arch, arch, task, num_classes, categories, extra)
+    config = detector_config(PREFIX + arch, arch, task, num_classes, categories, extra)
     model.config = config.replace(attention=spec.kind if spec else None)
     return model.eval()
 
