@@ -171,7 +171,7 @@ def cmd_profile_entry(args: argparse.Namespace) -> int:
     folder = find_entry(args.model_repository, args.name)
     config = read_config(folder)
     cells = measure_entry(folder, config, args.device, _ints(args.batch_sizes), _ints(args.instance_counts), args.seconds,
-                          getattr(args, "rounds", 1))
+                          args.rounds)
     block = recommend(cells, args.device)
     written = str(write_serving(folder, block)) if args.write else None
     entry = f"{config.name}/{config.version}"

@@ -85,8 +85,9 @@ def _params(model: Any) -> int:
 def _paired_delta(times: list[float], base: list[float]) -> dict[str, Any]:
     """Change against the original within each round (adjacent runs, so slow load drift cancels):
     median and the 10th-90th percentile range of the per-round ratios, in %."""
-    ratios = sorted(100 * (t / b - 1) for t, b in zip(times, base))
-    lo, hi = ratios[len(ratios) // 10], ratios[(len(ratios) * 9) // 10 - (1 if len(ratios) >= 10 else 0)]
+    ratios = [100 * (t / b - 1) for t, b in zip(times, base)]
+    deciles = statistics.quantiles(ratios, n=10) if len(ratios) > 1 else ratios * 9
+    lo, hi = deciles[0], deciles[-1]
     return {"paired_delta_%": round(statistics.median(ratios), 1), "paired_p10_p90_%": f"{lo:+.1f} to {hi:+.1f}"}
 
 

@@ -56,14 +56,14 @@ def _transforms(data: ClassifyData, pre: PreprocessConfig, train: bool) -> Calla
     from torchvision import transforms as T
 
     normalize = [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
-    jitter = [T.RandomHorizontalFlip(), T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
-    if train and data.augment == "flip":
-        return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), T.RandomHorizontalFlip(), *normalize])
-    if train and data.augment == "light":
-        return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), *jitter, *normalize])
-    if train:
+    eval_view = [T.Resize(data.eval_resize), T.CenterCrop(data.input_size)]
+    flip = [T.RandomHorizontalFlip()]
+    jitter = [*flip, T.ColorJitter(0.3, 0.3, 0.3, 0.05)]
+    if not train:
+        return T.Compose([*eval_view, *normalize])
+    if data.augment == "standard":
         return T.Compose([T.RandomResizedCrop(data.input_size, scale=(0.6, 1.0)), *jitter, *normalize])
-    return T.Compose([T.Resize(data.eval_resize), T.CenterCrop(data.input_size), *normalize])
+    return T.Compose([*eval_view, *(jitter if data.augment == "light" else flip), *normalize])
 
 
 def load_splits(data: ClassifyData, pre: PreprocessConfig, seed: int) -> tuple[Dataset, Dataset, list[str]]:
