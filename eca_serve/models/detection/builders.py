@@ -116,7 +116,7 @@ def build_detector(
     """
     family = _FAMILIES[architecture]
     heads = _head_options(name, family, head_options)
-    _check_options(num_classes, min_size, max_size, score_thresh, nms_thresh)
+    check_detector_options(num_classes, min_size, max_size, score_thresh, nms_thresh)
     kernels = default_kernel_sizes(architecture, depth) if k_size is _DEFAULT_K else k_size
     backbone = eca_resnet_fpn_backbone(
         depth, k_size=kernels, for_retinanet=architecture == "retinanet", widths=widths, stem_width=stem_width,
@@ -145,7 +145,7 @@ def _assemble(
     if architecture == "retinanet":
         return EcaRetinaNet(backbone, num_classes, score_thresh=post["score_thresh"], nms_thresh=post["nms_thresh"],
                             detections_per_img=post["detections_per_img"], **transform)
-    roi_heads = _roi_heads(architecture, backbone.out_channels, num_classes, heads)
+    roi_heads = build_roi_heads(architecture, backbone.out_channels, num_classes, heads)
     sampling = {k: heads[k] for k in _RCNN_SAMPLING}
     return _FAMILIES[architecture].model_cls(
         backbone, None, box_score_thresh=post["score_thresh"], box_nms_thresh=post["nms_thresh"],
@@ -165,7 +165,8 @@ def _head_options(name: str, family: _Family, given: Mapping[str, int]) -> dict[
     return options
 
 
-def _check_options(num_classes: int, min_size: int, max_size: int, score_thresh: float, nms_thresh: float) -> None:
+def check_detector_options(num_classes: int, min_size: int, max_size: int, score_thresh: float, nms_thresh: float) -> None:
+    """Raise `ConfigError` for a class count, resize bounds or thresholds a detector cannot use."""
     if num_classes < 2:
         raise ConfigError(f"a detector needs num_classes >= 2 (background included), got {num_classes}")
     if not 0 < min_size <= max_size:
@@ -174,7 +175,7 @@ def _check_options(num_classes: int, min_size: int, max_size: int, score_thresh:
         raise ConfigError(f"score_thresh and nms_thresh must be in [0, 1], got {score_thresh}, {nms_thresh}")
 
 
-def _roi_heads(architecture: str, channels: int, num_classes: int, heads: Mapping[str, int]) -> dict[str, nn.Module]:
+def build_roi_heads(architecture: str, channels: int, num_classes: int, heads: Mapping[str, int]) -> dict[str, nn.Module]:
     """Box (and mask) heads of torchvision's classes, sized by ``heads``."""
     box_dim = heads["box_head_dim"]
     modules: dict[str, nn.Module] = {

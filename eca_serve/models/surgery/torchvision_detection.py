@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.models._registry import register_model
-from eca_serve.models.detection.builders import detector_config
+from eca_serve.models.detection.builders import build_roi_heads, check_detector_options, detector_config
 from eca_serve.models.detection.models import EcaFasterRCNN, EcaMaskRCNN
 from eca_serve.models.surgery.graph import apply_surgery, gate_paths
 from eca_serve.models.surgery.spec import resolve_spec
@@ -34,7 +34,7 @@ ROOT = "backbone.body"
 _FAMILIES: dict[str, tuple[str, type]] = {"fasterrcnn": ("detection", EcaFasterRCNN),
                                            "maskrcnn": ("instance_segmentation", EcaMaskRCNN)}
 DEPTHS = (18, 50)
-_ROI_RESOLUTION = 7  # MultiScaleRoIAlign output size of torchvision's box branch
+_TORCHVISION_MASK_HEAD = {"mask_head_dim": 256, "mask_head_layers": 4}  # torchvision's default mask head and predictor
 _HEAD = "roi_heads.box_predictor.cls_score"
 # torchvision's R-CNN sampling/proposal counts (its defaults); CPU training and tests use fewer.
 _SAMPLING = {"box_batch_size_per_image": 512, "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
@@ -69,30 +69,6 @@ class AttentionFPNBackbone(nn.Module):
         for name in self.attention_layers:
             ordered.append(weights[name])
         return self.fpn(features), ordered
-
-
-def _check(num_classes: int, min_size: int, max_size: int, trainable_layers: int) -> None:
-    if num_classes < 2:
-        raise ConfigError(f"a detector needs num_classes >= 2 (background included), got {num_classes}")
-    if not 0 < min_size <= max_size:
-        raise ConfigError(f"need 0 < min_size <= max_size, got min_size={min_size}, max_size={max_size}")
-    if not 0 <= trainable_layers <= 5:
-        raise ConfigError(f"trainable_layers must be in 0..5, got {trainable_layers}")
-
-
-def _heads(family: str, channels: int, num_classes: int, box_head_dim: int) -> dict[str, nn.Module]:
-    """torchvision's two-layer box head and predictor with ``box_head_dim`` features (its default is 1024),
-    and for Mask R-CNN its default mask predictor (the class then builds its default mask head)."""
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
-
-    if box_head_dim < 1:
-        raise ConfigError(f"box_head_dim must be positive, got {box_head_dim}")
-    heads = {"box_head": TwoMLPHead(channels * _ROI_RESOLUTION**2, box_head_dim),
-             "box_predictor": FastRCNNPredictor(box_head_dim, num_classes)}
-    if family == "maskrcnn":
-        heads["mask_predictor"] = MaskRCNNPredictor(256, 256, num_classes)  # torchvision's own sizes
-    return heads
 
 
 def build_torchvision_detector(
@@ -130,7 +106,11 @@ def build_torchvision_detector(
     unknown = sorted(set(sampling) - set(_SAMPLING))
     if unknown:
         raise ConfigError(f"{PREFIX}{arch} does not take {unknown}; its sampling options are {sorted(_SAMPLING)}")
-    _check(num_classes, min_size, max_size, trainable_layers)
+    check_detector_options(num_classes, min_size, max_size, score_thresh, nms_thresh)
+    if not 0 <= trainable_layers <= 5:
+        raise ConfigError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+    if box_head_dim < 1:
+        raise ConfigError(f"box_head_dim must be positive, got {box_head_dim}")
     task, model_cls = _FAMILIES[family]
     body = (resnet50 if depth == 50 else resnet18)(weights=None, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
     backbone = AttentionFPNBackbone(_resnet_fpn_extractor(body, trainable_layers))
@@ -139,7 +119,8 @@ def build_torchvision_detector(
             "detections_per_img": int(detections_per_img)}
     model = model_cls(backbone, None, min_size=min_size, max_size=max_size, box_score_thresh=score_thresh,
                       box_nms_thresh=nms_thresh, box_detections_per_img=int(detections_per_img), **counts,
-                      **_heads(family, backbone.out_channels, num_classes, int(box_head_dim)))
+                      **build_roi_heads(family, backbone.out_channels, num_classes,
+                                        {**_TORCHVISION_MASK_HEAD, "box_head_dim": int(box_head_dim)}))
     spec = resolve_spec(model, {**surgery, "root": ROOT}) if surgery else None
     if spec is not None:
         apply_surgery(model, spec)
