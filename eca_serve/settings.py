@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+import re
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,7 +27,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol over gRPC (0 = off; 8001 as Triton)")
-    device: str = "cpu"
+    device: str = Field("cpu", description="cpu | cuda | cuda:N (any case; stored lower-case)")
     backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
     fp16: bool = False
     threads: int = Field(0, ge=0, description="intra-op threads per model (0 = library default)")
@@ -54,6 +56,26 @@ class Settings(BaseSettings):
     admin_enabled: bool = False
     admin_token: str | None = None
 
+    @field_validator("device")
+    @classmethod
+    def _canonical_device(cls, value: str) -> str:
+        return canonical_device(value)
+
+
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def canonical_device(value: str) -> str:
+    """``value`` as ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; anything else is refused with the accepted forms.
+
+    Every later check compares against these lower-case forms, so ``"CPU"`` or ``" cuda "`` must not
+    reach them as given (``"CPU"`` was refused for INT8 entries "served on CPU only").
+    """
+    device = value.strip().lower()
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {value!r}")
+    return device
+
 
 def inflight_limit(settings: Settings) -> int:
     """``max_inflight_requests``, or the device's default when unset.
@@ -65,4 +87,4 @@ def inflight_limit(settings: Settings) -> int:
     """
     if settings.max_inflight_requests is not None:
         return settings.max_inflight_requests
-    return 1024 if settings.device.strip().lower().startswith("cuda") else 128
+    return 1024 if settings.device.startswith("cuda") else 128

@@ -12,7 +12,8 @@ from eca_serve import errors
 from eca_serve.api.grpc.protocol import messages
 from eca_serve.api.grpc.server import grpc_address
 from eca_serve.api.grpc.service import InflightLimitError, status_of, with_deadline
-from eca_serve.api.grpc.tensors import parameter_values, parse_model_infer, tensor_bytes
+from eca_serve.api.grpc.tensors import parameter_values, parse_model_infer
+from eca_serve.api.v2_codec import tensor_bytes
 from eca_serve.api.v2_codec import InferRequest, Tensor
 from eca_serve.cli import build_parser
 from eca_serve.cli.serve_commands import _settings

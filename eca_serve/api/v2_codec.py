@@ -265,7 +265,7 @@ def encode_infer_response(head: dict[str, Any], outputs: list[tuple[Tensor, bool
     for tensor, binary in outputs:
         spec: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         if binary:
-            blob = _tensor_bytes(tensor)
+            blob = tensor_bytes(tensor)
             spec["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -275,7 +275,8 @@ def encode_infer_response(head: dict[str, Any], outputs: list[tuple[Tensor, bool
     return (header + b"".join(blobs), len(header)) if blobs else (header, None)
 
 
-def _tensor_bytes(tensor: Tensor) -> bytes:
+def tensor_bytes(tensor: Tensor) -> bytes:
+    """Row-major little-endian bytes; BYTES elements each with a 4-byte little-endian length."""
     if tensor.datatype == BYTES:
         return serialize_bytes(list(tensor.data))
     return np.ascontiguousarray(tensor.data, dtype=DTYPES[tensor.datatype]).tobytes()

@@ -107,11 +107,6 @@ class DynamicMultiHeadConv(nn.Module):
         self.register_load_state_dict_pre_hook(_from_authors_keys)
 
     @torch.jit.ignore
-    def final_inactive_channels(self) -> int:
-        """Channels each head drops once training is over: round(C_in * (1 - gate_factor))."""
-        return int(round(self.in_channels * (1.0 - self.gate_factor)))
-
-    @torch.jit.ignore
     def set_inactive_channels(self, count: int) -> None:
         """Set how many input channels each head drops (the schedule's value; 0 disables gating)."""
         self._inactive_channels.fill_(float(min(max(count, 0), self.in_channels - 1)))

@@ -46,10 +46,6 @@ class LayerReference:
         z = (np.asarray(weights, np.float32).reshape(len(weights), -1) - self.mean) / self.scale
         return np.sqrt(np.mean(z * z, axis=1))
 
-    def bins_of(self, weights: np.ndarray) -> np.ndarray:
-        """Bin index [N] (0 .. bins - 1) of each image's distance."""
-        return np.searchsorted(self.edges, self.distances(weights), side="right")
-
 
 @dataclass(frozen=True)
 class DriftReference:

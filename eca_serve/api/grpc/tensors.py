@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf.message import Message
 
 from eca_serve.api.v2_codec import (BYTES, DTYPES, InferRequest, ShapeCheck, Tensor, from_binary, parse_outputs, parse_shape,
-                                    serialize_bytes)
+                                    tensor_bytes)
 from eca_serve.errors import InferenceRequestError
 
 # The typed ``InferTensorContents`` field of each datatype (FP16 and BF16 travel only as raw bytes).
@@ -96,10 +96,3 @@ def fill_model_infer_response(response: Message, outputs: list[tuple[Tensor, boo
     for tensor, _ in outputs:
         response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=list(tensor.shape))
         response.raw_output_contents.append(tensor_bytes(tensor))
-
-
-def tensor_bytes(tensor: Tensor) -> bytes:
-    """Row-major little-endian bytes; BYTES elements each with a 4-byte little-endian length."""
-    if tensor.datatype == BYTES:
-        return serialize_bytes(list(tensor.data))
-    return np.ascontiguousarray(tensor.data, dtype=DTYPES[tensor.datatype]).tobytes()
