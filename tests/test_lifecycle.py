@@ -43,6 +43,16 @@ async def wait_inflight(client: httpx.AsyncClient, base: str, count: int, timeou
     raise TimeoutError(f"fewer than {count} requests reached the server")
 
 
+async def wait_ready_status(client: httpx.AsyncClient, base: str, status: int, timeout_s: float = 20) -> int:
+    """Poll ``/v2/health/ready`` until it answers ``status`` (or the timeout): the last status seen."""
+    deadline = time.monotonic() + timeout_s
+    seen = (await client.get(f"{base}/v2/health/ready")).status_code
+    while seen != status and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+        seen = (await client.get(f"{base}/v2/health/ready")).status_code
+    return seen
+
+
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
@@ -63,8 +73,7 @@ def test_sigterm_drains_accepted_requests_refuses_new_ones_and_exits_0(repositor
             accepted = [asyncio.create_task(client.post(url, content=big, headers={"content-type": "image/jpeg"})) for _ in range(12)]
             await wait_inflight(client, base, 12)  # all 12 accepted: some decoding, some queued
             process.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            ready = (await client.get(f"{base}/v2/health/ready")).status_code
+            ready = await wait_ready_status(client, base, 503)
             late = [(await client.post(url, content=big, headers={"content-type": "image/jpeg"})).status_code for _ in range(3)]
             done = await asyncio.gather(*accepted)
             return [r.status_code for r in done], late, ready == 503

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -135,22 +132,3 @@ def test_stack_batch():
         stack_batch([np.zeros((3, 4, 5), np.float32), np.zeros((3, 4, 6), np.float32)])
     with pytest.raises(ConfigError):
         stack_batch([])
-
-
-# --- timings (printed, not asserted) ------------------------------------------------------------
-
-def test_print_decode_and_preprocess_timings(capsys):
-    spec, lines = classifier_spec(), []
-    for size in ((640, 480), (1920, 1080)):
-        data = encode(photo_like(*size, seed=11), "JPEG", quality=85)
-        for label, target in (("full decode", None), ("draft", decode_target(spec))):
-            runs = []
-            for _ in range(12):
-                start = time.perf_counter()
-                preprocess_classification(decode(data, target=target), spec)
-                runs.append(1000 * (time.perf_counter() - start))
-            lines.append(f"{size[0]}x{size[1]} JPEG ({len(data) // 1024} KiB) {label:<12}: "
-                         f"median {statistics.median(runs):5.1f} ms, min {min(runs):5.1f} ms")
-    assert len(lines) == 4
-    with capsys.disabled():
-        print("\ndecode + classifier preprocess:\n  " + "\n  ".join(lines))

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.contract import Classification, ClassifyParams, DetectionResult, DetectParams, ImageInput
 from eca_serve.pipelines.detection import DetectionPipeline
 from eca_serve.pipelines.tasks import pipeline_class, register_task, registered_tasks
+from eca_serve.repository import EntryConfig
 from eca_serve.settings import Settings
 from tests.serving_utils import running_server
 
@@ -40,7 +42,8 @@ def run_in_server(app, coroutine):
 
 
 def test_every_task_of_the_config_schema_has_a_pipeline() -> None:
-    assert registered_tasks() == ["classification", "detection", "instance_segmentation"]
+    schema_tasks = typing.get_args(EntryConfig.model_fields["task"].annotation)
+    assert registered_tasks() == sorted(schema_tasks)
     assert pipeline_class("classification") is ClassificationPipeline
     assert pipeline_class("instance_segmentation") is DetectionPipeline
     with pytest.raises(ConfigError, match="no pipeline serves task 'segmentation'"):

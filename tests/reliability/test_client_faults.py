@@ -6,7 +6,6 @@ After each fault the server must hold no request in flight and answer a good req
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Iterator
 
 import httpx
@@ -129,10 +128,8 @@ def many_parts(count: int, files: bool) -> Prepared:
                          ids=["2000 files", "17 files", "1000 fields", "40 fields"])
 def test_huge_multipart_counts_are_refused(faulty_clients_server: Served, count: int, files: bool, status: int) -> None:
     prepared = many_parts(count, files)
-    start = time.perf_counter()
     response = httpx.post(faulty_clients_server.url(prepared.path), content=prepared.content, headers=prepared.headers, timeout=30)
     assert response.status_code == status and not error_problems(response), f"{response.status_code} {response.text[:200]}"
-    assert time.perf_counter() - start < 5
     recovered(faulty_clients_server)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 
@@ -13,37 +11,32 @@ from tests.reliability.served import CLASSIFIER, DETECTOR, Served, assert_still_
 
 CASES = {case.name: case for case in hostile_corpus()}
 MAIN = [name for name, case in CASES.items() if case.main]
-REJECT_WITHIN_S = 5.0  # a refusal never decodes pixels: far below this even on a loaded 2-core machine
 http = httpx.Client(timeout=60)
 
 
-def send(served: Served, prepared: Prepared) -> tuple[httpx.Response, float]:
-    start = time.perf_counter()
-    response = http.post(served.url(prepared.path), content=prepared.content, headers=prepared.headers)
-    return response, time.perf_counter() - start
+def send(served: Served, prepared: Prepared) -> httpx.Response:
+    return http.post(served.url(prepared.path), content=prepared.content, headers=prepared.headers)
 
 
-def check_answer(response: httpx.Response, expected: int, what: str, elapsed_s: float) -> None:
-    """Exact status, JSON content type, a clean error body for 4xx, no stack trace, fast refusals."""
+def check_answer(response: httpx.Response, expected: int, what: str) -> None:
+    """Exact status, JSON content type, a clean error body for 4xx, no stack trace."""
     assert response.status_code == expected, f"{what}: {response.status_code} {response.text[:300]}"
     assert response.headers["content-type"].startswith("application/json"), f"{what}: {response.headers['content-type']}"
     assert not error_problems(response), f"{what}: {error_problems(response)}"
-    if expected >= 400:
-        assert elapsed_s < REJECT_WITHIN_S, f"{what}: refused only after {elapsed_s:.1f} s"
 
 
 def upload(served: Served, case: Upload, transport: Transport, path: str) -> httpx.Response:
     """``case`` as a raw body or a multipart part to ``path``, checked against its expected status."""
     prepared = raw_image(path, case.body, case.content_type) if transport == "raw" else \
         multipart_images(path, [(case.filename, case.body, case.content_type)])
-    response, elapsed = send(served, prepared)
-    check_answer(response, case.expected(transport), f"{case.name} ({transport} to {path})", elapsed)
+    response = send(served, prepared)
+    check_answer(response, case.expected(transport), f"{case.name} ({transport} to {path})")
     return response
 
 
 def every_class(served: Served, data: bytes, content_type: str = "application/octet-stream") -> list[list[tuple[int, float]]]:
     """All 8 classes and scores for ``data``."""
-    response, _ = send(served, raw_image(f"/v1/models/{CLASSIFIER}/classify?top_k=8", data, content_type))
+    response = send(served, raw_image(f"/v1/models/{CLASSIFIER}/classify?top_k=8", data, content_type))
     assert response.status_code == 200, response.text
     return top_classes(response.json())
 
@@ -70,8 +63,8 @@ def test_detect_attention_and_v2_infer(server: Served, name: str) -> None:
     expected = case.expected("v2")
     if expected is not None:
         for model in (CLASSIFIER, DETECTOR):
-            response, elapsed = send(server, v2_image_request(f"/v2/models/{model}/infer", [case.body]))
-            check_answer(response, expected, f"{case.name} (v2 {model})", elapsed)
+            response = send(server, v2_image_request(f"/v2/models/{model}/infer", [case.body]))
+            check_answer(response, expected, f"{case.name} (v2 {model})")
     assert_still_serving(server)
 
 
