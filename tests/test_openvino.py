@@ -137,3 +137,27 @@ def test_serving_block_names_the_engine_and_validates_it() -> None:
         ServingSpec(engine="tensorrt")
     with pytest.raises(ValidationError, match="precision"):
         ServingSpec(precision="fp8")
+
+
+def test_recommend_switches_engine_only_beyond_the_noise() -> None:
+    from eca_serve.cli.profile_entry import Cell, recommend
+
+    def measured(ov_rate: float) -> list[Cell]:
+        return [Cell(1, 1, 100.0, 10.0), Cell(1, 1, ov_rate, 9.0, engine="openvino")]
+
+    assert recommend(measured(104.0), "cpu").engine == "onnxruntime"  # within 5%: keep the baseline
+    block = recommend(measured(140.0), "cpu")
+    assert (block.engine, block.precision, block.max_batch_size) == ("openvino", "fp32", 1)
+
+
+def test_profile_recommend_write_measures_both_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eca_serve.cli import main
+
+    shutil.copytree(CLASSIFIER, tmp_path / "shapes_classifier" / "1")
+    args = ["profile", "shapes_classifier:1", "--recommend", "--write", "--model-repository", str(tmp_path),
+            "--seconds", "0.05", "--batch-sizes", "1", "--instance-counts", "1", "--json"]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {(c["engine"], c["precision"]) for c in report["cells"]} >= {("onnxruntime", "fp32"), ("openvino", "fp32")}
+    serving = read_config(tmp_path / "shapes_classifier" / "1").serving
+    assert serving.engine in ("onnxruntime", "openvino") and serving.precision == "fp32"
