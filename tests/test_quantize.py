@@ -136,7 +136,7 @@ def test_quantize_refuses_int8_parents_taken_versions_and_unlabelled_folders(rep
     assert main(["quantize", "absent", *args]) == 2
 
 
-def test_int8_entries_are_served_on_cpu_by_onnxruntime_only(repository: Path) -> None:
+def test_int8_entries_are_served_on_cpu_by_onnxruntime_or_openvino_only(repository: Path) -> None:
     int8, fp32 = read_config(repository / NAME / "2"), read_config(repository / NAME / "1")
     check_servable(int8, "cpu")
     check_servable(fp32, "cuda:0")
