@@ -33,8 +33,9 @@ def both(folder: Path, **options) -> tuple[object, object, object]:
 
 
 def shapes_batch(config: EntryConfig) -> np.ndarray:
-    from eca_serve.pipelines.preprocess import preprocess_classification
     from PIL import Image
+
+    from eca_serve.pipelines.preprocess import preprocess_classification
 
     files = sorted(EXAMPLES.glob("*.png"))
     return np.stack([preprocess_classification(Image.open(f).convert("RGB"), config.input) for f in files if f.name != "scene.png"])
@@ -57,8 +58,9 @@ def test_classifier_outputs_match_onnxruntime(folder: Path) -> None:
 
 
 def test_detector_finds_the_same_objects_on_the_example_scene() -> None:
-    from eca_serve.pipelines.preprocess import preprocess_detection
     from PIL import Image
+
+    from eca_serve.pipelines.preprocess import preprocess_detection
 
     config, ort, ov = both(DETECTOR)
     image = preprocess_detection(Image.open(EXAMPLES / "scene.png").convert("RGB"), config.input)
