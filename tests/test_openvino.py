@@ -163,3 +163,16 @@ def test_profile_recommend_write_measures_both_engines(tmp_path: Path, capsys: p
     assert {(c["engine"], c["precision"]) for c in report["cells"]} >= {("onnxruntime", "fp32"), ("openvino", "fp32")}
     serving = read_config(tmp_path / "shapes_classifier" / "1").serving
     assert serving.engine in ("onnxruntime", "openvino") and serving.precision == "fp32"
+
+
+def test_a_bf16_choice_writes_its_accuracy_report(tmp_path: Path) -> None:
+    from eca_serve.cli.profile_engines import BF16_REPORT, write_reports
+
+    folder = tmp_path / "shapes_classifier" / "1"
+    shutil.copytree(CLASSIFIER, folder)
+    config = read_config(folder)
+    assert write_reports(folder, config, ServingSpec(precision="fp32")) is None
+    report = json.loads(write_reports(folder, config, ServingSpec(engine="openvino", precision="bf16")).read_text())
+    assert report["images"] == 400 and report["cpu_has_bf16"] == has_bf16(cpu_flags())
+    assert report["top1_fp32"] >= 95.0 and report["agreement"] >= 99.0 and report["max_abs_attention_diff"] < 0.05
+    assert (folder / BF16_REPORT).exists()

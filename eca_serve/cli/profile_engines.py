@@ -59,9 +59,10 @@ def bf16_report(folder: Path, config: Any, images: int = HELD_OUT_IMAGES) -> dic
 
     Returns:
         top1_fp32 / top1_bf16 (percent), agreement (percent of same top-1), max_abs_prob_diff,
-        max_abs_attention_diff, and what was compared.
+        max_abs_attention_diff, what was compared and on which CPU (``cpu_has_bf16``).
     """
     from eca_serve.runtime import BackendOptions, create_backend
+    from eca_serve.runtime.engines import cpu_flags, cpu_model, has_bf16
 
     if config.task != "classification":
         raise ConfigError(f"{config.name}: the bf16 accuracy report covers classifiers (detectors: compare AP by hand)")
@@ -72,7 +73,8 @@ def bf16_report(folder: Path, config: Any, images: int = HELD_OUT_IMAGES) -> dic
     top1 = {p: v.argmax(1) for p, v in probs.items()}
     attention = [k for k in runs["fp32"] if k.startswith("attention/")]
     return {
-        "precision": "bf16", "engine": "openvino", "images": len(labels),
+        "precision": "bf16", "engine": "openvino", "images": len(labels), "cpu": cpu_model(),
+        "cpu_has_bf16": has_bf16(cpu_flags()),  # False: OpenVINO ran FP32 for both, the numbers say nothing of BF16
         "source": f"eca_serve.data classification_item(seed={HELD_OUT_SEED}, index 0..{len(labels) - 1})",
         "top1_fp32": round(100 * float((top1["fp32"] == labels).mean()), 2),
         "top1_bf16": round(100 * float((top1["bf16"] == labels).mean()), 2),
