@@ -141,6 +141,18 @@ def test_serving_block_names_the_engine_and_validates_it() -> None:
         ServingSpec(precision="fp8")
 
 
+def test_a_bad_engine_in_config_json_is_a_clear_config_error(tmp_path: Path) -> None:
+    from eca_serve.repository import parse_config
+
+    folder = tmp_path / "shapes_classifier" / "1"
+    shutil.copytree(CLASSIFIER, folder)
+    raw = json.loads((folder / "config.json").read_text())
+    raw["serving"]["engine"] = "tensorrt"
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=r"serving.engine(.|\n)*'onnxruntime', 'openvino' or 'auto'"):
+        parse_config(folder)
+
+
 def test_recommend_switches_engine_only_beyond_the_noise() -> None:
     from eca_serve.cli.profile_entry import Cell, recommend
 

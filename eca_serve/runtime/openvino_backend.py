@@ -78,7 +78,7 @@ def create_openvino_session(path: Path, options: BackendOptions, entry: str) -> 
 
     if not options.device.startswith("cpu"):
         raise ConfigError(f"the openvino backend serves on CPU only, not {options.device} (use onnxruntime there)")
-    threads = max(options.threads, 1) if options.threads > 0 else 0
+    threads = options.threads
     if options.solo_threads > max(threads, 1):
         streams = max(1, options.solo_threads // max(threads, 1))
         solo = _compile(path, options, entry, threads=options.solo_threads, streams=1)
