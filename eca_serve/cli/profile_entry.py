@@ -1,8 +1,9 @@
 """``eca-serve profile NAME[:VERSION] --recommend``: measure a repository entry as the server runs it.
 
-The entry's ONNX Runtime backend is built exactly as the model manager builds it for each instance
-count (cores shared out between instances, a load-aware session on CPU), then every instance runs
-batches back to back in its own thread. The result is a table and a recommended ``serving`` block for
+The entry's backend is built exactly as the model manager builds it for each engine and precision
+(ONNX Runtime first, the baseline; OpenVINO where installed, BF16 where the CPU computes it; see
+`eca_serve.cli.profile_engines`) and each instance count (cores shared out between instances, a
+load-aware session on CPU), then every instance runs batches back to back in its own thread. The result is a table and a recommended ``serving`` block for
 config.json, which ``--write`` stores there: measured once, on purpose, instead of at every start-up.
 """
 
