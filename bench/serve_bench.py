@@ -90,7 +90,8 @@ def build_repository(root: Path, models: list[str]) -> list[str]:
     return served
 
 
-def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8)) -> dict[str, float]:
+def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes: tuple[int, ...] = (1, 4, 8),
+                engine: str = "onnxruntime") -> dict[str, float]:
     """Backend images/s on pre-decoded tensors, with the backend built exactly as the server builds it.
 
     Keys: ``batch N`` for one caller running batches of N back to back (classifiers; detectors run
@@ -105,7 +106,7 @@ def raw_backend(root: Path, name: str, device: str, seconds: float, batch_sizes:
 
     config = read_config(root / name / "1")
     policy = BatchPolicy.for_device(device)
-    backend = create_backend(root / name / "1", config, backend_options_for(BackendOptions("onnxruntime", device), policy))
+    backend = create_backend(root / name / "1", config, backend_options_for(BackendOptions(engine, device), policy))
     warm_up(backend, config)
     sizes = batch_sizes if config.task == "classification" else (1,)
     rates = {f"batch {n}": n * _rate(_caller(backend, config, n), seconds / 2) for n in sizes}
@@ -160,6 +161,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each HTTP cell")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each HTTP cell's measured window")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "openvino"],
+                        help="engine of the server (ECA_SERVE_BACKEND) and of the raw backend it is compared with")
     parser.add_argument("--models", default="eca_resnet50,eca_mobilenet_v2", help="zoo classifiers to export (comma list)")
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--batch-sizes", help="raw backend batch sizes (default: 1,4,8 on cpu, 1,8,32,64 on cuda)")
@@ -203,12 +206,15 @@ def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: t
     then its HTTP cells."""
     grpc_port = free_port()
     env = {"ECA_SERVE_DEVICE": args.device, "ECA_SERVE_MODELS": json.dumps(served), "ECA_SERVE_GRPC_PORT": str(grpc_port),
-           **dict(e.split("=", 1) for e in args.server_env)}
+           "ECA_SERVE_BACKEND": args.engine, **dict(e.split("=", 1) for e in args.server_env)}
+    from eca_serve.runtime.engines import cpu_flags, cpu_model
+
+    print(f"engine {args.engine}; CPU {cpu_model()} ({' '.join(sorted(f for f in cpu_flags() if f.startswith(('avx', 'amx', 'fma'))))})")
     server = start_server(root, env, ready_timeout_s=600)
     rows = []
     try:
         for name in served:
-            raw = raw_backend(root, name, args.device, args.seconds, sizes)
+            raw = raw_backend(root, name, args.device, args.seconds, sizes, args.engine)
             print(f"raw backend {name}: " + ", ".join(f"{k}: {r:.1f} img/s" for k, r in raw.items()), flush=True)
             if name in args.models.split(","):
                 costs = preprocess_cost(root, name, images)

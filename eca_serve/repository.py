@@ -135,6 +135,10 @@ class ServingSpec(_Strict):
         max_queue_delay_ms: Longest wait for a fuller batch (>= 0).
         max_queue_size: Most queued requests before 503 (>= max_batch_size).
         timeout_s: Queue + inference limit per request (> 0); unset keeps the server's.
+        engine: ``onnxruntime``, ``openvino`` or ``auto`` (unset: the rule of
+            `eca_serve.runtime.engines.default_engine`); the server's ``--backend`` overrides it.
+        precision: ``fp32``, ``bf16`` (OpenVINO on CPUs with AMX or AVX512_BF16, else FP32 with a
+            warning) or ``int8`` (this entry is a QDQ INT8 one, served as it is).
     """
 
     device: Literal["cpu", "cuda"] | None = None
@@ -143,12 +147,18 @@ class ServingSpec(_Strict):
     max_queue_delay_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_queue_size: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    engine: Literal["onnxruntime", "openvino", "auto"] | None = None
+    precision: Literal["fp32", "bf16", "int8"] | None = None
+
+    def applies_to(self, device: str) -> bool:
+        """True when this block was chosen for ``device``'s kind (or for every device)."""
+        return self.device is None or device.split(":", 1)[0].strip().lower() == self.device
 
     def fields_for(self, device: str) -> dict[str, Any]:
-        """The fields set in this block, as ``BatchPolicy`` keywords, if it applies to ``device``, else {}."""
-        if self.device is not None and device.split(":", 1)[0].strip().lower() != self.device:
+        """The batching fields set in this block, as ``BatchPolicy`` keywords, if it applies to ``device``, else {}."""
+        if not self.applies_to(device):
             return {}
-        return self.model_dump(exclude={"device"}, exclude_none=True)
+        return self.model_dump(exclude={"device", "engine", "precision"}, exclude_none=True)
 
 
 class QuantizationSpec(_Strict):

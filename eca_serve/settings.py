@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol over gRPC (0 = off; 8001 as Triton)")
     device: str = Field("cpu", description="cpu | cuda | cuda:N (any case; stored lower-case)")
-    backend: Literal["onnxruntime", "torchscript", "eager"] = "onnxruntime"
+    backend: Literal["auto", "onnxruntime", "openvino", "torchscript", "eager"] = Field(
+        "auto", description="auto: each entry's serving.engine, else the rule of eca_serve.runtime.engines")
+    openvino_cache_dir: str = Field("", description="OpenVINO compiled-model cache (a folder per entry; empty = off)")
     fp16: bool = False
     threads: int = Field(0, ge=0, description="intra-op threads per model (0 = library default)")
     decode_threads: int = Field(2, ge=1)

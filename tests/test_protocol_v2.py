@@ -30,7 +30,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("v2_models")
     export_small_classifier(root, CLS)
     export_tiny_detector(root, DET, DET_CATEGORIES)
-    settings = Settings(model_repository=root, max_batch_size=8, max_queue_delay_ms=5, max_body_bytes=1_000_000,
+    settings = Settings(model_repository=root, backend="onnxruntime", max_batch_size=8, max_queue_delay_ms=5, max_body_bytes=1_000_000,
                         max_images_per_request=4)
     with running_server(settings) as (base, app):
         yield base, app, read_config(root / CLS / "1")

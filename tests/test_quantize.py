@@ -136,13 +136,14 @@ def test_quantize_refuses_int8_parents_taken_versions_and_unlabelled_folders(rep
     assert main(["quantize", "absent", *args]) == 2
 
 
-def test_int8_entries_are_served_on_cpu_by_onnxruntime_only(repository: Path) -> None:
+def test_int8_entries_are_served_on_cpu_by_onnxruntime_or_openvino_only(repository: Path) -> None:
     int8, fp32 = read_config(repository / NAME / "2"), read_config(repository / NAME / "1")
     check_servable(int8, "cpu")
     check_servable(fp32, "cuda:0")
     with pytest.raises(ConfigError, match=f"INT8, served on CPU only, not on cuda:0; serve its FP32 parent {NAME}:1"):
         check_servable(int8, "cuda:0")
-    assert "onnxruntime backend" in unservable_reason(int8, "cpu", backend="torchscript")
+    assert "serve it with onnxruntime or openvino" in unservable_reason(int8, "cpu", backend="torchscript")
+    assert unservable_reason(int8, "cpu", backend="openvino") is None and unservable_reason(int8, "cpu", backend="auto") is None
     entries = list_entries(repository)
     assert [e[:2] for e in servable_entries(entries, "cuda", "onnxruntime")] == [(NAME, 1)]
     assert [e[:2] for e in servable_entries(entries, "cpu", "eager")] == [(NAME, 1)]

@@ -34,7 +34,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn
 @pytest.fixture(scope="module")
 def server(repository):
     root, _ = repository
-    settings = Settings(model_repository=root, max_batch_size=8, max_queue_delay_ms=20, max_body_bytes=2_000_000)
+    settings = Settings(model_repository=root, backend="onnxruntime", max_batch_size=8, max_queue_delay_ms=20, max_body_bytes=2_000_000)
     with running_server(settings) as (base, app):
         yield base, app
 

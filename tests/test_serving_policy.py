@@ -82,6 +82,9 @@ def test_shipped_models_keep_the_batch_sizes_the_start_up_timing_gave_them() -> 
     assert policy_for(detector, "cuda", {}).max_batch_size == 32  # measured on CPU only
 
 
+ORT = {"engine": "onnxruntime", "precision": "fp32"}  # what cells without an engine measured
+
+
 def cells(rows: list[tuple[int, int, float, float]]) -> list[Cell]:
     return [Cell(*row) for row in rows]
 
@@ -89,20 +92,20 @@ def cells(rows: list[tuple[int, int, float, float]]) -> list[Cell]:
 def test_recommend_takes_the_smallest_batch_within_5_percent_of_the_best() -> None:
     measured = cells([(1, 1, 300, 0.7), (1, 2, 380, 1.1), (1, 4, 400, 2.0), (2, 1, 500, 0.7), (2, 2, 565, 1.3),
                       (2, 4, 580, 2.5), (2, 8, 590, 5.0)])
-    assert recommend(measured, "cpu") == ServingSpec(device="cpu", max_batch_size=2, instances=2)
+    assert recommend(measured, "cpu") == ServingSpec(device="cpu", max_batch_size=2, instances=2, **ORT)
     assert recommend(measured, "cuda:0").device == "cuda"
 
 
 def test_recommend_gives_batch_one_to_a_model_bound_model_on_cpu_only() -> None:
     measured = cells([(1, 1, 20, 45.0), (1, 4, 26, 150.0), (2, 1, 22, 80.0), (2, 4, 27, 290.0)])
-    assert recommend(measured, "cpu") == ServingSpec(device="cpu", max_batch_size=1, instances=2)
+    assert recommend(measured, "cpu") == ServingSpec(device="cpu", max_batch_size=1, instances=2, **ORT)
     assert recommend(measured, "cuda").max_batch_size == 4
 
 
 def test_recommend_batches_a_model_bound_model_that_gains_from_batches() -> None:
     # ECA-ResNet-50 INT8 on this CPU (issue #16): 44 img/s one by one, 61 in batches of 8
     measured = cells([(1, 1, 44, 22.7), (1, 4, 52, 77.0), (1, 8, 61, 131.0), (2, 1, 45, 44.0), (2, 8, 60, 266.0)])
-    assert recommend(measured, "cpu") == ServingSpec(device="cpu", max_batch_size=8, instances=1)
+    assert recommend(measured, "cpu") == ServingSpec(device="cpu", max_batch_size=8, instances=1, **ORT)
 
 
 def test_write_serving_changes_only_the_serving_block(entry: Path) -> None:
@@ -117,7 +120,7 @@ def test_write_serving_changes_only_the_serving_block(entry: Path) -> None:
 
 def test_profile_recommend_write_measures_the_entry_and_stores_its_block(entry: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["profile", "shapes_small:1", "--recommend", "--write", "--model-repository", str(entry.parent.parent),
-            "--seconds", "0.05", "--batch-sizes", "1,2", "--instance-counts", "1,2", "--json"]
+            "--seconds", "0.05", "--batch-sizes", "1,2", "--instance-counts", "1,2", "--engines", "onnxruntime", "--json"]
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert [(c["instances"], c["batch_size"]) for c in report["cells"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]

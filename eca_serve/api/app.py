@@ -40,7 +40,8 @@ def serving_options(settings: Settings) -> ServingOptions:
     BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
     return ServingOptions(
         repository=settings.model_repository,
-        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads),
+        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads,
+                               cache_dir=settings.openvino_cache_dir),
         policy_defaults=defaults,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         decode_threads=settings.decode_threads, only=list(settings.models), grace_period_s=settings.grace_period_s,

@@ -69,5 +69,5 @@ def detail(pipeline: ModelPipeline, versions: list[int], backend: str) -> schema
         **summary(pipeline, versions).model_dump(), inputs=c.input.model_dump(mode="json"), categories=c.categories,
         attention_layers=[schemas.AttentionLayerInfo(name=a.name, kind=a.kind, channels=a.channels, k_size=a.k_size, shape=a.shape)
                           for a in c.attention],
-        metrics=c.metrics, backend=backend, device=str(pipeline.backend.device),
+        metrics=c.metrics, backend=getattr(pipeline.backend, "kind", backend), device=str(pipeline.backend.device),
     )

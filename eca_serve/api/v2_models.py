@@ -28,7 +28,7 @@ INPUT, IMAGE = "input", "image"
 LOGITS, PROBABILITIES = "logits", "probabilities"
 MASKS = "masks"
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "onnxruntime"), "torchscript": ("pytorch_libtorch", "pytorch"),
-             "eager": ("pytorch_libtorch", "pytorch")}
+             "eager": ("pytorch_libtorch", "pytorch"), "openvino": ("openvino_onnx", "openvino")}
 _TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
 
@@ -66,10 +66,15 @@ def output_specs(config: EntryConfig) -> list[TensorSpec]:
     return [*boxes, *masks, *attention]
 
 
+def engine_of(pipeline: ModelPipeline, setting: str) -> str:
+    """The engine that runs ``pipeline`` (the server's ``backend`` setting may be ``auto``)."""
+    return getattr(pipeline.backend, "kind", setting)
+
+
 def model_metadata(pipeline: ModelPipeline, versions: list[int], backend: str) -> dict[str, Any]:
     """``GET /v2/models/{m}``: name, versions (strings), platform, inputs and outputs."""
     config = pipeline.config
-    return {"name": config.name, "versions": [str(v) for v in versions], "platform": PLATFORMS[backend][0],
+    return {"name": config.name, "versions": [str(v) for v in versions], "platform": PLATFORMS[engine_of(pipeline, backend)][0],
             "inputs": [s.metadata() for s in input_specs(config)],
             "outputs": [s.metadata() for s in output_specs(config)]}
 
@@ -84,7 +89,7 @@ def model_config(pipeline: ModelPipeline, backend: str) -> dict[str, Any]:
     """
     config, policy = pipeline.config, pipeline.batcher.policy
     batched = is_classifier(config)
-    platform, backend_name = PLATFORMS[backend]
+    platform, backend_name = PLATFORMS[engine_of(pipeline, backend)]
     return {
         "name": config.name, "platform": platform, "backend": backend_name,
         "max_batch_size": policy.max_batch_size if batched else 0,

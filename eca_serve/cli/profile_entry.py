@@ -1,8 +1,9 @@
 """``eca-serve profile NAME[:VERSION] --recommend``: measure a repository entry as the server runs it.
 
-The entry's ONNX Runtime backend is built exactly as the model manager builds it for each instance
-count (cores shared out between instances, a load-aware session on CPU), then every instance runs
-batches back to back in its own thread. The result is a table and a recommended ``serving`` block for
+The entry's backend is built exactly as the model manager builds it for each engine and precision
+(ONNX Runtime first, the baseline; OpenVINO where installed, BF16 where the CPU computes it; see
+`eca_serve.cli.profile_engines`) and each instance count (cores shared out between instances, a
+load-aware session on CPU), then every instance runs batches back to back in its own thread. The result is a table and a recommended ``serving`` block for
 config.json, which ``--write`` stores there: measured once, on purpose, instead of at every start-up.
 """
 
@@ -38,6 +39,7 @@ class Cell:
         images_per_s: Images of all instances together per second (median over rounds).
         latency_ms: Median time of one backend call (what every image of a batch waits).
         low, high: Smallest and largest images/s over the rounds (equal to ``images_per_s`` for one).
+        engine, precision: What ran it (`eca_serve.runtime.engines`).
     """
 
     instances: int
@@ -46,6 +48,8 @@ class Cell:
     latency_ms: float
     low: float | None = None
     high: float | None = None
+    engine: str = "onnxruntime"
+    precision: str = "fp32"
 
 
 def recommend(cells: list[Cell], device: str) -> ServingSpec:
@@ -65,6 +69,8 @@ def recommend(cells: list[Cell], device: str) -> ServingSpec:
     """
     if not cells:
         raise ConfigError("nothing was measured")
+    engine, precision = best_variant(cells)
+    cells = [c for c in cells if (c.engine, c.precision) == (engine, precision)]
     kind = device.split(":", 1)[0].strip().lower()
     best = max(c.images_per_s for c in cells)
     good = [c for c in cells if c.images_per_s >= (1 - WITHIN) * best]
@@ -74,38 +80,58 @@ def recommend(cells: list[Cell], device: str) -> ServingSpec:
     if kind == "cpu" and single and min(single) > MODEL_BOUND_S and best < BATCH_GAIN * batch_one:
         size = 1
     choice = max((c for c in cells if c.batch_size == size), key=lambda c: c.images_per_s)
-    return ServingSpec(device=kind, max_batch_size=choice.batch_size, instances=choice.instances)
+    return ServingSpec(device=kind, max_batch_size=choice.batch_size, instances=choice.instances, engine=engine,
+                       precision=precision)
+
+
+def best_variant(cells: list[Cell]) -> tuple[str, str]:
+    """The (engine, precision) with the best throughput; the first measured one (the baseline,
+    ONNX Runtime at the entry's own precision) unless another beats it by more than `WITHIN`, so
+    run-to-run noise never switches an engine."""
+    order = list(dict.fromkeys((c.engine, c.precision) for c in cells))
+    best = {v: max(c.images_per_s for c in cells if (c.engine, c.precision) == v) for v in order}
+    winner = max(order, key=lambda v: best[v])
+    return winner if best[winner] > (1 + WITHIN) * best[order[0]] else order[0]
 
 
 def measure_entry(folder: Path, config: EntryConfig, device: str, batch_sizes: list[int],
-                  instance_counts: list[int], seconds: float, rounds: int = 1) -> list[Cell]:
-    """Every (instance count, batch size) cell, on the backend the server would build for that count.
+                  instance_counts: list[int], seconds: float, rounds: int = 1,
+                  variants: list[tuple[str, str]] | None = None) -> list[Cell]:
+    """Every (engine and precision, instance count, batch size) cell, on the backend the server would build.
 
     With ``rounds`` > 1 every cell is measured once per round, cells interleaved within a round (a
     VM's speed drifts over seconds: back-to-back cells would compare phases, not settings); a cell
-    reports the median round and the spread.
+    reports the median round and the spread. ``variants``: (engine, precision) pairs, the baseline
+    first (default: ONNX Runtime at the entry's precision only).
     """
+    import dataclasses
+
     from eca_serve.batching import BatchPolicy
     from eca_serve.pipelines.manager import backend_options_for
     from eca_serve.runtime import BackendOptions, create_backend, warm_up
 
+    variants = variants or [("onnxruntime", config.precision)]
     backends = {}
-    for instances in instance_counts:
-        policy = BatchPolicy.for_device(device, instances=instances)
-        backends[instances] = create_backend(folder, config, backend_options_for(BackendOptions("onnxruntime", device), policy))
-        warm_up(backends[instances], config, batch_sizes=tuple(batch_sizes) if config.task == "classification" else (1,))
-    settings = [(instances, size) for instances in instance_counts for size in batch_sizes]
-    runs: dict[tuple[int, int], list[Cell]] = {s: [] for s in settings}
+    for engine, precision in variants:
+        for instances in instance_counts:
+            policy = BatchPolicy.for_device(device, instances=instances)
+            options = backend_options_for(BackendOptions(engine, device, precision=precision), policy)
+            backend = backends[(engine, precision, instances)] = create_backend(folder, config, options)
+            warm_up(backend, config, batch_sizes=tuple(batch_sizes) if config.task == "classification" else (1,))
+    settings = [(v, instances, size) for v in variants for instances in instance_counts for size in batch_sizes]
+    runs: dict[Any, list[Cell]] = {s: [] for s in settings}
     for _ in range(max(1, rounds)):
-        for instances, size in settings:
-            runs[(instances, size)].append(_measure_cell(backends[instances], config, instances, size, seconds))
+        for (engine, precision), instances, size in settings:
+            cell = _measure_cell(backends[(engine, precision, instances)], config, instances, size, seconds)
+            runs[((engine, precision), instances, size)].append(dataclasses.replace(cell, engine=engine, precision=precision))
     return [_median_cell(runs[s]) for s in settings]
 
 
 def _median_cell(runs: list[Cell]) -> Cell:
     rates = [c.images_per_s for c in runs]
     return Cell(runs[0].instances, runs[0].batch_size, round(statistics.median(rates), 1),
-                round(statistics.median(c.latency_ms for c in runs), 2), min(rates), max(rates))
+                round(statistics.median(c.latency_ms for c in runs), 2), min(rates), max(rates), runs[0].engine,
+                runs[0].precision)
 
 
 def _measure_cell(backend: Any, config: EntryConfig, instances: int, batch_size: int, seconds: float) -> Cell:
@@ -170,19 +196,26 @@ def cmd_profile_entry(args: argparse.Namespace) -> int:
     """Measure, print the table and the recommended block, and with ``--write`` store it."""
     folder = find_entry(args.model_repository, args.name)
     config = read_config(folder)
+    from eca_serve.cli.profile_engines import engine_variants, write_reports
+
+    variants = engine_variants(config, args.device, getattr(args, "engines", "auto"))
     cells = measure_entry(folder, config, args.device, _ints(args.batch_sizes), _ints(args.instance_counts), args.seconds,
-                          args.rounds)
+                          args.rounds, variants)
     block = recommend(cells, args.device)
     written = str(write_serving(folder, block)) if args.write else None
+    if written:
+        write_reports(folder, config, block)
     entry = f"{config.name}/{config.version}"
     if args.json:
         print_json({"entry": entry, "device": args.device, "cells": [asdict(c) for c in cells],
                     "recommended": block.model_dump(exclude_none=True), "written": written})
         return 0
-    rows = [(c.instances, c.batch_size, c.images_per_s, f"{c.low}-{c.high}", c.latency_ms,
-             "<-" if (c.instances, c.batch_size) == (block.instances, block.max_batch_size) else "") for c in cells]
-    print_table(f"profile {entry} on {args.device} (onnxruntime, as served)",
-                ["instances", "batch size", "img/s (median)", "min-max", "ms per batch (p50)", "recommended"], rows)
+    chosen = (block.engine, block.precision, block.instances, block.max_batch_size)
+    rows = [(c.engine, c.precision, c.instances, c.batch_size, c.images_per_s, f"{c.low}-{c.high}", c.latency_ms,
+             "<-" if (c.engine, c.precision, c.instances, c.batch_size) == chosen else "") for c in cells]
+    print_table(f"profile {entry} on {args.device} (as served, interleaved rounds)",
+                ["engine", "precision", "instances", "batch size", "img/s (median)", "min-max", "ms per batch (p50)",
+                 "recommended"], rows)
     print(json.dumps({"serving": block.model_dump(exclude_none=True)}, indent=2))
     print(f"written to {written}" if written else "not written (add --write to store it in config.json)")
     return 0

@@ -40,14 +40,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=10, help="architecture mode: timed forward passes")
     p.add_argument("--device", default="cpu", help="architecture mode: cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--recommend", action="store_true", help="measure the repository entry NAME[:VERSION] with ONNX "
-                   "Runtime as served (img/s, latency per batch size and instance count) and recommend its serving block")
+    p.add_argument("--recommend", action="store_true", help="measure the repository entry NAME[:VERSION] per engine "
+                   "and precision as served (img/s, latency per batch size and instance count) and recommend its serving block")
     p.add_argument("--write", action="store_true", help="with --recommend: write the block into the entry's config.json")
     p.add_argument("--model-repository", type=Path, default=Path("models"), help="with --recommend: the model repository")
     p.add_argument("--batch-sizes", default="1,2,4,8", help="with --recommend: batch sizes to measure")
     p.add_argument("--instance-counts", default="1,2", help="with --recommend: instance counts to measure")
     p.add_argument("--seconds", type=float, default=1.0, help="with --recommend: measuring time per setting")
     p.add_argument("--rounds", type=int, default=1, help="with --recommend: interleaved rounds per setting (median, spread)")
+    p.add_argument("--engines", default="auto", help="with --recommend: onnxruntime,openvino (auto: every engine "
+                   "installed; bf16 too where the CPU has AMX or AVX512_BF16); the winner goes into the serving block")
     add_surgery_arguments(p, both=True)
     p.set_defaults(func=cmd_profile)
 

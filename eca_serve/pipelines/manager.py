@@ -21,6 +21,7 @@ from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.servable import servable_entries
 from eca_serve.pipelines.tasks import pipeline_class
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
+from eca_serve.runtime.engines import entry_options
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class ModelManager:
         self.load_seconds[f"{name}/{version}"] = time.perf_counter() - start
         policy = pipeline.batcher.policy
         log.info("model %s/%s ready (%s on %s, batches of <= %d, %d instances) in %.2fs", name, version,
-                 self.options.backend.kind, pipeline.backend.device, policy.max_batch_size, policy.instances,
+                 getattr(pipeline.backend, "kind", self.options.backend.kind), pipeline.backend.device, policy.max_batch_size, policy.instances,
                  self.load_seconds[f"{name}/{version}"])
         return pipeline
 
@@ -148,7 +149,7 @@ class ModelManager:
         config = self._parsed.pop(folder, None) or parse_config(folder)
         verify_artifacts(folder, config)
         policy = policy_for(config, self.options.backend.device, self.options.policy_defaults)
-        backend = create_backend(folder, config, backend_options_for(self.options.backend, policy))
+        backend = create_backend(folder, config, entry_options(backend_options_for(self.options.backend, policy), config))
         warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))
         cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None

@@ -1,4 +1,4 @@
-"""Which repository entries a server can run: INT8 entries need ONNX Runtime on CPU."""
+"""Which repository entries a server can run: INT8 entries need ONNX Runtime or OpenVINO on CPU."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") -> str | None:
     """Why ``config`` cannot be served by ``backend`` on ``device``; None when it can.
 
-    INT8 entries run on ONNX Runtime's CPU execution provider only. Their QDQ graph on the CUDA
+    INT8 entries run on CPU only, by ONNX Runtime or OpenVINO (both read the QDQ graph). Their QDQ graph on the CUDA
     provider would run most int8 ops as dequantize -> float kernels, with CPU fallbacks and copies
     in between: slower than the FP32 parent and with INT8's rounding. A silent fallback to the
     parent would answer a request for this version with another version's numbers, so the entry
@@ -24,8 +24,8 @@ def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") ->
         return None
     parent = config.quantization.parent_version if config.quantization is not None else None
     serve_instead = f"; serve its FP32 parent {config.name}:{parent} instead" if parent else ""
-    if backend != "onnxruntime":
-        return f"{config.name}:{config.version} is INT8 (ONNX only): serve it with the onnxruntime backend{serve_instead}"
+    if backend not in ("onnxruntime", "openvino", "auto"):
+        return f"{config.name}:{config.version} is INT8 (ONNX only): serve it with onnxruntime or openvino{serve_instead}"
     if not device.startswith("cpu"):
         return f"{config.name}:{config.version} is INT8, served on CPU only, not on {device}{serve_instead}"
     return None

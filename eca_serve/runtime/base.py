@@ -20,13 +20,17 @@ class BackendOptions:
     """How to run a model.
 
     Attributes:
-        kind: ``onnxruntime``, ``torchscript`` or ``eager``.
+        kind: ``onnxruntime``, ``openvino``, ``torchscript`` or ``eager``.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         fp16: Half precision on CUDA (torch backends; ignored on CPU).
         threads: Intra-op threads of one run (0 = library default).
         solo_threads: CPU, ONNX Runtime only: when greater than ``threads``, a second session with
             this many threads takes every run that starts while no other run of the model is
-            active, so a lone request gets all cores and concurrent ones get ``threads`` each.
+            active, so a lone request gets all cores and concurrent ones get ``threads`` each
+            (OpenVINO: an all-cores compiled model, and one with a stream per concurrent batch).
+        precision: ``fp32``, ``bf16`` (OpenVINO on CPUs with AMX or AVX512_BF16) or ``int8`` (a QDQ
+            INT8 entry as it is); see `eca_serve.runtime.engines.check_precision`.
+        cache_dir: OpenVINO's compiled-blob cache folder (a sub-folder per entry); "" = no cache.
     """
 
     kind: str = "onnxruntime"
@@ -34,6 +38,8 @@ class BackendOptions:
     fp16: bool = False
     threads: int = 0
     solo_threads: int = 0
+    precision: str = "fp32"
+    cache_dir: str = ""
 
 
 class ClassifierBackend(Protocol):

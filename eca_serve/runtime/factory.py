@@ -14,8 +14,8 @@ from eca_serve.errors import ConfigError
 from eca_serve.runtime.base import BackendOptions
 
 log = logging.getLogger(__name__)
-KINDS = ("onnxruntime", "torchscript", "eager")
-_ARTIFACT = {"onnxruntime": "onnx", "torchscript": "torchscript", "eager": "weights"}
+KINDS = ("onnxruntime", "openvino", "torchscript", "eager")
+_ARTIFACT = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript", "eager": "weights"}
 
 
 def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
@@ -36,6 +36,8 @@ def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
 
         session = create_session(folder / artifact.file, options, fixed_shapes=not detector)
         return (OnnxDetector if detector else OnnxClassifier)(session, options, name)
+    if options.kind == "openvino":
+        return _openvino_backend(folder / artifact.file, options, name, detector)
     try:
         from eca_serve.runtime.torch_backend import TorchClassifier, TorchDetector, load_eager, load_torchscript
     except ImportError as exc:  # the base install serves ONNX Runtime only
@@ -43,6 +45,18 @@ def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
 
     module = load_torchscript(folder / artifact.file, options) if options.kind == "torchscript" else load_eager(config, folder, options)
     return (TorchDetector if detector else TorchClassifier)(module, options, name)
+
+
+def _openvino_backend(path: Path, options: BackendOptions, name: str, detector: bool) -> Any:
+    """The ONNX Runtime wrappers around an OpenVINO-compiled ``model.onnx`` (same outputs and dtypes)."""
+    from eca_serve.runtime.engines import openvino_installed
+    from eca_serve.runtime.openvino_backend import create_openvino_session
+    from eca_serve.runtime.onnx_backend import OnnxClassifier, OnnxDetector
+
+    if not openvino_installed():
+        raise ConfigError("backend openvino needs openvino: pip install 'eca-serve[openvino]'")
+    session = create_openvino_session(path, options, name.rsplit(":", 1)[0])
+    return (OnnxDetector if detector else OnnxClassifier)(session, options, name)
 
 
 def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> float:

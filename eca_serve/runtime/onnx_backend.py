@@ -112,7 +112,8 @@ class OnnxClassifier:
     """Classifier graph: input [N, 3, H, W] -> logits and ``attention/<layer>`` outputs."""
 
     def __init__(self, session: Any, options: BackendOptions, name: str) -> None:
-        self.session, self.name = session, name
+        self.session, self.name, self.kind = session, name, options.kind
+        self.precision = options.precision
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input_name = session.get_inputs()[0].name
         self.output_names = [o.name for o in session.get_outputs()]

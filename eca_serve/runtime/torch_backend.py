@@ -38,7 +38,7 @@ def load_eager(config: Any, folder: Path, options: BackendOptions) -> nn.Module:
 class _TorchBase:
     def __init__(self, module: Any, options: BackendOptions, name: str) -> None:
         self.module, self.options, self.name = module, options, name
-        self.device = options.device
+        self.device, self.kind = options.device, options.kind
         self.dtype = torch.float16 if options.fp16 and _is_cuda(options) else torch.float32
         if options.threads > 0:
             torch.set_num_threads(options.threads)
