@@ -17,7 +17,6 @@ import asyncio
 import io
 import json
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -109,7 +108,8 @@ def report(answers: Answers, load_s: float, poll_s: float, seconds: float, concu
           f"{load_s:.2f} s = {poll_s + load_s:.2f} s) -> {'within' if to_first <= poll_s + load_s else 'OVER'}")
     print(f"  answers from version 2: {len(new)}; from version 1 sent after version 2's first answer: {len(late_old)}")
     if answers.old_retired_at:
-        print(f"  copy -> version 1 UNAVAILABLE in the index (drained, unloaded): {answers.old_retired_at - answers.copied_at:.2f} s")
+        retired = answers.old_retired_at - answers.copied_at
+        print(f"  copy -> version 1 UNAVAILABLE in the index (drained, unloaded): {retired:.2f} s")
     return 1 if failed else 0
 
 
