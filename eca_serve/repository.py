@@ -273,7 +273,10 @@ def artifact_spec(path: Path, fmt: str) -> ArtifactSpec:
 def write_config(folder: Path, config: EntryConfig) -> Path:
     """Write ``config.json`` into ``folder``."""
     path = folder / CONFIG_FILE
-    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    data = config.model_dump(mode="json", by_alias=True)
+    if data.get("version_policy") is None:  # unset: configs written before policies existed stay byte-identical
+        data.pop("version_policy", None)
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 

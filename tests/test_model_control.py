@@ -95,6 +95,21 @@ def test_poll_mode_rolls_out_latest_and_retires_the_old_version(tmp_path: Path, 
         assert answering_version(client, base) == 2
 
 
+def test_a_version_that_fails_to_load_shows_its_error_and_the_old_one_keeps_serving(tmp_path: Path, exported: Path) -> None:
+    root = tmp_path / "models"
+    add_version(root, exported, 1, {"latest": {"num_versions": 1}})
+    settings = Settings(model_repository=root, model_control_mode="poll", repository_poll_secs=0.1)
+    with running_server(settings) as (base, _), httpx.Client(timeout=60) as client:
+        damaged = shutil.copytree(exported, tmp_path / "damaged")
+        with (damaged / "model.onnx").open("ab") as f:
+            f.write(b"damaged")
+        add_version(root, damaged, 2, {"latest": {"num_versions": 1}})
+        wait_for(lambda: "does not match its sha256" in states(client, base)[f"{NAME}/2"][1], "version 2 to fail")
+        assert states(client, base)[f"{NAME}/2"][0] == "UNAVAILABLE"
+        assert states(client, base)[f"{NAME}/1"] == ("READY", "")  # not retired: its successor never loaded
+        assert answering_version(client, base) == 1
+
+
 @pytest.mark.parametrize(("policy", "served"), [
     (None, {1, 2, 3}),
     ({"all": {}}, {1, 2, 3}),

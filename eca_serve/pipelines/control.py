@@ -227,7 +227,7 @@ class ModelControl:
             return {"state": "UNAVAILABLE", "reason": self.failed[key][0]}
         if self.manager.loading_error:
             return {"state": "UNAVAILABLE", "reason": self.manager.loading_error}
-        if key in self.manager.expected:
+        if key in self.manager.expected or self.mode == "poll":  # poll mode loads it at the next scan
             return {"state": "LOADING", "reason": ""}
         return {"state": "UNAVAILABLE", "reason": UNLOADED}
 
