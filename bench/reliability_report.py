@@ -1,6 +1,7 @@
 """Long reliability run against a real ``eca-serve serve`` process, ending in one report.
 
-Run: ``python bench/reliability_report.py [--model-repository models] [--seconds 600]``.
+Run: ``python bench/reliability_report.py [--model-repository models] [--seconds 600]``; with ``--phase rollout``
+it runs bench/rollout_phase.py instead (a version rollout under load in poll mode; ``--seconds`` defaults to 30 there).
 
 For ``--seconds`` it mixes: steady valid load (v1 classify/attention/detect, v2 infer with images and
 tensors), floods far above capacity every ``--flood-every`` seconds, hostile images and bad parameters
@@ -78,6 +79,7 @@ def parse_args() -> tuple[Path, str, str, Options]:
                         help="concurrent requests per flood (default above the server's in-flight limit: 128 on CPU)")
     parser.add_argument("--body-timeout-s", type=float, default=2.0, help="server's ECA_SERVE_BODY_TIMEOUT_S")
     parser.add_argument("--seed", type=int, default=0)
+    add_phase_arguments(parser)
     a = parser.parse_args()
     return a.model_repository, a.classifier, a.detector, Options(a.seconds, a.concurrency, a.flood_every, a.flood_size,
                                                                   a.body_timeout_s, a.seed)
@@ -286,7 +288,31 @@ def good_request_ok(server: ServerProcess, workload: Workload) -> bool:
     return response.status_code == 200
 
 
+def add_phase_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--phase", choices=["mixed", "rollout"], default="mixed",
+                        help="mixed: the long mixed run; rollout: a version copied in under load (bench/rollout_phase.py)")
+    parser.add_argument("--poll-secs", type=float, default=1.0, help="rollout: the server's repository poll interval")
+
+
+def rollout_phase_main() -> int | None:
+    """With ``--phase rollout``, that phase's exit status; None for the mixed run."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_phase_arguments(parser)
+    for name, kind, default in (("--model-repository", Path, REPO / "models"), ("--classifier", str, "shapes_classifier"),
+                                ("--seconds", float, 30.0), ("--concurrency", int, 4)):
+        parser.add_argument(name, type=kind, default=default)
+    a, _ = parser.parse_known_args()
+    if a.phase != "rollout":
+        return None
+    from bench import rollout_phase
+
+    return rollout_phase.main(a.model_repository, a.classifier, a.seconds, a.concurrency, a.poll_secs)
+
+
 def main() -> int:
+    rollout = rollout_phase_main()
+    if rollout is not None:
+        return rollout
     repository, classifier, detector, options = parse_args()
     size = read_config(next(p for p in sorted((repository / classifier).iterdir()) if (p / "config.json").exists())).input.size
     workload = Workload(classifier, detector, tuple(size), seed=options.seed)

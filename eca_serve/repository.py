@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from eca_serve.errors import ConfigError
 
@@ -193,6 +193,46 @@ class QuantizationSpec(_Strict):
     onnxruntime: str
 
 
+class _Latest(_Strict):
+    num_versions: int = Field(ge=1)
+
+
+class _Specific(_Strict):
+    versions: list[int] = Field(min_length=1)
+
+
+class _All(_Strict):
+    pass
+
+
+class VersionPolicy(_Strict):
+    """Which versions of a model are served, in Triton's shape: exactly one of ``latest``, ``all``, ``specific``.
+
+    ``{"latest": {"num_versions": N}}``: the N highest versions; ``{"all": {}}``: every version (the default
+    when no config sets a policy); ``{"specific": {"versions": [1, 3]}}``: those versions that exist.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    latest: _Latest | None = None
+    all_versions: _All | None = Field(None, alias="all")
+    specific: _Specific | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        if sum(p is not None for p in (self.latest, self.all_versions, self.specific)) != 1:
+            raise ValueError('version_policy takes exactly one of "latest", "all", "specific"')
+        return self
+
+    def select(self, versions: list[int]) -> set[int]:
+        """The versions of ``versions`` this policy serves."""
+        if self.latest is not None:
+            return set(sorted(versions)[-self.latest.num_versions:])
+        if self.specific is not None:
+            return set(versions) & set(self.specific.versions)
+        return set(versions)
+
+
 class EntryConfig(_Strict):
     """``config.json`` of one model version."""
 
@@ -217,6 +257,8 @@ class EntryConfig(_Strict):
     # INT8 entries (eca-serve quantize): only an ``onnx`` artifact, served by ONNX Runtime on CPU.
     precision: Literal["fp32", "int8"] = "fp32"
     quantization: QuantizationSpec | None = None
+    # which versions of this model a server runs; the newest version's config.json decides (None: all)
+    version_policy: VersionPolicy | None = None
 
     @field_validator("name")
     @classmethod
@@ -241,7 +283,10 @@ def artifact_spec(path: Path, fmt: str) -> ArtifactSpec:
 def write_config(folder: Path, config: EntryConfig) -> Path:
     """Write ``config.json`` into ``folder``."""
     path = folder / CONFIG_FILE
-    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    data = config.model_dump(mode="json", by_alias=True)
+    if data.get("version_policy") is None:  # unset: configs written before policies existed stay byte-identical
+        data.pop("version_policy", None)
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 

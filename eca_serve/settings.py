@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     ui: bool = Field(True, description="the demo page at / (off: / answers 404)")
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "explicit", description="none: serve what is there at start; explicit: also the admin load/unload API; "
+        "poll: rescan the repository every repository_poll_secs (load new versions, unload removed ones)")
+    repository_poll_secs: float = Field(15.0, gt=0, description="seconds between repository scans in poll mode")
     admin_enabled: bool = False
     admin_token: str | None = None
 

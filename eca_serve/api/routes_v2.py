@@ -65,7 +65,7 @@ async def ready(request: Request, manager: Manager) -> Response:
 @router.get("/repository/index")
 @router.post("/repository/index")
 async def index(manager: Manager) -> list[dict[str, str]]:
-    """Every model version of the repository and its state (READY, LOADING, UNAVAILABLE)."""
+    """Every model version of the repository and its state (READY, LOADING, UNLOADING, UNAVAILABLE + reason)."""
     return repository_index(manager)
 
 

@@ -145,17 +145,5 @@ def _count(count: int, ns: int) -> dict[str, int]:
 
 
 def repository_index(manager: ModelManager) -> list[dict[str, str]]:
-    """``POST /v2/repository/index``: every expected or loaded model version and its state."""
-    loaded = {(n, v): p for n, versions in manager.pipelines.items() for v, p in versions.items()}
-    entries = []
-    for name, version in sorted(manager.expected | set(loaded)):
-        pipeline = loaded.get((name, version))
-        if pipeline is not None:
-            reason = pipeline.unready_reason
-            state, reason = ("READY", "") if reason is None else ("UNAVAILABLE", reason)
-        elif manager.loading_error:
-            state, reason = "UNAVAILABLE", manager.loading_error
-        else:
-            state, reason = "LOADING", ""
-        entries.append({"name": name, "version": str(version), "state": state, "reason": reason})
-    return entries
+    """``POST /v2/repository/index``: every version in the repository, its state and why it is not READY."""
+    return manager.control.index()

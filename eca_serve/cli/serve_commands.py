@@ -20,6 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="only 1: uvicorn's worker processes would skip the drain on "
                    "SIGTERM (in-flight requests cut off); scale with more containers or processes behind a load balancer")
     p.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable; default: all)")
+    p.add_argument("--model-control-mode", choices=["none", "poll", "explicit"],
+                   help=f"none: what is there at start; explicit: + admin load/unload; poll: rescan the repository; "
+                   f"{_env_default('model_control_mode')}")
+    p.add_argument("--repository-poll-secs", type=float, help=f"poll mode's scan interval; {_env_default('repository_poll_secs')}")
     p.add_argument("--no-ui", dest="ui", action="store_false", default=None,
                    help="no demo page at / (it answers 404); default: the page is on (ECA_SERVE_UI)")
     p.set_defaults(func=cmd_serve)
@@ -49,7 +53,9 @@ def _settings(args: argparse.Namespace) -> Any:
     from eca_serve.settings import Settings
 
     given = {k: v for k, v in {"model_repository": args.model_repository, "host": args.host, "port": args.port,
-                               "device": args.device, "backend": args.backend, "models": args.models}.items() if v}
+                               "device": args.device, "backend": args.backend, "models": args.models,
+                               "model_control_mode": args.model_control_mode,
+                               "repository_poll_secs": args.repository_poll_secs}.items() if v}
     if args.grpc_port is not None:  # 0 is a value here: it turns gRPC off
         given["grpc_port"] = args.grpc_port
     if args.ui is not None:

@@ -88,6 +88,7 @@ class ModelPipeline:
         self.batcher: DynamicBatcher = DynamicBatcher(self._run_batch, policy, name=config.name, on_batch=on_batch)
         self.drift = drift_monitor(config, folder, drift_window, drift_budget)
         self._started = False
+        self.active = 0  # requests inside `run`: a rollout waits for 0 before stopping a retired version
 
     @property
     def key(self) -> str:
@@ -174,9 +175,13 @@ class ModelPipeline:
         times = times if times is not None else StageTimes()
         params = self.check_params(params)
         submit = {"priority": params.priority, "timeout_s": params.timeout_s}
-        ran = await self._infer(inputs, times, submit)
-        start = time.perf_counter()
-        results = await self.postprocess(ran, params)
+        self.active += 1
+        try:
+            ran = await self._infer(inputs, times, submit)
+            start = time.perf_counter()
+            results = await self.postprocess(ran, params)
+        finally:
+            self.active -= 1
         times.postprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
         return results

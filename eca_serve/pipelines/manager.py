@@ -16,6 +16,7 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
 from eca_serve.repository import EntryConfig, check_safe_name, list_entries, parse_config, verify_artifacts
 from eca_serve.pipelines.base import ModelPipeline
+from eca_serve.pipelines.control import ModelControl, Mode
 from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.servable import servable_entries
@@ -43,6 +44,8 @@ class ServingOptions:
     grace_period_s: float = 30.0
     drift_window: int = DEFAULT_WINDOW
     drift_budget: float = DEFAULT_BUDGET
+    control_mode: Mode = "explicit"
+    poll_s: float = 15.0
 
 
 def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
@@ -104,6 +107,7 @@ class ModelManager:
         self.load_seconds: dict[str, float] = {}
         self.loading_error: str | None = None
         self._parsed: dict[Path, EntryConfig] = {}  # configs read by discovery, verified and used by _build
+        self.control = ModelControl(self, options.control_mode, options.poll_s)
 
     def discover(self) -> list[tuple[str, int, Path]]:
         """Entries of the repository that will be served."""
@@ -128,9 +132,8 @@ class ModelManager:
         return self._parsed[folder]
 
     async def load_all(self) -> None:
-        """Load, warm up and start every discovered entry (in a worker thread; the loop stays free)."""
-        for name, version, folder in self.discover():
-            await self.load(name, version, folder)
+        """Load, warm up and start what the version policies select (in worker threads); poll mode then polls."""
+        await self.control.start()
 
     async def load(self, name: str, version: int, folder: Path) -> ModelPipeline:
         start = time.perf_counter()
@@ -157,29 +160,12 @@ class ModelManager:
                    drift_window=self.options.drift_window, drift_budget=self.options.drift_budget)
 
     async def load_model(self, name: str) -> list[int]:
-        """Load every version of ``name`` found in the repository that is not loaded yet (run-time load)."""
-        check_name(name)
-        entries = self._servable([e for e in list_entries(self.options.repository) if e[0] == name])
-        if not entries:
-            raise UnknownModelError(f"no model {name!r} in the repository {self.options.repository}")
-        loaded = self.pipelines.get(name, {})
-        new = [(n, v, folder) for n, v, folder in entries if v not in loaded]
-        self.expected |= {(n, v) for n, v, _ in new}
-        for n, v, folder in new:
-            await self.load(n, v, folder)
-        return [v for _, v, _ in new]
+        """Load the versions of ``name`` its policy selects and retire the others (explicit mode only)."""
+        return await self.control.load_model(check_name(name))
 
     async def unload_model(self, name: str) -> list[int]:
-        """Stop (draining queued requests) and forget every version of ``name``."""
-        check_name(name)
-        versions = self.pipelines.pop(name, None)
-        if not versions:
-            raise UnknownModelError(f"model {name!r} is not loaded")
-        self.expected = {(n, v) for n, v in self.expected if n != name}
-        await asyncio.gather(*[p.stop(self.options.grace_period_s) for p in versions.values()])
-        for version in versions:
-            self.load_seconds.pop(f"{name}/{version}", None)
-        return sorted(versions)
+        """Drain and stop every version of ``name`` (explicit mode only)."""
+        return await self.control.unload_model(check_name(name))
 
     @property
     def ready(self) -> bool:
@@ -214,6 +200,7 @@ class ModelManager:
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain every pipeline within the grace period, then release the decode threads."""
         grace = self.options.grace_period_s if grace_s is None else grace_s
+        await self.control.stop()
         await asyncio.gather(*[p.stop(grace) for versions in self.pipelines.values() for p in versions.values()])
         self.decode_executor.shutdown(wait=False, cancel_futures=True)
 
