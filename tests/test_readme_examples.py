@@ -77,7 +77,7 @@ def check_shown_output(output: str, shown: list[str]) -> None:
     body = json.loads(output)
     for line in shown:
         assert set(re.findall(r'"(\w+)":', line)) <= keys_of(body), (line, output[:400])
-        for text in re.findall(r':"([^"]+)"', line):
+        for text in set(re.findall(r':"([^"]+)"', line)) - {"..."}:  # "..." stands for any string
             assert f'"{text}"' in output, (text, output[:400])
 
 
