@@ -16,7 +16,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,7 +26,7 @@ from tests.reliability.serverproc import ServerProcess, start_server
 from tests.serving_utils import free_port
 
 RUN_HERE = {"curl", "python-http", "python-grpc", "serving-json", "setup-serve", "setup-dev"}
-RUN_IN_SEQUENCES = {"profile", "admin", "quantize", "zoo-cli", "workflow"}  # test_readme_sequences.py
+RUN_IN_SEQUENCES = {"profile", "admin", "quantize", "zoo-cli", "workflow", "attention-stats"}  # test_readme_sequences.py
 STATUS = "\n__status__ "
 
 

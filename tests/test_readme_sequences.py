@@ -92,7 +92,8 @@ def test_quantize_sequence(scratch: Path) -> None:
         made = run_shell(f"eca-serve data shapes --kind classify --out data/{folder} --count {count} --seed {seed}", scratch)
         assert made.returncode == 0, made.stderr[-2000:]
     outputs = run_block(block, scratch, {"my_model": "shapes_classifier",
-                                         "--rounds 3 --write": "--rounds 1 --seconds 0.2 --batch-sizes 1,4 --instance-counts 1 --write",
+                                         "--rounds 3 --write": "--rounds 1 --seconds 0.2 --batch-sizes 1,4 "
+                                                               "--instance-counts 1 --write",
                                          "--eval data/held_out": "--eval data/held_out --max-drop 3"})
     report = json.loads((repository / "shapes_classifier" / "2" / "quantization.json").read_text())
     assert (repository / "shapes_classifier" / "2" / "model.onnx").is_file()
@@ -126,3 +127,14 @@ def test_admin_unload_load_as_pasted(scratch: Path) -> None:
     assert all(c[1] == "0" for c in admin), result.stdout[-2000:]
     statuses = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("__status__")]
     assert statuses[-2:] == ["200", "200"], result.stdout[-2000:]
+
+
+def test_attention_stats_block(scratch: Path) -> None:
+    (block,) = blocks_of("attention-stats")
+    outputs = run_block(block, scratch, {"--count 800": "--count 48"})
+    summary = json.loads(outputs[1])
+    shown = json.loads(block.steps()[1][1][0])
+    assert set(summary) == set(shown) and (summary["classes"], summary["layers"]) == (shown["classes"], shown["layers"])
+    assert (scratch / summary["png"]).read_bytes().startswith(b"\x89PNG")
+    stats = json.loads((scratch / summary["json"]).read_text())
+    assert len(stats["mean"]) == 8 and len(stats["mean"][0]) == 8

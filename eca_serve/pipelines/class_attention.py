@@ -46,7 +46,8 @@ class ClassAttention:
     def to_json(self, model: str, version: int) -> dict[str, Any]:
         """The JSON written by ``eca-serve attention-stats``: ``mean`` is [classes][layers][channels]."""
         return {"model": model, "version": version, "classes": self.classes, "images": self.images,
-                "layers": [{"name": n, "channels": int(m.shape[-1])} for n, m in zip(self.layers, self.means[0])],
+                "layers": [{"name": n, "channels": int(m.shape[-1])}
+                           for n, m in zip(self.layers, self.means[0], strict=True)],
                 "mean": [[np.round(m, 6).tolist() for m in per_class] for per_class in self.means]}
 
 
@@ -108,7 +109,7 @@ def class_attention_png(stats: ClassAttention, title: str) -> bytes:
         draw.line([(x, row_y + 7), (x + 22, row_y + 7)], fill=_CLASS_COLOURS[i % len(_CLASS_COLOURS)], width=3)
         draw.text((x + 28, row_y), f"{name} ({stats.images[i]})", fill="black", font=font)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
+    image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
@@ -126,5 +127,5 @@ def _panel(draw: ImageDraw.ImageDraw, origin: tuple[int, int], name: str, curves
     for i, curve in enumerate(curves):
         xs = np.linspace(x0 + 1, x0 + PANEL_W - 1, curve.size) if curve.size > 1 else np.array([x0 + PANEL_W / 2])
         ys = top + PANEL_H - 2 - (curve - low) / span * (PANEL_H - 4)
-        points = list(zip(xs.tolist(), ys.tolist()))
+        points = list(zip(xs.tolist(), ys.tolist(), strict=True))
         draw.line(points if len(points) > 1 else points * 2, fill=_CLASS_COLOURS[i % len(_CLASS_COLOURS)], width=1)
