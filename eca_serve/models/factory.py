@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
 
 from eca_serve.errors import CheckpointError, ConfigError
+from eca_serve.models._config import PreprocessConfig
 from eca_serve.models._registry import ModelEntry, get_entry
 from eca_serve.models.checkpoint import Checkpoint, eca_kernel_sizes, load_state_dict_strict, read_checkpoint
 from eca_serve.models.surgery import with_fresh_gates
@@ -44,6 +46,7 @@ def create_model(
     """
     entry = get_entry(name)
     ckpt = read_checkpoint(weights) if weights is not None else None
+    preprocess = None
     if ckpt is not None:
         num_classes = _num_classes_from(entry, ckpt, num_classes)
         if entry.attention == "eca" and "k_size" not in kwargs:
@@ -53,12 +56,15 @@ def create_model(
         stored = ckpt.config or {}
         categories = categories if categories is not None else stored.get("categories")
         kwargs = {**_stored_build_args(stored, name), **kwargs}
+        preprocess = _stored_preprocess(stored, name)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     model = entry.builder(**kwargs)
     if ckpt is not None:
         # a checkpoint of the network before surgery gets the new attention modules' initial tensors
         load_state_dict_strict(model, with_fresh_gates(model, ckpt.state_dict), source=Path(weights).name)
+    if preprocess is not None:
+        model.config = model.config.replace(preprocess=preprocess)
     if categories is not None:
         model.config = model.config.replace(categories=_checked_categories(categories, model.config.num_classes))
     return model.eval()
@@ -69,6 +75,23 @@ def _stored_build_args(stored: dict[str, Any], name: str) -> dict[str, Any]:
     if stored.get("name") != name:
         return {}
     return {k: v for k, v in (stored.get("extra") or {}).items() if k != "k_size"}
+
+
+def _stored_preprocess(stored: dict[str, Any], name: str) -> PreprocessConfig | None:
+    """The preprocessing our own exports record with the weights (input size, resize, crop, mean/std).
+
+    A re-export of a shipped entry's weights then writes the entry's own 64 px preprocessing, not the
+    architecture's 224/256 px default, so it classifies as the shipped entry does.
+    """
+    raw = stored.get("preprocess") if stored.get("name") == name else None
+    if not isinstance(raw, dict):
+        return None
+    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
+    try:
+        return PreprocessConfig(**values)
+    except TypeError as exc:
+        raise CheckpointError(f"the weights' stored preprocessing is not valid: {exc}") from exc
 
 
 def _num_classes_from(entry: ModelEntry, ckpt: Checkpoint, requested: int | None) -> int | None:
