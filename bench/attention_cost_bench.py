@@ -61,8 +61,8 @@ def cpu_line() -> str:
     return f"{model}; flags: {' '.join(f for f in FLAGS if f in flags) or 'none of ' + ','.join(FLAGS)}"
 
 
-def ort_runner(path: Path, threads: int, batch: int) -> Runner:
-    """``x [batch, 3, H, W] -> outputs`` of an ONNX Runtime CPU session as the server builds it."""
+def ort_runner(path: Path, threads: int, shape: tuple[int, ...]) -> Runner:
+    """``x [shape] -> outputs`` of an ONNX Runtime CPU session as the server builds it."""
     from eca_serve.quantize.graph import cpu_session
 
     session = cpu_session(path, threads)
@@ -70,21 +70,20 @@ def ort_runner(path: Path, threads: int, batch: int) -> Runner:
     return lambda x: session.run(None, {name: x})
 
 
-def openvino_runner(path: Path, threads: int, batch: int) -> Runner:
-    """``x [batch, 3, H, W] -> outputs`` of an OpenVINO CPU infer request, the batch made static."""
+def openvino_runner(path: Path, threads: int, shape: tuple[int, ...]) -> Runner:
+    """``x [shape] -> outputs`` of an OpenVINO CPU infer request, the input shape made static."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(path))
-    shape = list(model.inputs[0].get_partial_shape())
-    model.reshape({model.inputs[0].get_any_name(): [batch, *[d.get_length() for d in shape[1:]]]})
+    model.reshape({model.inputs[0].get_any_name(): list(shape)})
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_PRECISION_HINT": "f32"}
     request = core.compile_model(model, "CPU", config).create_infer_request()
     return lambda x: request.infer({0: x})
 
 
-ENGINES: dict[str, Callable[[Path, int, int], Runner]] = {"onnxruntime": ort_runner, "openvino": openvino_runner}
+ENGINES: dict[str, Callable[[Path, int, tuple[int, ...]], Runner]] = {"onnxruntime": ort_runner, "openvino": openvino_runner}
 
 
 def interleaved(runners: dict[str, Runner], x: np.ndarray, rounds: int, reps: int, clock: Callable[[], float]) -> dict[str, list[float]]:
@@ -135,7 +134,7 @@ def hoisted_entry(root: Path, name: str) -> Path:
     artifacts = config.artifacts | {"onnx": artifact_spec(dst / "model.onnx", "onnx")}
     write_config(dst, config.model_copy(update={"name": name + HOIST, "artifacts": artifacts}))
     x = np.random.default_rng(1).standard_normal((2, 3, 224, 224), dtype=np.float32)
-    before, after = ort_runner(src / "model.onnx", 0, 2)(x), ort_runner(dst / "model.onnx", 0, 2)(x)
+    before, after = ort_runner(src / "model.onnx", 0, x.shape)(x), ort_runner(dst / "model.onnx", 0, x.shape)(x)
     worst = max(float(np.abs(a - b).max()) for a, b in zip(before, after))
     print(f"{name}{HOIST}: {moved} gates pooled before their conv; max |output diff| vs {name} = {worst:.2e}")
     if worst > 1e-5:
@@ -205,7 +204,7 @@ def measure(args: argparse.Namespace, engines: list[str], batches: list[int], va
         for precision, found in variants.items():
             for batch in batches:
                 x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224), dtype=np.float32)
-                runners = {name: ENGINES[engine](folder / "model.onnx", args.threads, batch) for name, folder in found.items()}
+                runners = {name: ENGINES[engine](folder / "model.onnx", args.threads, x.shape) for name, folder in found.items()}
                 for run in runners.values():
                     run(x)
                 best = interleaved(runners, x, args.rounds, args.reps, CLOCKS[args.clock])
