@@ -17,6 +17,7 @@ from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Resul
 from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW, DriftMonitor, DriftReference
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target
+from eca_serve.pipelines.preprocess_fast import check_mode
 from eca_serve.repository import EntryConfig
 from eca_serve.runtime import attention_key
 
@@ -74,6 +75,8 @@ class ModelPipeline:
         on_batch: Optional observer of each batch (size, queue seconds per item, compute seconds).
         drift_window: Images the attention drift summary holds (0 = no drift monitoring).
         drift_budget: Most time spent summarising attention, as a fraction of inference time.
+        preprocessing: ``"reference"`` or ``"fast"`` (`eca_serve.pipelines.preprocess_fast`), for an
+            entry whose ``input.preprocessing`` is unset.
     """
 
     params_type: ClassVar[type[RunParams]] = RunParams
@@ -81,8 +84,10 @@ class ModelPipeline:
 
     def __init__(self, config: EntryConfig, folder: Path, backend: Any, policy: BatchPolicy, limits: DecodeLimits,
                  decode_executor: Executor | None = None, on_stage: StageObserver | None = None,
-                 on_batch: Callable[[int, list[float], float], None] | None = None, drift_window: int = DEFAULT_WINDOW, drift_budget: float = DEFAULT_BUDGET) -> None:
+                 on_batch: Callable[[int, list[float], float], None] | None = None, drift_window: int = DEFAULT_WINDOW, drift_budget: float = DEFAULT_BUDGET,
+                 preprocessing: str = "reference") -> None:
         self.config, self.folder, self.backend, self.limits = config, folder, backend, limits
+        self.preprocessing = check_mode(config.input.preprocessing or preprocessing)
         self.decode_executor = decode_executor
         self.on_stage = on_stage or (lambda *_: None)
         self.batcher: DynamicBatcher = DynamicBatcher(self._run_batch, policy, name=config.name, on_batch=on_batch)

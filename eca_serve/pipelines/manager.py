@@ -42,6 +42,7 @@ class ServingOptions:
     grace_period_s: float = 30.0
     drift_window: int = DEFAULT_WINDOW
     drift_budget: float = DEFAULT_BUDGET
+    preprocessing: str = "reference"  # "fast" | "reference": entries without input.preprocessing
 
 
 def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
@@ -153,7 +154,8 @@ class ModelManager:
         cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch,
-                   drift_window=self.options.drift_window, drift_budget=self.options.drift_budget)
+                   drift_window=self.options.drift_window, drift_budget=self.options.drift_budget,
+                   preprocessing=self.options.preprocessing)
 
     async def load_model(self, name: str) -> list[int]:
         """Load every version of ``name`` found in the repository that is not loaded yet (run-time load)."""
