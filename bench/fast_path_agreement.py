@@ -22,8 +22,9 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,7 +33,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eca_serve.pipelines.images import DecodeLimits, decode_image  # noqa: E402
-from eca_serve.pipelines.preprocess import decode_target, preprocess_classification, stack_batch  # noqa: E402
+from eca_serve.pipelines.preprocess import (  # noqa: E402
+    decode_target,
+    preprocess_classification,
+    stack_batch,
+)
 from eca_serve.pipelines.preprocess_fast import preprocess_classification_fast  # noqa: E402
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "immunohistochemistry")
@@ -118,14 +123,15 @@ def timings(spec: Any, images: list[bytes], repeats: int) -> dict[str, dict[str,
         side = min(Image.open(io.BytesIO(data)).size)
         bucket = next(name for lo, hi, name in BUCKETS if lo <= side < hi)
         for mode, fn in modes.items():  # interleaved per image: both see the same machine load
-            best = min(_ms(lambda: fn(decode_image(data, limits=limits, target=target), spec)) for _ in range(repeats))
+            best = min(_ms(fn, data, spec, target, limits) for _ in range(repeats))
             per[mode][bucket].append(best)
     return {mode: {b: statistics.median(v) for b, v in buckets.items()} for mode, buckets in per.items()}
 
 
-def _ms(call: Callable[[], object]) -> float:
+def _ms(fn: Callable, data: bytes, spec: Any, target: Any, limits: DecodeLimits) -> float:
+    """Milliseconds of one decode + ``fn`` preprocessing of ``data``."""
     start = time.perf_counter()
-    call()
+    fn(decode_image(data, limits=limits, target=target), spec)
     return 1e3 * (time.perf_counter() - start)
 
 

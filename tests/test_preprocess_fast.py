@@ -20,8 +20,15 @@ from eca_serve.data._samples import classification_item
 from eca_serve.errors import ConfigError
 from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.images import DecodeLimits, decode_image
-from eca_serve.pipelines.preprocess import decode_target, preprocess_classification, stack_batch
-from eca_serve.pipelines.preprocess_fast import check_mode, preprocess_classification_fast
+from eca_serve.pipelines.preprocess import (
+    decode_target,
+    preprocess_classification,
+    stack_batch,
+)
+from eca_serve.pipelines.preprocess_fast import (
+    check_mode,
+    preprocess_classification_fast,
+)
 from eca_serve.repository import read_config
 from eca_serve.runtime import BackendOptions, create_backend
 from tests.image_samples import ONE_LEVEL, classifier_spec

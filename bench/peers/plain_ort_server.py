@@ -12,6 +12,7 @@ import argparse
 import io
 import json
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import onnxruntime as ort
@@ -29,7 +30,7 @@ def create_app(entry: Path) -> FastAPI:
     app = FastAPI()
 
     @app.post(f"/v1/models/{name}/classify")
-    def classify(file: UploadFile = File(...)) -> dict:
+    def classify(file: Annotated[UploadFile, File()]) -> dict:
         image = Image.open(io.BytesIO(file.file.read())).convert("RGB")
         scale = spec["resize"] / min(image.size)
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)

@@ -31,7 +31,6 @@ from eca_serve.errors import (
     InvalidParameterError,
     NotReadyError,
     QueueFullError,
-    RequestTimeoutError,
     ShuttingDownError,
 )
 
