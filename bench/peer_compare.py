@@ -64,7 +64,8 @@ def cell(base: str, name: str, bodies: list[bytes], c: int, seconds: float, warm
 def summary(runs: list[LoadResult]) -> str:
     rates = [r.rate for r in runs]
     p50 = [1e3 * statistics.median(r.latencies) for r in runs if r.latencies]
-    return f"{statistics.median(rates):6.1f} [{min(rates):.1f}-{max(rates):.1f}] p50 {statistics.median(p50):5.1f} ms"
+    latency = f"{statistics.median(p50):5.1f} ms" if p50 else "  n/a (no answer in the window)"
+    return f"{statistics.median(rates):6.1f} [{min(rates):.1f}-{max(rates):.1f}] p50 {latency}"
 
 
 def main() -> None:
@@ -95,7 +96,8 @@ def main() -> None:
                         for r in range(args.rounds):
                             for label, server in servers if r % 2 == 0 else servers[::-1]:
                                 runs[label].append(cell(server.base, name, bodies, c, args.seconds, args.warmup, server.pid))
-                        ratio = statistics.median(a.rate / max(b.rate, 1e-9) for a, b in zip(runs["eca-serve"], runs["peer"]))
+                        pairs = [a.rate / b.rate for a, b in zip(runs["eca-serve"], runs["peer"]) if b.rate]
+                        ratio = statistics.median(pairs) if pairs else float("nan")
                         served_rate = statistics.median(r.rate for r in runs["eca-serve"])
                         print(f"  c={c:<3} eca-serve {summary(runs['eca-serve'])} | peer {summary(runs['peer'])} | "
                               f"eca/peer {ratio:.2f} | eca/limit {served_rate / limit:.2f}", flush=True)

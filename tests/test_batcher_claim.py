@@ -8,6 +8,7 @@ never moves unless a test advances it.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -145,5 +146,54 @@ def test_stop_without_drain_answers_a_running_claim() -> None:
         with pytest.raises(ShuttingDownError):
             await claimed
         rec.release.set()
+
+    run(body)
+
+
+def test_try_claim_prepares_and_runs_in_one_executor_call() -> None:
+    async def body() -> None:
+        threads: list[str] = []
+
+        def handler(items: list[str]) -> list[str]:
+            threads.append(threading.current_thread().name)
+            return [item.upper() for item in items]
+
+        def prepare() -> str:
+            threads.append(threading.current_thread().name)
+            return "decoded"
+
+        async with DynamicBatcher(handler, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0), name="m") as b:
+            future = b.try_claim(prepare)
+            assert future is not None
+            assert await future == "DECODED"
+            stats = b.stats()
+        assert len(threads) == 2 and threads[0] == threads[1] and threads[0].startswith("batcher-m")
+        assert (stats.claimed_count, stats.execution_count, stats.batch_size_histogram) == (1, 1, {1: 1})
+
+    run(body)
+
+
+def test_try_claim_declines_while_busy_and_a_failing_prepare_answers_only_its_caller() -> None:
+    async def body() -> None:
+        rec = Recorder(hold_first=True)
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            blocker = await occupy(b, rec)
+            called: list[int] = []
+            assert b.try_claim(lambda: called.append(1)) is None and not called  # busy: nothing ran
+            rec.release.set()
+            await blocker
+            await idle(b)
+
+            def broken() -> str:
+                raise ValueError("corrupt upload")
+
+            future = b.try_claim(broken)
+            assert future is not None
+            with pytest.raises(ValueError, match="corrupt upload"):
+                await future
+            await idle(b)
+            assert await b.submit("next") == ("next", 1)
+            stats = b.stats()
+        assert (stats.execution_count, stats.failed_execution_count) == (2, 0)  # the failed prepare ran no batch
 
     run(body)

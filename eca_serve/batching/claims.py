@@ -38,6 +38,9 @@ class IdleClaims:
     _claims: dict[asyncio.Future[Any], tuple[int, PendingRequest]]
     _closing: bool
 
+    def _check_accepting(self, timeout_s: float | None, priority: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
     def _record(self, queue_times: list[float], compute_s: float, *, failed: bool) -> None:  # pragma: no cover
         raise NotImplementedError
 
@@ -70,8 +73,31 @@ class IdleClaims:
             return None
         return next((s for s in range(len(self._workers)) if s not in self._busy), None)
 
-    def _claim(self, slot: int, item: Any, key: Hashable, priority: int, timeout_s: float | None) -> PendingRequest:
-        """Run ``[item]`` as a batch of one on ``slot`` now; its worker waits until the run ends."""
+    def try_claim(self, prepare: Callable[[], Any], *, timeout_s: float | None = None,
+                  priority: int = 0) -> asyncio.Future[Any] | None:
+        """Claim an idle instance for ``prepare()``'s item: one executor call runs both, one thread hop in all.
+
+        For a caller whose item itself costs work off the loop (decoding an upload): when an instance
+        is idle and nothing is queued, ``prepare`` and then the handler on ``[its item]`` run in one
+        call of this batcher's executor, instead of a hop to another pool for ``prepare`` and a second
+        one for the batch. ``prepare``'s exception answers this request only and counts as no batch.
+
+        Returns:
+            The future of the item's result, or None when no instance is idle or something is queued
+            (then ``prepare`` did not run: prepare the item and ``submit`` it as usual).
+
+        Raises:
+            The refusals of ``submit`` (stopping, restarting, bad timeout or priority).
+        """
+        self._check_accepting(timeout_s, priority)
+        slot = self._idle_slot()
+        if slot is None:
+            return None
+        return self._claim(slot, None, None, priority, timeout_s, prepare).future
+
+    def _claim(self, slot: int, item: Any, key: Hashable, priority: int, timeout_s: float | None,
+               prepare: Callable[[], Any] | None = None) -> PendingRequest:
+        """Run ``[item]`` (or ``[prepare()]``) as a batch of one on ``slot`` now; its worker waits until the run ends."""
         hash(key)  # an unhashable key is refused here too, before anything runs
         req = self._request(item, key, priority)
         self._arm(req, timeout_s)
@@ -79,7 +105,10 @@ class IdleClaims:
         self._stats.claimed_count += 1
         self._stats.in_flight += 1
         assert self._loop is not None
-        run = self._loop.run_in_executor(self._executor, call_handler, self._handler, [item], self._name)
+        if prepare is None:
+            run = self._loop.run_in_executor(self._executor, call_handler, self._handler, [item], self._name)
+        else:
+            run = self._loop.run_in_executor(self._executor, _prepare_and_call, prepare, self._handler, self._name)
         self._claims[run] = (slot, req)
         run.add_done_callback(self._claim_done)
         return req
@@ -96,6 +125,8 @@ class IdleClaims:
         if fault is None:
             results, error, compute_s = run.result()
             resolve([req], results, error)
+            if compute_s is None:  # prepare() failed: an answer for this request, no batch ran
+                return
             try:
                 self._record([0.0], compute_s, failed=error is not None)
             except BaseException as exc:  # noqa: BLE001 - on the loop: a fault ends the slot, as in a worker
@@ -122,3 +153,13 @@ class IdleClaims:
         if req.future.cancelled():
             self._stats.cancelled_count += 1
 
+
+
+def _prepare_and_call(prepare: Callable[[], Any], handler: Callable[[list[Any]], Iterable[Any]],
+                      name: str) -> tuple[list[Any], Exception | None, float | None]:
+    """In the executor: ``call_handler`` on ``[prepare()]``; a failing ``prepare`` gives its error and None seconds."""
+    try:
+        item = prepare()
+    except Exception as exc:  # noqa: BLE001 - the request's own error (e.g. a corrupt upload), answered to it
+        return [], exc, None
+    return call_handler(handler, [item], name)
