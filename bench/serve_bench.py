@@ -48,11 +48,15 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import grpc_cells  # noqa: E402
 import int8_cells  # noqa: E402
+from inprocess_limit import inprocess_limit  # noqa: E402
 from cell_rounds import RawProbe, cell_row, interleaved, spread  # noqa: E402
 from loadgen import LoadResult, multipart_request, run_load  # noqa: E402
 
 from tests.reliability.serverproc import ServerProcess, serve_command, start_server  # noqa: E402
 from tests.serving_utils import free_port  # noqa: E402
+
+
+SMALL = ("astronaut", "coffee", "chelsea", "rocket")  # the 300-640 px JPEG mix of the HTTP cells
 
 
 def photos() -> dict[str, bytes]:
@@ -174,6 +178,8 @@ def main() -> None:
                         help="gRPC cells for classifiers (comma list of grpc-{jpeg,tensor}/{tc,lean}; empty for none)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the cells at each concurrency")
     parser.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server's environment (repeatable)")
+    parser.add_argument("--inprocess-limit", action="store_true", help="also print each classifier's in-process decode+infer "
+                        "limit of all instances on the same JPEG mix (bench/inprocess_limit.py), to divide served rates by")
     parser.add_argument("--footprint", action="store_true", help="only the shipped models' footprint: RSS, start to ready, PNG latency")
     parser.add_argument("--requests", type=int, default=2000, help="mixed requests of --footprint between the two RSS readings")
     int8_cells.add_arguments(parser)
@@ -219,6 +225,9 @@ def run_models(root: Path, served: list[str], images: dict[str, bytes], sizes: t
             if name in args.models.split(","):
                 costs = preprocess_cost(root, name, images)
                 print(f"decode+preprocess for {name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in costs.items()), flush=True)
+            if args.inprocess_limit and name in args.models.split(",") + ["shapes_classifier"]:
+                limit = inprocess_limit(root / name / "1", [images[k] for k in SMALL], args.seconds, args.device)
+                print(f"in-process decode+infer limit {name}: {limit:.1f} img/s (divide the served img/s by it)", flush=True)
             probe = RawProbe(root, name, args.device, max(raw, key=raw.get))
             rows += run_cells(server, f"127.0.0.1:{grpc_port}", root, name, probe, images, args)
     finally:
@@ -233,7 +242,7 @@ def run_cells(server: ServerProcess, grpc_address: str, root: Path, name: str, p
     round; then its first endpoint on 12 MP."""
     from eca_serve.repository import read_config
 
-    small = [images[k] for k in ("astronaut", "coffee", "chelsea", "rocket")]
+    small = [images[k] for k in SMALL]
     task = read_config(root / name / "1").task
     endpoints = ["classify", "attention"] if task == "classification" else ["detect", "attention"]
     endpoints = [e for e in endpoints if not args.endpoints or e in args.endpoints.split(",")]

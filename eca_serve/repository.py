@@ -52,6 +52,8 @@ class InputSpec(_Strict):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     normalized_in_model: bool = False
+    preprocessing: Literal["fast", "reference"] | None = Field(
+        None, description="classifier preprocessing for this entry; None = the server's ECA_SERVE_PREPROCESSING")
 
 
 class OutputSpec(_Strict):

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     fp16: bool = False
     threads: int = Field(0, ge=0, description="intra-op threads per model (0 = library default)")
     decode_threads: int = Field(2, ge=1)
+    preprocessing: Literal["fast", "reference"] = Field("reference", description="classifier preprocessing: reference "
+                                                         "(torchvision's PIL transform) or fast (one boxed resize; "
+                                                         "an entry's input.preprocessing wins)")
     max_batch_size: int | None = Field(None, ge=1, description="default for entries without serving.max_batch_size")
     max_queue_delay_ms: float | None = Field(None, ge=0, description="default for entries without serving.max_queue_delay_ms")
     max_queue_size: int | None = Field(None, ge=1, description="default for entries without serving.max_queue_size")

@@ -90,7 +90,7 @@ def test_handler_exception_reaches_every_request_of_the_batch_then_serving_goes_
 )
 def test_wrong_result_count_fails_every_request_of_the_batch(handler: Callable, message: str) -> None:
     async def body() -> None:
-        async with DynamicBatcher(handler, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0)) as b:
+        async with DynamicBatcher(handler, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0, claim_idle=False)) as b:
             outcomes = await asyncio.gather(*spawn(b, ["a", "b"]), return_exceptions=True)
             stats = b.stats()
         assert len(outcomes) == 2
@@ -125,7 +125,7 @@ def test_cancelled_queued_request_is_dropped_and_the_others_are_answered() -> No
 def test_cancelled_in_flight_request_lets_its_batch_finish_for_the_others() -> None:
     async def body() -> None:
         rec = Recorder(hold_first=True)
-        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0, claim_idle=False)) as b:
             tasks = spawn(b, ["a", "b"])
             assert await asyncio.to_thread(rec.entered.wait, LIMIT_S)
             assert b.stats().in_flight == 2

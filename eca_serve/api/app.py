@@ -45,7 +45,7 @@ def serving_options(settings: Settings) -> ServingOptions:
         policy_defaults=defaults,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
         decode_threads=settings.decode_threads, only=list(settings.models), grace_period_s=settings.grace_period_s,
-        drift_window=settings.drift_window, drift_budget=settings.drift_budget,
+        drift_window=settings.drift_window, drift_budget=settings.drift_budget, preprocessing=settings.preprocessing,
         control_mode=settings.model_control_mode, poll_s=settings.repository_poll_secs,
     )
 

@@ -12,8 +12,9 @@ import functools
 import logging
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from eca_serve.batching.claims import IdleClaims
 from eca_serve.batching.policy import BatchPolicy, check_timeout_s
 from eca_serve.batching.queue import PendingQueue
 from eca_serve.batching.records import BatcherStats, PendingRequest, resolve
@@ -30,7 +31,6 @@ from eca_serve.errors import (
     InvalidParameterError,
     NotReadyError,
     QueueFullError,
-    RequestTimeoutError,
     ShuttingDownError,
 )
 
@@ -42,7 +42,7 @@ HealthListener = Callable[[bool], None]
 _log = logging.getLogger(__name__)
 
 
-class DynamicBatcher(Generic[T, R]):
+class DynamicBatcher(IdleClaims, Generic[T, R]):
     """Collects concurrent ``submit`` calls into batches and runs ``handler`` once per batch.
 
     The handler is synchronous and runs off the event loop, by default in an executor owned by
@@ -94,6 +94,8 @@ class DynamicBatcher(Generic[T, R]):
         self._workers: list[asyncio.Task[None]] = []
         self._down: dict[int, asyncio.TimerHandle] = {}  # crashed worker slot -> its pending restart
         self._crash_streak = 0
+        self._busy: set[int] = set()  # instance slots running a batch, by their worker or by a claim
+        self._claims: dict[asyncio.Future[Any], tuple[int, PendingRequest]] = {}  # run -> (slot, request)
         self._listeners: list[HealthListener] = []
         self._closing = False
 
@@ -168,11 +170,12 @@ class DynamicBatcher(Generic[T, R]):
         if workers:
             self._wakeup.set()
             if drain and grace_s > 0:
-                await asyncio.wait(workers, timeout=grace_s)
+                await asyncio.wait([*workers, *self._claims], timeout=grace_s)
             for worker in workers:
                 if not worker.done():
                     worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+        resolve([req for _, req in self._claims.values()], [], self._shutdown_error())
         self._fail_queued(self._shutdown_error())
         if self._owns_executor and self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -210,6 +213,8 @@ class DynamicBatcher(Generic[T, R]):
             Exception: Whatever the handler raised for this item's batch.
         """
         self._check_accepting(timeout_s, priority)
+        if (slot := self._idle_slot()) is not None:
+            return await self._claim(slot, item, key, priority, timeout_s).future
         self.check_room()
         return await self._enqueue(item, key, priority, timeout_s).future
 
@@ -241,46 +246,29 @@ class DynamicBatcher(Generic[T, R]):
             raise InvalidParameterError(f"priority must be an integer, got {priority!r}")
 
     def _enqueue(self, item: T, key: Hashable, priority: int, timeout_s: float | None) -> PendingRequest:
-        loop = asyncio.get_running_loop()
-        req = PendingRequest(item, key, priority, loop.create_future(), loop.time())
+        req = self._request(item, key, priority)
         self._queue.push(req)  # first: an unhashable key raises TypeError before anything is armed
-        limit = self._policy.timeout_s if timeout_s is None else timeout_s
-        if limit is not None:
-            req.timer = loop.call_at(req.enqueued + limit, self._expire, req, limit)
-        req.future.add_done_callback(lambda _: self._on_done(req))
+        self._arm(req, timeout_s)
         self._wakeup.set()
         return req
-
-    def _expire(self, req: PendingRequest, limit: float) -> None:
-        if req.future.done():
-            return
-        where = "queued" if self._queue.discard(req) else "running"
-        self._stats.timeout_count += 1
-        req.future.set_exception(
-            RequestTimeoutError(f"request to batcher {self._name!r} timed out after {limit:g} s ({where})")
-        )
-
-    def _on_done(self, req: PendingRequest) -> None:
-        if req.timer is not None:
-            req.timer.cancel()
-        self._queue.discard(req)  # a caller that gave up before its batch formed
-        if req.future.cancelled():
-            self._stats.cancelled_count += 1
 
     # --- workers: one task per instance slot, restarted after a crash --------------------------------
 
     def _spawn(self, slot: int) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self._name}-{slot}")
+        task = asyncio.get_running_loop().create_task(self._run(slot), name=f"batcher-{self._name}-{slot}")
         task.add_done_callback(functools.partial(self._on_worker_exit, slot))
         return task
 
-    async def _run(self) -> None:
-        while (batch := await self._next_batch()) is not None:
+    async def _run(self, slot: int) -> None:
+        while (batch := await self._next_batch(slot)) is not None:
+            self._busy.add(slot)
             try:
                 await self._execute(batch)
             except BaseException:
                 resolve(batch, [], self._shutdown_error() if self._closing else self._crash_error())
                 raise
+            finally:
+                self._busy.discard(slot)
             self._crash_streak = 0
 
     def _on_worker_exit(self, slot: int, task: asyncio.Task[None]) -> None:
@@ -290,10 +278,13 @@ class DynamicBatcher(Generic[T, R]):
             if exc is not None and not is_stop(exc):
                 _log.error("worker %d of batcher %r failed while stopping", slot, self._name, exc_info=exc)
             return
+        self._crashed(slot, exc or RuntimeError("worker returned"))
+
+    def _crashed(self, slot: int, exc: BaseException) -> None:
         self._crash_streak += 1
         self._stats.worker_crash_count += 1
         delay = restart_delay_s(self._crash_streak)
-        log_crash(self._name, slot, self._crash_streak, delay, exc or RuntimeError("worker returned"))
+        log_crash(self._name, slot, self._crash_streak, delay, exc)
         was_healthy = not self._down
         self._down[slot] = asyncio.get_running_loop().call_later(delay, self._restart, slot)
         if self._crash_streak >= FAIL_QUEUED_AFTER_CRASHES:
@@ -319,18 +310,22 @@ class DynamicBatcher(Generic[T, R]):
 
     # --- batches ----------------------------------------------------------------------------------
 
-    async def _next_batch(self) -> list[PendingRequest] | None:
-        """Wait for the next batch due by the policy; None once stopping and empty."""
+    async def _next_batch(self, slot: int) -> list[PendingRequest] | None:
+        """Wait for the next batch due by the policy; None once stopping and empty.
+
+        While a claim runs on this worker's slot, the worker only waits (its instance is busy).
+        """
         while True:
             self._wakeup.clear()
             head = self._queue.head()
-            if head is None:
-                if self._closing:
+            if head is None or slot in self._busy:
+                if head is None and self._closing:
                     return None
                 await self._wakeup.wait()
                 continue
             wait_s = self._fill_wait_s(head)
             if wait_s > 0:
+                self._stats.fill_wait_count += 1
                 await wait_event(self._wakeup, wait_s)
                 continue
             # a caller cancelled in this loop tick is still queued until its callback runs

@@ -29,6 +29,10 @@ class BatchPolicy:
         timeout_s: Default per-request limit on queue time plus execution time; None = no limit.
         instances: Batches that may run at the same time, each in its own thread (Triton's
             instance count); the handler must then be thread-safe.
+        claim_idle: A request that arrives while an instance is idle and nothing is queued runs
+            at once as a batch of one, without waking a worker or waiting ``max_queue_delay_ms``
+            for companions (nothing waits, so no one is served later for it). False: it queues
+            and waits like any other.
     """
 
     max_batch_size: int = 8
@@ -36,6 +40,7 @@ class BatchPolicy:
     max_queue_size: int = 256
     timeout_s: float | None = 30.0
     instances: int = 1
+    claim_idle: bool = True
 
     def __post_init__(self) -> None:
         _require_int("max_batch_size", self.max_batch_size, minimum=1)

@@ -25,6 +25,8 @@ class BatcherStats:
         timeout_count: Requests that timed out, queued or running.
         cancelled_count: Requests whose caller gave up (cancelled the awaiting task).
         worker_crash_count: Worker tasks that ended with an exception and were restarted.
+        claimed_count: Requests run at once on an idle instance by their own submit (batches of one).
+        fill_wait_count: Times a worker waited for a fuller batch (``max_queue_delay_ms``).
     """
 
     inference_count: int = 0
@@ -39,6 +41,8 @@ class BatcherStats:
     timeout_count: int = 0
     cancelled_count: int = 0
     worker_crash_count: int = 0
+    claimed_count: int = 0
+    fill_wait_count: int = 0
 
 
 @dataclass(eq=False)

@@ -9,6 +9,7 @@ from eca_serve.pipelines.base import ModelPipeline, Ran
 from eca_serve.pipelines.contract import Classification, ClassifyParams, Label, RunParams
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.preprocess import preprocess_classification, stack_batch
+from eca_serve.pipelines.preprocess_fast import preprocess_classification_fast
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -25,6 +26,8 @@ class ClassificationPipeline(ModelPipeline):
     action = "classify"
 
     def preprocess(self, decoded: DecodedImage) -> np.ndarray:
+        if self.preprocessing == "fast":
+            return preprocess_classification_fast(decoded, self.config.input)
         return preprocess_classification(decoded, self.config.input)
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -46,6 +46,7 @@ class ServingOptions:
     drift_budget: float = DEFAULT_BUDGET
     control_mode: Mode = "explicit"
     poll_s: float = 15.0
+    preprocessing: str = "reference"  # "fast" | "reference": entries without input.preprocessing
 
 
 def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
@@ -157,7 +158,8 @@ class ModelManager:
         cls = pipeline_class(config.task)
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch,
-                   drift_window=self.options.drift_window, drift_budget=self.options.drift_budget)
+                   drift_window=self.options.drift_window, drift_budget=self.options.drift_budget,
+                   preprocessing=self.options.preprocessing)
 
     async def load_model(self, name: str) -> list[int]:
         """Load the versions of ``name`` its policy selects and retire the others (explicit mode only)."""
