@@ -68,12 +68,13 @@ async function run(file) {
   try {
     const image = await loadImage(file);
     const name = encodeURIComponent(model.name);
-    const topK = Number($("topk-count").value) || 5;
+    const topK = Number($("topk-count").value);
+    const k = topK > 0 ? `top_k=${topK}&` : "";  // unset: the server's default, min(5, classes)
     const threshold = Number($("threshold").value);
     const main = isClassifier(model)
-      ? await postImage(`v1/models/${name}/classify?top_k=${topK}`, file)
+      ? await postImage(`v1/models/${name}/classify?${k}`, file)
       : await postImage(`v1/models/${name}/detect?score_threshold=${threshold}&masks=polygon`, file);
-    const attention = await postImage(`v1/models/${name}/attention?top_k=${topK}&score_threshold=${threshold}`, file);
+    const attention = await postImage(`v1/models/${name}/attention?${k}score_threshold=${threshold}`, file);
     $("results").hidden = false;
     if (isClassifier(model)) showClassification(image, main.results[0]);
     else showDetections(image, main.results[0]);

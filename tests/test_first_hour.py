@@ -1,0 +1,113 @@
+"""The traps a newcomer met in the first hour (issue 25), each against the real app, pipeline or CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import eca_serve
+from eca_serve.api.app import serving_options
+from eca_serve.cli import main
+from eca_serve.export import ExportOptions, export_model
+from eca_serve.pipelines import base
+from eca_serve.pipelines.manager import ModelManager
+from eca_serve.settings import Settings
+from tests.hostile_images import png_bytes
+from tests.serving_utils import SMALL, running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+STAR = ROOT / "examples" / "star.png"
+http = httpx.Client(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with one 3-class classifier (fewer classes than the old default top_k of 5)."""
+    from eca_serve.models import PreprocessConfig
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = eca_serve.create_model("eca_resnet18", num_classes=3, categories=["a", "b", "c"], **SMALL)
+    model.config = model.config.replace(preprocess=PreprocessConfig(input_size=(64, 64), resize=72))
+    export_model(model, root / "three" / "1", ExportOptions(name="three", version=1, formats=("onnx",), check_inputs=[(1, 64, 64)]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(three_classes: Path):
+    with running_server(Settings(model_repository=three_classes)) as (url, _):
+        yield url
+
+
+def _post(url: str) -> httpx.Response:
+    return http.post(url, content=png_bytes(), headers={"content-type": "image/png"})
+
+
+def test_default_top_k_is_at_most_the_class_count(server: str) -> None:
+    classify = _post(f"{server}/v1/models/three/classify")
+    attention = _post(f"{server}/v1/models/three/attention")
+    assert classify.status_code == attention.status_code == 200, (classify.text, attention.text)
+    assert len(classify.json()["results"][0]["predictions"]) == 3
+    assert len(attention.json()["results"][0]["predictions"]) == 3
+    too_many = _post(f"{server}/v1/models/three/classify?top_k=5")
+    assert too_many.status_code == 422 and "top_k must be between 1 and 3, got 5" in too_many.json()["error"]
+
+
+def test_predict_defaults_to_every_class_of_a_small_model(three_classes: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", str(STAR), "--model", "three", "--model-repository", str(three_classes)]) == 0
+    assert capsys.readouterr().out.count('"label"') == 3
+
+
+@pytest.mark.parametrize("path, typo, known", [("classify?topk=3", "topk", "top_k"), ("attention?top_k=1&fromat=png", "fromat", "format"),
+                                               ("detect?treshold=0.3", "treshold", "score_threshold")])
+def test_unknown_query_parameters_are_400_naming_them(server: str, path: str, typo: str, known: str) -> None:
+    response = _post(f"{server}/v1/models/three/{path}")
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert repr(typo) in error and known in error and "version" in error
+
+
+def test_unknown_query_parameters_on_get_routes_too(server: str) -> None:
+    response = http.get(f"{server}/v1/models/three?verison=1")
+    assert response.status_code == 400 and "'verison'" in response.json()["error"]
+    assert http.get(f"{server}/v1/models/three?version=1").status_code == 200
+
+
+def test_queue_time_excludes_inference_when_drift_is_sampled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference takes 1 s and the drift summary 0.5 s on a manual clock; the item waited 0 s in the queue."""
+    now = [0.0]
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    settings = Settings(model_repository=ROOT / "models", models=["shapes_classifier"], drift_budget=1e9)
+    manager = ModelManager(serving_options(settings))
+
+    async def run() -> list[tuple[dict, float, float]]:
+        await manager.load_all()
+        try:
+            pipeline = manager.get("shapes_classifier")
+            assert pipeline.drift is not None
+            infer, observe = pipeline.infer_batch, pipeline.drift.observe_rows
+
+            def slow_infer(tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+                now[0] += 1.0
+                return infer(tensors)
+
+            def slow_observe(rows: np.ndarray) -> None:
+                now[0] += 0.5
+                observe(rows)
+
+            monkeypatch.setattr(pipeline, "infer_batch", slow_infer)
+            monkeypatch.setattr(pipeline.drift, "observe_rows", slow_observe)
+            size = pipeline.config.input.size
+            item = base._Item(np.zeros((3, *size), np.float32), enqueued=0.0)
+            return pipeline._run_batch([item])
+        finally:
+            await manager.stop(grace_s=1.0)
+
+    [(_, queued, inference)] = asyncio.run(run())
+    assert (queued, inference) == (0.0, 1.0)
