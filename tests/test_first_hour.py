@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import types
 from pathlib import Path
 
@@ -111,3 +112,35 @@ def test_queue_time_excludes_inference_when_drift_is_sampled(monkeypatch: pytest
 
     [(_, queued, inference)] = asyncio.run(run())
     assert (queued, inference) == (0.0, 1.0)
+
+
+NARROW = ["--arg", "widths=[8,16,32,64]", "--arg", "stem_width=8", "--input-size", "32", "--resize", "32",
+          "--batch-size", "8", "--workers", "0", "--epochs", "1", "--json"]
+
+
+@pytest.mark.parametrize("layout", [["train"], ["val"], ["only_class"], []])
+def test_training_refuses_a_layout_that_gives_one_class(tmp_path: Path, layout: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from eca_serve.data import generate
+
+    for folder in layout:  # `data shapes --out data/shapes/train` without a val/: the README's old sequence
+        generate(tmp_path / "data" / folder, kind="classify", count=8, seed=1, size=32) if folder != "only_class" else \
+            (tmp_path / "data" / folder).mkdir(parents=True)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    assert main(["train", "classify", "--data", str(tmp_path / "data"), *NARROW, "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "expected train/ and val/" in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_two_runs_without_out_use_numbered_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from eca_serve.data import generate
+
+    generate(tmp_path / "data", kind="classify", count=16, seed=1, size=32)
+    monkeypatch.chdir(tmp_path)
+    reports = []
+    for _ in range(2):
+        assert main(["train", "classify", "--data", "data", *NARROW]) == 0
+        reports.append(json.loads(capsys.readouterr().out)["checkpoint"])
+    assert reports == [str(Path("runs/train/last.pt")), str(Path("runs/train2/last.pt"))]
+    assert (tmp_path / "runs" / "train" / "last.pt").is_file() and (tmp_path / "runs" / "train2" / "last.pt").is_file()
