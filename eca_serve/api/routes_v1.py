@@ -78,7 +78,8 @@ async def drift(name: str, manager: Manager, version: Version = None) -> schemas
     scores = pipeline.drift.scores()
     return schemas.DriftResponse(model=name, version=pipeline.config.version, score=_round(scores.score),
                                  layers=[schemas.DriftLayer(name=n, score=_round(v)) for n, v in scores.layers],
-                                 requests=scores.requests, window=pipeline.drift.window)
+                                 images_seen=scores.seen, images_sampled=scores.sampled, images_in_window=scores.images,
+                                 min_images=scores.min_images, window=pipeline.drift.window, requests=scores.images)
 
 
 def _round(value: float | None) -> float | None:

@@ -150,7 +150,7 @@ class ModelPipeline:
         outputs = self.infer_batch([i.tensor for i in items])
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
-        if self.drift is not None and self.drift.due(seconds):
+        if self.drift is not None and self.drift.due(seconds, len(items)):
             observed = time.perf_counter()
             self.drift.observe_rows(self.attention_rows(outputs))
             self.drift.charge(time.perf_counter() - observed)
