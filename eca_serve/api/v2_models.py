@@ -140,12 +140,14 @@ def _count(count: int, ns: int) -> dict[str, int]:
 
 
 def repository_index(manager: ModelManager) -> list[dict[str, str]]:
-    """``POST /v2/repository/index``: every expected or loaded model version and its state."""
+    """``POST /v2/repository/index``: every expected, loaded or unloaded model version and its state."""
     loaded = {(n, v): p for n, versions in manager.pipelines.items() for v, p in versions.items()}
     entries = []
-    for name, version in sorted(manager.expected | set(loaded)):
+    for name, version in sorted(manager.expected | set(loaded) | manager.unloaded):
         pipeline = loaded.get((name, version))
-        if pipeline is not None:
+        if (name, version) in manager.unloaded and pipeline is None:
+            state, reason = "UNAVAILABLE", "unloaded"  # as Triton lists a model after its unload
+        elif pipeline is not None:
             reason = pipeline.unready_reason
             state, reason = ("READY", "") if reason is None else ("UNAVAILABLE", reason)
         elif manager.loading_error:

@@ -100,6 +100,7 @@ class ModelManager:
         self.decode_executor = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
         self.pipelines: dict[str, dict[int, ModelPipeline]] = {}
         self.expected: set[tuple[str, int]] = set()
+        self.unloaded: set[tuple[str, int]] = set()  # unloaded at run time: listed UNAVAILABLE until loaded again
         self.load_seconds: dict[str, float] = {}
         self.loading_error: str | None = None
         self._parsed: dict[Path, EntryConfig] = {}  # configs read by discovery, verified and used by _build
@@ -137,6 +138,7 @@ class ModelManager:
         await pipeline.start()
         self.pipelines.setdefault(name, {})[version] = pipeline
         self.expected.add((name, version))
+        self.unloaded.discard((name, version))
         self.load_seconds[f"{name}/{version}"] = time.perf_counter() - start
         policy = pipeline.batcher.policy
         log.info("model %s/%s ready (%s on %s, batches of <= %d, %d instances) in %.2fs", name, version,
@@ -175,6 +177,7 @@ class ModelManager:
         if not versions:
             raise UnknownModelError(f"model {name!r} is not loaded")
         self.expected = {(n, v) for n, v in self.expected if n != name}
+        self.unloaded |= {(name, v) for v in versions}
         await asyncio.gather(*[p.stop(self.options.grace_period_s) for p in versions.values()])
         for version in versions:
             self.load_seconds.pop(f"{name}/{version}", None)
