@@ -144,3 +144,20 @@ def test_two_runs_without_out_use_numbered_folders(tmp_path: Path, monkeypatch: 
         reports.append(json.loads(capsys.readouterr().out)["checkpoint"])
     assert reports == [str(Path("runs/train/last.pt")), str(Path("runs/train2/last.pt"))]
     assert (tmp_path / "runs" / "train" / "last.pt").is_file() and (tmp_path / "runs" / "train2" / "last.pt").is_file()
+
+
+def test_models_table_uses_the_terminal_width_and_counts_detector_parameters(monkeypatch: pytest.MonkeyPatch,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) > 100
+    for name in ("fasterrcnn_eca_resnet101_fpn", "torchvision:fasterrcnn_resnet18_fpn", "retinanet_eca_resnet18_fpn"):
+        assert name in out
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["models", "--task", "detection", "--json"]) == 0
+    params = {m["name"]: m["params"] for m in json.loads(capsys.readouterr().out)}
+    assert len(params) >= 4 and all(isinstance(p, int) and p > 1_000_000 for p in params.values()), params
+    assert main(["models", "--task", "detection"]) == 0
+    narrow = capsys.readouterr().out
+    assert max(len(line) for line in narrow.splitlines()) <= 80 and "torchvision:fasterrcnn_resnet18_fpn" in narrow

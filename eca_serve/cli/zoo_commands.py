@@ -73,12 +73,10 @@ def plain_summary(doc: str | None) -> str:
     return line.replace("``", "").replace("`", "").strip()
 
 
-def _param_count(entry: Any) -> int | None:
-    """Parameters of a classifier at its defaults, built on the meta device (no memory, no init cost)."""
+def _param_count(entry: Any) -> int:
+    """Parameters of a model (classifier or detector) at its defaults, built on the meta device (no memory, no init cost)."""
     import torch
 
-    if entry.task != "classification":
-        return None
     try:
         with torch.device("meta"):
             model = entry.builder()
