@@ -161,3 +161,15 @@ def test_models_table_uses_the_terminal_width_and_counts_detector_parameters(mon
     assert main(["models", "--task", "detection"]) == 0
     narrow = capsys.readouterr().out
     assert max(len(line) for line in narrow.splitlines()) <= 80 and "torchvision:fasterrcnn_resnet18_fpn" in narrow
+
+
+def test_inspect_an_int8_entry_uses_its_parents_weights_at_the_entrys_input_size(capsys: pytest.CaptureFixture[str]) -> None:
+    reports = []
+    for version in ("2", "1"):
+        assert main(["inspect", str(ROOT / "models" / "shapes_classifier" / version), "--json"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    int8, fp32 = reports
+    assert int8["checkpoint"] == fp32["checkpoint"] == str(ROOT / "models" / "shapes_classifier" / "1" / "weights.safetensors")
+    assert int8["input_size"] == fp32["input_size"] == [64, 64] and int8["macs"] == fp32["macs"]
+    assert main(["inspect", str(ROOT / "models" / "shapes_classifier" / "1"), "--input-size", "224", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] > 10 * fp32["macs"]
