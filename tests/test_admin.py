@@ -36,8 +36,9 @@ def test_unload_and_load_with_token(repository) -> None:
         assert client.post(f"{base}/v2/repository/models/shapes_small/unload", headers=auth).json() == {"name": "shapes_small", "unloaded_versions": [1]}
         gone = client.post(f"{base}/v1/models/shapes_small/classify", **PNG)
         assert gone.status_code == 404 and "unknown model" in gone.json()["error"]
-        assert client.get(f"{base}/v2/repository/index").json() == [
-            {"name": "shapes_small", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
+        unloaded = [{"name": "shapes_small", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"}]
+        assert client.get(f"{base}/v2/repository/index").json() == unloaded
+        assert client.post(f"{base}/v2/repository/index").json() == unloaded
         assert client.post(f"{base}/v2/repository/models/shapes_small/load", headers=auth).json() == {"name": "shapes_small", "loaded_versions": [1]}
         assert client.post(f"{base}/v1/models/shapes_small/classify", **PNG).status_code == 200
         assert [e["state"] for e in client.get(f"{base}/v2/repository/index").json()] == ["READY"]

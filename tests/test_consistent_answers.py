@@ -41,9 +41,12 @@ def test_a_png_part_declared_text_plain_is_classified_as_its_bytes(base: str) ->
     assert declared.json()["results"][0]["predictions"][0]["label"] == "star"
 
 
-def test_text_in_a_part_declared_text_plain_is_still_415(base: str) -> None:
-    response = http.post(f"{base}/v1/models/shapes_classifier/classify", files={"file": ("a.txt", b"hello", "text/plain")})
-    assert response.status_code == 415
+def test_text_in_a_part_is_400_not_an_image_whatever_the_part_type(base: str) -> None:
+    url = f"{base}/v1/models/shapes_classifier/classify"
+    for part_type in ("text/plain", "image/png", "application/octet-stream"):
+        response = http.post(url, files={"file": ("a.txt", b"hello, a text file\n" * 8, part_type)})
+        assert response.status_code == 400, (part_type, response.text)
+        assert "not a recognised image" in response.json()["error"]
 
 
 def test_wrong_task_message_uses_the_right_article(base: str) -> None:

@@ -37,18 +37,18 @@ def test_monitor_holds_at_most_its_window_and_scores_a_shift() -> None:
     for _ in range(10):
         monitor.observe({"a": rng.random((50, 16)), "b": rng.random((50, 8))})
     stable = monitor.scores()
-    assert stable.requests == 100 and stable.score < 0.25
+    assert stable.images == 100 and stable.score < 0.25
     assert monitor._counts.sum(axis=1).tolist() == [100, 100]
     monitor.observe({"a": rng.random((100, 16)) * 0.2 + 0.8, "b": rng.random((100, 8)) * 0.2 + 0.8})
     shifted = monitor.scores()
-    assert shifted.requests == 100 and shifted.score > 1.0 and [n for n, _ in shifted.layers] == ["a", "b"]
+    assert shifted.images == 100 and shifted.score > 1.0 and [n for n, _ in shifted.layers] == ["a", "b"]
 
 
 def test_no_score_before_the_window_holds_enough_images() -> None:
     rng = np.random.default_rng(0)
     monitor = DriftMonitor(build_reference({"a": rng.random((40, 4))}), window=512)
     monitor.observe({"a": rng.random((99, 4))})
-    assert monitor.scores().score is None and monitor.scores().requests == 99
+    assert monitor.scores().score is None and monitor.scores().images == 99
     monitor.observe({"a": rng.random((1, 4))})
     assert monitor.scores().score is not None
 
@@ -88,13 +88,14 @@ def test_shipped_classifier_drift_stays_low_in_distribution_and_rises_on_shifted
                for image in held_out]
     with running_server(Settings(model_repository=ROOT / "models", models=[CLS], drift_window=200, drift_budget=100.0)) as (base, _):
         empty = _drift(base)
-        assert empty["requests"] == 0 and empty["score"] is None and {l["score"] for l in empty["layers"]} == {None}
+        assert empty["images_in_window"] == empty["images_seen"] == 0 and empty["score"] is None and {l["score"] for l in empty["layers"]} == {None}
         _post_all(base, [_png(i) for i in held_out])
         stable = _drift(base)
         _post_all(base, [_png(i) for i in shifted])
         moved = _drift(base)
         metrics = http.get(f"{base}/metrics").text
-    assert stable["requests"] == moved["requests"] == stable["window"] == 200
+    assert stable["images_in_window"] == moved["images_in_window"] == stable["window"] == 200
+    assert moved["images_seen"] == moved["images_sampled"] == 400 and moved["requests"] == 200  # every batch summarised
     assert stable["score"] < 0.15, stable
     assert moved["score"] > 0.5 and moved["score"] > 5 * stable["score"], moved
     assert [l["name"] for l in moved["layers"]] == [a.name for a in config.attention]
@@ -116,3 +117,14 @@ def test_monitoring_stays_within_its_budget_of_inference_time() -> None:
     monitor.charge(1.0)  # summarising cost 1 s so far
     assert not monitor.due(10.0)  # 1 s > 1% of 10.5 s of inference: skip this batch
     assert monitor.due(90.0)  # 1 s <= 1% of 100.5 s: summarise again
+
+
+def test_scores_tell_images_seen_from_images_sampled() -> None:
+    rng = np.random.default_rng(0)
+    monitor = DriftMonitor(build_reference({"a": rng.random((40, 4))}), window=50, budget=0.01)
+    assert monitor.due(0.5, images=8)  # nothing spent yet: summarise
+    monitor.observe({"a": rng.random((8, 4))})
+    monitor.charge(1.0)
+    assert not monitor.due(0.5, images=8)  # over budget: seen, not summarised
+    scores = monitor.scores()
+    assert (scores.seen, scores.sampled, scores.images, scores.min_images) == (16, 8, 8, 50)

@@ -171,6 +171,13 @@ def test_decompression_bombs_are_refused_from_the_header(width, height):
     assert time.perf_counter() - start < 0.5
 
 
+def test_a_bomb_caught_by_pillow_quotes_the_configured_limit_not_pillows():
+    with pytest.raises(ImageTooLargeError) as caught:
+        decode(png_declaring(20000, 20000))  # over Pillow's own guard, which fires first
+    assert "40000000 pixels" in str(caught.value) and "400000000" in str(caught.value)
+    assert str(Image.MAX_IMAGE_PIXELS * 2) not in str(caught.value)
+
+
 def test_a_12_megapixel_photo_is_accepted():
     out = decode(encode(Image.new("RGB", (4000, 3000), (10, 20, 30)), "PNG"), target=(256, 256))
     assert out.size == (4000, 3000) and out.scale == 1.0

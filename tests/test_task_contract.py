@@ -53,7 +53,7 @@ def test_every_task_of_the_config_schema_has_a_pipeline() -> None:
 
 
 def test_parameters_have_one_model_and_one_set_of_defaults_per_task() -> None:
-    assert ClassifyParams().top_k == 5 and DetectParams().score_threshold == 0.5 and DetectParams().masks == "rle"
+    assert ClassifyParams().top_k is None and DetectParams().score_threshold == 0.5 and DetectParams().masks == "rle"
     assert DetectParams.parse({"score_threshold": 1, "top_k": 3, "unrelated": "x"}) == DetectParams(score_threshold=1.0)
     for bad in ({"score_threshold": True}, {"score_threshold": "0.3"}, {"max_detections": 0}, {"masks": "png"}):
         with pytest.raises(InvalidParameterError, match="invalid parameters"):

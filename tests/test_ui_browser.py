@@ -8,6 +8,7 @@ Screenshots land in ``artifacts/screenshots/`` (kept by CI, ignored by git).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -102,6 +103,13 @@ def test_redoc_renders_the_operations_offline(page, base: str, blocked: list[str
     assert blocked == []
 
 
+def test_no_empty_panels_before_an_image_is_chosen(page, base: str) -> None:
+    page.goto(f"{base}/")
+    page.locator('#model option[value="shapes_classifier"]').wait_for(state="attached")
+    assert page.locator("#results").is_hidden()
+    assert page.evaluate("getComputedStyle(document.getElementById('results')).display") == "none"
+
+
 def run_demo(page, base: str, model: str, image: str) -> None:
     page.goto(f"{base}/")
     page.locator(f'#model option[value="{model}"]').wait_for(state="attached")
@@ -135,5 +143,11 @@ def test_demo_draws_every_detection_the_api_returns(page, base: str, blocked: li
     assert int(page.get_attribute("#overlay", "data-instances")) == expected
     assert page.locator("#detections tr").count() == expected + 1
     assert int(page.get_attribute("#attention", "data-layers")) == attention_layer_count(base, "shapes_detector") > 0
+    width, height = page.evaluate("[overlay.width, overlay.height]")
+    labels = json.loads(page.get_attribute("#overlay", "data-labels"))
+    assert len(labels) == expected and all(0 <= x and x + w <= width and 0 <= y and y + h <= height for x, y, w, h in labels)
+    overlaps = [(a, b) for i, a in enumerate(labels) for b in labels[i + 1:]
+                if a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]]
+    assert overlaps == []
     shot(page, "demo_detect")
     assert blocked == []

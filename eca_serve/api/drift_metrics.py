@@ -27,7 +27,7 @@ class DriftCollector(Collector):
                 if pipeline.drift is None:
                     continue
                 scores = pipeline.drift.scores()
-                window.add_metric([name, str(version)], scores.requests)
+                window.add_metric([name, str(version)], scores.images)
                 if scores.score is None:  # too few images yet: no score rather than noise
                     continue
                 model.add_metric([name, str(version)], scores.score)

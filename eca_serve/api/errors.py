@@ -32,6 +32,10 @@ class BadFormError(errors.InvalidParameterError):
     """A multipart body without the expected image field(s)."""
 
 
+class UnknownQueryParameterError(errors.ClientError):
+    """A query parameter the endpoint does not take (a typo such as ``topk`` would otherwise be ignored)."""
+
+
 class AdminDisabledError(errors.ClientError):
     """An admin endpoint was called while the admin API is off."""
 

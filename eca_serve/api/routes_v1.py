@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
 from eca_serve.api import convert, schemas
 from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.errors import UnknownQueryParameterError
 from eca_serve.api.uploads import read_images
 from eca_serve.errors import InvalidParameterError, NoDriftReferenceError, WrongTaskError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.contract import ClassifyParams, DetectParams, StageTimes
 
-router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+async def _known_query(request: Request) -> None:
+    """Refuse query parameters the route does not declare (400 naming them and the known ones)."""
+    route = request.scope.get("route")
+    known = _query_names(route.dependant) if route is not None else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise UnknownQueryParameterError(f"unknown query parameter {', '.join(map(repr, unknown))}; "
+                                         f"this endpoint takes: {', '.join(sorted(known)) or 'none'}")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """Query parameter names of a FastAPI ``Dependant`` and of its sub-dependencies."""
+    return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
+
+
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(_known_query)])
 ERRORS = {s: {"model": schemas.ErrorBody} for s in (400, 404, 413, 415, 422, 503, 504)}
 IMAGE_BODY = {
     "requestBody": {
@@ -29,8 +47,8 @@ IMAGE_BODY = {
     }
 }
 Version = Annotated[int | None, Query(ge=1, description="model version (default: newest)")]
-CLASSIFY, DETECT = ClassifyParams(), DetectParams()  # the defaults of each task, in one place
-TopK = Annotated[int, Query(ge=1, le=1000, description="number of classes to return")]
+DETECT = DetectParams()  # the defaults of the task, in one place
+TopK = Annotated[int | None, Query(ge=1, le=1000, description="number of classes to return (default: min(5, classes))")]
 Threshold = Annotated[float, Query(ge=0, le=1, description="drop detections scoring below this")]
 MaxDetections = Annotated[int, Query(ge=1, le=1000, description="most detections per image")]
 MaskFormat = Literal["rle", "polygon", "none"]
@@ -60,7 +78,8 @@ async def drift(name: str, manager: Manager, version: Version = None) -> schemas
     scores = pipeline.drift.scores()
     return schemas.DriftResponse(model=name, version=pipeline.config.version, score=_round(scores.score),
                                  layers=[schemas.DriftLayer(name=n, score=_round(v)) for n, v in scores.layers],
-                                 requests=scores.requests, window=pipeline.drift.window)
+                                 images_seen=scores.seen, images_sampled=scores.sampled, images_in_window=scores.images,
+                                 min_images=scores.min_images, window=pipeline.drift.window, requests=scores.images)
 
 
 def _round(value: float | None) -> float | None:
@@ -74,7 +93,7 @@ async def _images(request: Request, settings: AppSettings) -> list:
 
 @router.post("/models/{name}/classify", response_model=schemas.ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
 async def classify(name: str, request: Request, manager: Manager, settings: AppSettings,
-                   top_k: TopK = CLASSIFY.top_k, version: Version = None) -> Response:
+                   top_k: TopK = None, version: Version = None) -> Response:
     """Top-k classes of each uploaded image (multipart field ``file``, repeatable, or a raw image body)."""
     pipeline = _pipeline(manager, name, version, "classify")
     params = ClassifyParams.parse({"top_k": top_k})
@@ -102,7 +121,7 @@ async def detect(
     openapi_extra=IMAGE_BODY)
 async def attention(
     name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
-    top_k: TopK = CLASSIFY.top_k, format: Literal["json", "png"] = "json",
+    top_k: TopK = None, format: Literal["json", "png"] = "json",
     score_threshold: Threshold = DETECT.score_threshold,
 ) -> Response:
     """Per-layer channel attention of each image, with the predictions of the same forward pass."""

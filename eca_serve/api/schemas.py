@@ -116,8 +116,13 @@ class DriftResponse(BaseModel):
     score: float | None = Field(description="mean of the layers' scores: < 0.1 stable, 0.1-0.25 moderate, > 0.25 shifted; "
                                 "null until the window holds 100 images", examples=[0.028])
     layers: list[DriftLayer]
-    requests: int = Field(description="images the recent summary holds (the window fills up to its size)")
+    images_seen: int = Field(description="images this version ran since start, sampled or not", examples=[2700])
+    images_sampled: int = Field(description="images summarised since start: every batch when inference is slow enough, "
+                                "else the sample ECA_SERVE_DRIFT_BUDGET allows", examples=[340])
+    images_in_window: int = Field(description="sampled images the recent summary holds (up to the window)", examples=[340])
+    min_images: int = Field(description="images the window must hold before a score", examples=[100])
     window: int = Field(description="most images the summary holds", examples=[512])
+    requests: int = Field(description="deprecated, the same as images_in_window (it never counted requests)")
 
 
 class ErrorBody(BaseModel):

@@ -85,6 +85,8 @@ async def _from_multipart(request: Request, body: bytes, max_images: int) -> lis
         others = sorted({k for k, v in form.multi_items() if k != FIELD or not isinstance(v, UploadFile)})
         if not files:
             raise BadFormError(f"expected image file(s) in multipart field '{FIELD}', got fields {others or 'none'}")
-        return [ImageInput(await f.read(), f.content_type, f.filename) for f in files]
+        # A part's type is only the browser's guess from the file name: the bytes decide (a text file is
+        # "not a recognised image", 400, like any other non-image part).
+        return [ImageInput(await f.read(), None, f.filename) for f in files]
     finally:
         await form.close()

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torchscript", "eager"],
                    help="inference backend (auto: the entry's serving.engine, else the rule of eca_serve.runtime.engines)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--top-k", type=int, default=5, help="classifiers: classes to print")
+    p.add_argument("--top-k", type=int, default=None, help="classifiers: classes to print (default: min(5, classes))")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept")
     p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"], help="detectors: mask format")
     p.add_argument("--attention", action="store_true", help="print the attention endpoint's body (per-layer weights)")

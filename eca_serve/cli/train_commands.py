@@ -61,7 +61,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", help="mixed precision (cuda)")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--seed", type=int, default=0, help="random seed of weights, shuffling and augmentation")
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="checkpoint folder (last.pt)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="checkpoint folder (last.pt); default: runs/train, or runs/train2, 3, ... when taken")
     p.add_argument("--resume", type=Path, help="continue from a last.pt (same run: optimiser and schedule too; default: none)")
     p.add_argument("--init-weights", type=Path, help="start from these weights with a fresh optimiser (fine-tuning; default: none)")
     p.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradient norm to this (0 = off)")
@@ -86,8 +87,9 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train_classify(args: argparse.Namespace) -> int:
-    from eca_serve.training.classify import ClassifyData, train_classifier
+    from eca_serve.training.classify import ClassifyData, check_layout, train_classifier
 
+    check_layout(args.data)  # before building a model: a one-class layout is a mistake, not a run
     data = ClassifyData(args.data, args.input_size, args.resize, augment=args.augment)
     model_kwargs = _parse_args(args.arg)
     surgery = surgery_request(args, args.model)
@@ -126,10 +128,21 @@ def report_step(bar: Any, task: Any, s: dict, epochs: int) -> None:
                info=f"loss {s['loss']:.3f} {s['img_per_s']:.0f} img/s")
 
 
+def next_run_folder(base: Path = Path("runs/train")) -> Path:
+    """``base``, or ``base2``, ``base3``, ... : the first that does not exist or is empty (runs never overwrite)."""
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}{n}")
+    return candidate
+
+
 def _train(args: argparse.Namespace, run: Callable) -> int:
+    if args.out is None:
+        args.out = next_run_folder()
     with training_progress(disable=args.json) as bar:
         if not args.json:
-            bar.console.print(f"training {args.model} for {args.epochs} epoch(s) on {args.device}")
+            bar.console.print(f"training {args.model} for {args.epochs} epoch(s) on {args.device} into {args.out}")
         task = bar.add_task("starting", total=None, info="")
         model, metrics = run(lambda s: report_step(bar, task, s, args.epochs))
     if args.export_to:

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="detect a checkpoint's (or an entry folder's) architecture, load it strictly, "
                        "report its cost and any attention inserted by surgery")
     p.add_argument("checkpoint", type=Path, help="checkpoint file, or a repository entry folder")
-    p.add_argument("--input-size", type=int, default=224, help="square input side for FLOPs")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="square input side for FLOPs (default: an entry's own input size, else 224)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_inspect)
 
@@ -75,12 +76,10 @@ def plain_summary(doc: str | None) -> str:
     return line.replace("``", "").replace("`", "").strip()
 
 
-def _param_count(entry: Any) -> int | None:
-    """Parameters of a classifier at its defaults, built on the meta device (no memory, no init cost)."""
+def _param_count(entry: Any) -> int:
+    """Parameters of a model (classifier or detector) at its defaults, built on the meta device (no memory, no init cost)."""
     import torch
 
-    if entry.task != "classification":
-        return None
     try:
         with torch.device("meta"):
             model = entry.builder()
@@ -95,13 +94,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from eca_serve.models.arch_detect import detect_architecture
     from eca_serve.models.profile import measure
 
+    entry_size = None
     if args.checkpoint.is_dir():  # a repository entry: its weights carry the config
-        args.checkpoint = args.checkpoint / "weights.safetensors"
+        args.checkpoint, entry_size = entry_weights(args.checkpoint)
     ckpt = read_checkpoint(args.checkpoint)
     name, kwargs = _stored_architecture(ckpt) or detect_architecture(ckpt.state_dict)
     model = create_model(name, weights=args.checkpoint, **kwargs)
     inserted = inserted_attention(model)
-    cost = measure(model, (args.input_size, args.input_size))
+    size = (args.input_size, args.input_size) if args.input_size else entry_size or (224, 224)
+    cost = measure(model, size)
     layers = attention_layers(model)
     report = {
         "checkpoint": str(args.checkpoint),
@@ -119,6 +120,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _print_report(args, f"inspect {args.checkpoint.name}", report)
     print_inserted(inserted, args.json)
     return 0
+
+
+def entry_weights(folder: Path) -> tuple[Path, tuple[int, int] | None]:
+    """The weights of a repository entry and its input (H, W): an INT8 entry (ONNX only) uses its FP32 parent's.
+
+    Raises:
+        ConfigError: the entry (or its parent) has no ``weights.safetensors``.
+    """
+    from eca_serve.repository import parse_config
+
+    config = parse_config(folder)
+    source = folder.parent / str(config.quantization.parent_version) if config.quantization is not None else folder
+    weights = source / "weights.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"{weights} not found: inspect needs the PyTorch weights of {folder}"
+                          + (f" (an INT8 entry: its FP32 parent, version {source.name})" if source != folder else ""))
+    return weights, tuple(config.input.size) if config.input.size is not None else None
 
 
 def _stored_architecture(ckpt: Any) -> tuple[str, dict[str, Any]] | None:

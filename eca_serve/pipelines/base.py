@@ -156,10 +156,10 @@ class ModelPipeline:
         outputs = self.infer_batch([i.tensor for i in items])
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
-        if self.drift is not None and self.drift.due(seconds):
-            start = time.perf_counter()
+        if self.drift is not None and self.drift.due(seconds, len(items)):
+            observed = time.perf_counter()
             self.drift.observe_rows(self.attention_rows(outputs))
-            self.drift.charge(time.perf_counter() - start)
+            self.drift.charge(time.perf_counter() - observed)
         return [(out, start - item.enqueued, seconds) for out, item in zip(outputs, items)]
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract

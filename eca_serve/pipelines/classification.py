@@ -11,6 +11,8 @@ from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.preprocess import preprocess_classification, stack_batch
 from eca_serve.pipelines.preprocess_fast import preprocess_classification_fast
 
+DEFAULT_TOP_K = 5  # at most: a model with fewer classes returns them all
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, float64 for stability."""
@@ -36,6 +38,8 @@ class ClassificationPipeline(ModelPipeline):
 
     def check_params(self, params: RunParams) -> ClassifyParams:
         params = super().check_params(params)
+        if params.top_k is None:
+            return params.model_copy(update={"top_k": min(DEFAULT_TOP_K, self.config.num_classes)})
         if params.top_k > self.config.num_classes:
             raise InvalidParameterError(f"top_k must be between 1 and {self.config.num_classes}, got {params.top_k}")
         return params

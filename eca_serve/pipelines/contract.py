@@ -68,7 +68,7 @@ class RunParams(BaseModel):
 class ClassifyParams(RunParams):
     """Classification: the ``top_k`` most probable classes of each image (at most the model's class count)."""
 
-    top_k: int = Field(5, ge=1, le=1000)
+    top_k: int | None = Field(None, ge=1, le=1000, description="classes per image (default: min(5, the model's classes))")
 
 
 class DetectParams(RunParams):

@@ -119,7 +119,10 @@ class DriftScores:
 
     score: float | None
     layers: list[tuple[str, float | None]]
-    requests: int
+    images: int  # in the window now: the last sampled images, at most the window
+    sampled: int = 0  # summarised since start (the sample of `seen` the budget allows)
+    seen: int = 0  # run through the model since start, sampled or not
+    min_images: int = MIN_IMAGES  # in the window before a score
 
 
 class DriftMonitor:
@@ -143,20 +146,21 @@ class DriftMonitor:
         self._edges = np.stack([l.edges for l in reference.layers])  # [L, bins - 1]
         self._ring = np.zeros((len(self.names), window), np.int8)  # bin of each recent image, per layer
         self._counts = np.zeros((len(self.names), reference.bins), np.int64)
-        self._seen, self._lock = 0, threading.Lock()
+        self._seen, self._served, self._lock = 0, 0, threading.Lock()
 
     def observe(self, attention: Mapping[str, np.ndarray]) -> None:
         """Add a batch: layer name -> weights [N, C] (every layer of the reference)."""
         self.observe_rows(np.concatenate([np.asarray(attention[n], np.float32).reshape(len(attention[n]), -1) for n in self.names], axis=1))
 
-    def due(self, inference_s: float) -> bool:
-        """Whether to summarise the batch that took ``inference_s``: monitoring stays within ``budget`` of inference.
+    def due(self, inference_s: float, images: int = 0) -> bool:
+        """Whether to summarise the batch of ``images`` that took ``inference_s``: monitoring stays within ``budget`` of inference.
 
         A model so fast that summarising every image would cost more (a 64 px classifier runs in
         0.5 ms) has a sample of its batches summarised instead, spread evenly over time; a model of
         a few milliseconds or more has every batch summarised.
         """
         self._inference_s += inference_s
+        self._served += images
         return self._observe_s <= self.budget * self._inference_s
 
     def charge(self, seconds: float) -> None:
@@ -180,12 +184,14 @@ class DriftMonitor:
 
     def scores(self) -> DriftScores:
         with self._lock:
-            counts, requests = self._counts.copy(), min(self._seen, self.window)
-        if requests < min(MIN_IMAGES, self.window):
-            return DriftScores(None, [(name, None) for name in self.names], requests)
+            counts, sampled = self._counts.copy(), self._seen
+        images, least = min(sampled, self.window), min(MIN_IMAGES, self.window)
+        seen = max(self._served, sampled)  # `observe` called directly counts as seen
+        if images < least:
+            return DriftScores(None, [(name, None) for name in self.names], images, sampled, seen, least)
         layers = [(name, psi(c)) for name, c in zip(self.names, counts)]
         overall = float(np.mean([s for _, s in layers])) if layers else 0.0
-        return DriftScores(overall, layers, requests)
+        return DriftScores(overall, layers, images, sampled, seen, least)
 
 
 def _floats(values: np.ndarray) -> list[float]:

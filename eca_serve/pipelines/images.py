@@ -21,6 +21,7 @@ pixels), without its rewrite of the metadata, which is unused here and can fail 
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 import warnings
@@ -133,7 +134,7 @@ def decode_image(
     if sniff_format(data) is None:
         check_content_type(content_type)
     _check_body(data, limits)
-    im = _open(data)
+    im = _open(data, limits)
     _check_sides(im.size, limits)
     fmt, orientation = str(im.format), _orientation(im)
     if fmt == "PNG":
@@ -141,7 +142,7 @@ def decode_image(
     original = _upright(im.size, orientation)
     scale = _request_draft(im, target, orientation) if target is not None else 1.0
     _check_pixels(im.size, scale, limits)  # the size after the draft: what will be decoded
-    _load(im)
+    _load(im, limits)
     upright = im.transpose(_TRANSPOSE[orientation]) if orientation != 1 else im
     return DecodedImage(image=to_rgb(upright), original_size=original, format=fmt, scale=scale)
 
@@ -184,14 +185,14 @@ def _check_body(data: bytes, limits: DecodeLimits) -> None:
         )
 
 
-def _open(data: bytes) -> ImageFile.ImageFile:
+def _open(data: bytes, limits: DecodeLimits) -> ImageFile.ImageFile:
     """Parse only the header (``Image.open`` is lazy); PIL's bomb warning becomes an error."""
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from None
+        raise _bomb(exc, limits) from None
     except Image.UnidentifiedImageError:
         raise InvalidImageError(
             f"not a recognised image: accepted formats are {', '.join(ACCEPTED_FORMATS)}"
@@ -262,13 +263,20 @@ def _request_draft(im: ImageFile.ImageFile, target: tuple[int, int], orientation
     return float(round(full_width / result[1][2]))  # the box is the full image in drafted pixels
 
 
-def _load(im: ImageFile.ImageFile) -> None:
+def _load(im: ImageFile.ImageFile, limits: DecodeLimits) -> None:
     try:
         im.load()
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from None
+        raise _bomb(exc, limits) from None
     except _DECODE_ERRORS as exc:
         raise InvalidImageError(f"corrupt or truncated {im.format} image: {exc}") from None
+
+
+def _bomb(exc: Exception, limits: DecodeLimits) -> ImageTooLargeError:
+    """Pillow's bomb guard (its own, higher limit) reworded with the configured limit, the one a client can meet."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    pixels = f" of {int(found[1])} pixels" if found else ""
+    return ImageTooLargeError(f"image too large: it declares a size{pixels}, over the limit of {limits.max_pixels} pixels")
 
 
 def _upright(size: tuple[int, int], orientation: int) -> tuple[int, int]:

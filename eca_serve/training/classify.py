@@ -66,12 +66,34 @@ def _transforms(data: ClassifyData, pre: PreprocessConfig, train: bool) -> Calla
     return T.Compose([*eval_view, *(jitter if data.augment == "light" else flip), *normalize])
 
 
+def check_layout(root: Path) -> None:
+    """Refuse an ImageFolder root whose layout would train a model of fewer than 2 classes.
+
+    Accepted: ``train/`` and ``val/`` with the same class folders, or class folders directly under
+    ``root`` (a validation share is split off). A ``train/`` (or ``val/``) alone would otherwise be
+    read as the only class and train a one-class model reporting top-1 100%.
+
+    Raises:
+        ConfigError: not a folder, one split without the other, or fewer than 2 class folders.
+    """
+    expected = "expected train/ and val/ each holding one folder per class, or class folders directly under it"
+    if not root.is_dir():
+        raise ConfigError(f"--data {root} is not a folder; {expected}")
+    splits = [s for s in ("train", "val") if (root / s).is_dir()]
+    if len(splits) == 1:
+        missing = "val" if splits[0] == "train" else "train"
+        raise ConfigError(f"--data {root} has {splits[0]}/ but no {missing}/; {expected}")
+    for folder in [root / s for s in splits] or [root]:
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if len(classes) < 2:
+            raise ConfigError(f"--data {folder} has {len(classes)} class folder(s) {classes}: a classifier needs at least 2; {expected}")
+
+
 def load_splits(data: ClassifyData, pre: PreprocessConfig, seed: int) -> tuple[Dataset, Dataset, list[str]]:
-    """Training and validation datasets and the category names."""
+    """Training and validation datasets and the category names (layout rules: `check_layout`)."""
     from torchvision.datasets import ImageFolder
 
-    if not data.root.is_dir():
-        raise ConfigError(f"--data {data.root} is not a folder")
+    check_layout(data.root)
     if (data.root / "train").is_dir() and (data.root / "val").is_dir():
         train = ImageFolder(str(data.root / "train"), _transforms(data, pre, True))
         val = ImageFolder(str(data.root / "val"), _transforms(data, pre, False))

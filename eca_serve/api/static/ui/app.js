@@ -68,12 +68,13 @@ async function run(file) {
   try {
     const image = await loadImage(file);
     const name = encodeURIComponent(model.name);
-    const topK = Number($("topk-count").value) || 5;
+    const topK = Number($("topk-count").value);
+    const k = topK > 0 ? `top_k=${topK}&` : "";  // unset: the server's default, min(5, classes)
     const threshold = Number($("threshold").value);
     const main = isClassifier(model)
-      ? await postImage(`v1/models/${name}/classify?top_k=${topK}`, file)
+      ? await postImage(`v1/models/${name}/classify?${k}`, file)
       : await postImage(`v1/models/${name}/detect?score_threshold=${threshold}&masks=polygon`, file);
-    const attention = await postImage(`v1/models/${name}/attention?top_k=${topK}&score_threshold=${threshold}`, file);
+    const attention = await postImage(`v1/models/${name}/attention?${k}score_threshold=${threshold}`, file);
     $("results").hidden = false;
     if (isClassifier(model)) showClassification(image, main.results[0]);
     else showDetections(image, main.results[0]);
@@ -129,15 +130,17 @@ function showDetections(image, result) {
   const sx = ctx.canvas.width / result.width, sy = ctx.canvas.height / result.height;
   $("topk").innerHTML = "";
   $("result-title").textContent = `${result.detections.length} detection(s)`;
-  result.detections.forEach((d, i) => drawInstance(ctx, d, PALETTE[i % PALETTE.length], sx, sy));
+  const labels = [];  // placed label boxes [x, y, w, h]: each new one moves down until it overlaps none
+  result.detections.forEach((d, i) => drawInstance(ctx, d, PALETTE[i % PALETTE.length], sx, sy, labels));
   $("overlay").dataset.instances = String(result.detections.length);
+  $("overlay").dataset.labels = JSON.stringify(labels);
   const rows = result.detections.map((d, i) =>
     `<tr><td><span class="swatch" style="background:${PALETTE[i % PALETTE.length]}"></span>${escapeHtml(d.category)}</td>` +
     `<td>${d.score.toFixed(3)}</td><td>${d.box.map((v) => v.toFixed(0)).join(", ")}</td></tr>`);
   $("detections").innerHTML = "<tr><th>category</th><th>score</th><th>box (x1, y1, x2, y2)</th></tr>" + rows.join("");
 }
 
-function drawInstance(ctx, detection, color, sx, sy) {
+function drawInstance(ctx, detection, color, sx, sy, labels) {
   ctx.save();
   ctx.fillStyle = color;
   ctx.globalAlpha = 0.4;
@@ -154,10 +157,16 @@ function drawInstance(ctx, detection, color, sx, sy) {
   ctx.strokeRect(x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy);
   const label = `${detection.category} ${detection.score.toFixed(2)}`;
   ctx.font = "12px sans-serif";
-  const top = Math.max(0, y1 * sy - 15);
-  ctx.fillRect(x1 * sx, top, ctx.measureText(label).width + 6, 15);
+  const [w, h] = [Math.ceil(ctx.measureText(label).width) + 6, 15];
+  const x = Math.max(0, Math.min(x1 * sx, ctx.canvas.width - w));  // never clipped at the right edge
+  let y = Math.max(0, y1 * sy - h);
+  const hits = (b) => x < b[0] + b[2] && b[0] < x + w && y < b[1] + b[3] && b[1] < y + h;
+  for (let hit = labels.find(hits); hit; hit = labels.find(hits)) y = hit[1] + hit[3];
+  y = Math.min(y, ctx.canvas.height - h);
+  labels.push([x, y, w, h]);
+  ctx.fillRect(x, y, w, h);
   ctx.fillStyle = "#fff";
-  ctx.fillText(label, x1 * sx + 3, top + 11);
+  ctx.fillText(label, x + 3, y + 11);
   ctx.restore();
 }
 
