@@ -105,7 +105,6 @@ class ModelManager:
         self.decode_executor = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="decode")
         self.pipelines: dict[str, dict[int, ModelPipeline]] = {}
         self.expected: set[tuple[str, int]] = set()
-        self.unloaded: set[tuple[str, int]] = set()  # unloaded at run time: listed UNAVAILABLE until loaded again
         self.load_seconds: dict[str, float] = {}
         self.loading_error: str | None = None
         self._parsed: dict[Path, EntryConfig] = {}  # configs read by discovery, verified and used by _build
@@ -143,7 +142,6 @@ class ModelManager:
         await pipeline.start()
         self.pipelines.setdefault(name, {})[version] = pipeline
         self.expected.add((name, version))
-        self.unloaded.discard((name, version))
         self.load_seconds[f"{name}/{version}"] = time.perf_counter() - start
         policy = pipeline.batcher.policy
         log.info("model %s/%s ready (%s on %s, batches of <= %d, %d instances) in %.2fs", name, version,
