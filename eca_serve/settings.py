@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     ui: bool = Field(True, description="the demo page at / (off: / answers 404)")
+    tracing: bool = Field(False, description="OpenTelemetry traces, configured by the OTEL_* variables "
+                          "(needs eca-serve[tracing])")
     admin_enabled: bool = False
     admin_token: str | None = None
 

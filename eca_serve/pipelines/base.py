@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, ClassVar
 
 import numpy as np
 
+from eca_serve import tracing
 from eca_serve.batching import BatchPolicy, DynamicBatcher
 from eca_serve.errors import InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
@@ -53,6 +54,7 @@ class Ran:
 class _Item:
     tensor: np.ndarray
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: object | None = None  # the request's span context (tracing on and this request sampled)
 
 
 StageObserver = Callable[[str, str, float], None]  # (model, stage, seconds)
@@ -94,6 +96,11 @@ class ModelPipeline:
         return f"{self.config.name}/{self.config.version}"
 
     @property
+    def trace_attributes(self) -> dict[str, str]:
+        """Span attributes naming this model version."""
+        return {"eca.model": self.config.name, "eca.version": str(self.config.version)}
+
+    @property
     def ready(self) -> bool:
         """Started, not stopping, and every batcher worker alive (a crashed one is being restarted)."""
         return self._started and self.batcher.healthy
@@ -121,7 +128,8 @@ class ModelPipeline:
             raise InvalidParameterError("no image in the request")
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        prepared = await _await_all([loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
+        with tracing.stage("decode", self.trace_attributes):
+            prepared = await _await_all([loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
         times.preprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "preprocess", time.perf_counter() - start)
         return list(prepared)
@@ -139,7 +147,7 @@ class ModelPipeline:
 
     async def submit(self, tensor: np.ndarray, times: StageTimes, *, priority: int = 0, timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Queue one model input; returns its outputs (queue + inference time recorded in ``times``)."""
-        item = _Item(tensor)
+        item = _Item(tensor, trace=tracing.capture())
         result, queued, infer = await self.batcher.submit(item, key=tensor.shape, priority=priority, timeout_s=timeout_s)
         times.queue += queued
         times.inference = max(times.inference, infer)
@@ -147,7 +155,10 @@ class ModelPipeline:
 
     def _run_batch(self, items: list[_Item]) -> list[tuple[dict[str, np.ndarray], float, float]]:
         start = time.perf_counter()
-        outputs = self.infer_batch([i.tensor for i in items])
+        for item in items:
+            tracing.queue_wait(item.trace, item.enqueued, start, self.trace_attributes)
+        with tracing.batch([i.trace for i in items], {**self.trace_attributes, "eca.batch_size": len(items)}):
+            outputs = self.infer_batch([i.tensor for i in items])
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
         if self.drift is not None and self.drift.due(seconds):
@@ -174,9 +185,11 @@ class ModelPipeline:
         times = times if times is not None else StageTimes()
         params = self.check_params(params)
         submit = {"priority": params.priority, "timeout_s": params.timeout_s}
+        tracing.annotate(self.trace_attributes)
         ran = await self._infer(inputs, times, submit)
         start = time.perf_counter()
-        results = await self.postprocess(ran, params)
+        with tracing.stage("postprocess", self.trace_attributes):
+            results = await self.postprocess(ran, params)
         times.postprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
         return results
