@@ -161,7 +161,7 @@ class TracingMiddleware:
             return
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"traceparent", b"tracestate")}
         attributes = {"http.request.method": scope["method"], "url.path": scope["path"]}
-        with self.hooks.server_span(f"{scope['method']} {scope['path']}", carrier, attributes) as span:
+        with self.hooks.server_span(scope["method"], carrier, attributes) as span:  # named by its route once routed
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.hooks.traceparent().items()]
 
             async def send_traced(message: Message) -> None:
