@@ -8,8 +8,9 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -113,7 +114,7 @@ def test_v1_request_span_tree_continues_the_clients_trace(server) -> None:
     response = httpx.post(f"{base}/v1/models/{CLS}/classify", files=[("file", ("a.jpg", PHOTO, "image/jpeg"))] * 2,
                           headers={"traceparent": TRACEPARENT, "X-Request-ID": "req-42"}, timeout=30)
     assert response.status_code == 200, response.text
-    root = check_request_tree(finished(exporter, 6), f"POST /v1/models/{{name}}/classify", model_inputs=2, decode=True)
+    root = check_request_tree(finished(exporter, 6), "POST /v1/models/{name}/classify", model_inputs=2, decode=True)
     assert format(root.context.trace_id, "032x") == TRACE_ID
     assert format(root.parent.span_id, "016x") == PARENT_ID
     assert root.attributes["eca.request_id"] == "req-42"

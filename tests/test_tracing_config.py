@@ -85,7 +85,7 @@ def test_tracing_off_imports_no_opentelemetry_sdk() -> None:
     """FastAPI itself imports opentelemetry-api (its native telemetry, idle without a global provider): not the SDK."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "ECA_SERVE_TRACING": "0"}
     done = subprocess.run([sys.executable, "-c", SERVE_ONCE, str(ROOT / "models"), str(ROOT / "examples" / "cat.jpg")],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     modules = json.loads(done.stdout.strip().splitlines()[-1])
     assert not [m for m in modules if m.startswith(("opentelemetry.sdk", "opentelemetry.exporter"))]
