@@ -62,6 +62,8 @@ class Settings(BaseSettings):
         "explicit", description="none: serve what is there at start; explicit: also the admin load/unload API; "
         "poll: rescan the repository every repository_poll_secs (load new versions, unload removed ones)")
     repository_poll_secs: float = Field(15.0, gt=0, description="seconds between repository scans in poll mode")
+    tracing: bool = Field(False, description="OpenTelemetry traces, configured by the OTEL_* variables "
+                          "(needs eca-serve[tracing])")
     admin_enabled: bool = False
     admin_token: str | None = None
 

@@ -16,6 +16,7 @@ from eca_serve.api.docs import install_docs
 from eca_serve.api.drift_metrics import DriftCollector
 from eca_serve.api.errors import install_error_handlers
 from eca_serve.api.metrics import ServerMetrics
+from eca_serve.api.tracing import install_tracing
 from eca_serve.api.tracking import RequestTracking
 from eca_serve.api.ui import install_ui
 from eca_serve.batching import BatchPolicy
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.watch(app.state.manager)
     metrics.registry.register(DriftCollector(app.state.manager))
     install_error_handlers(app)
+    install_tracing(app, settings.tracing)  # before RequestTracking: runs inside it, the request id set
     app.add_middleware(RequestTracking)
     app.include_router(routes_v1.router)
     app.include_router(routes_v2.router)

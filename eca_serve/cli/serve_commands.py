@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repository-poll-secs", type=float, help=f"poll mode's scan interval; {_env_default('repository_poll_secs')}")
     p.add_argument("--no-ui", dest="ui", action="store_false", default=None,
                    help="no demo page at / (it answers 404); default: the page is on (ECA_SERVE_UI)")
+    p.add_argument("--tracing", action="store_true", default=None,
+                   help="OpenTelemetry traces, configured by the OTEL_* variables (ECA_SERVE_TRACING; needs eca-serve[tracing])")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="classify/detect one image locally with the serving pipeline")
@@ -60,6 +62,8 @@ def _settings(args: argparse.Namespace) -> Any:
         given["grpc_port"] = args.grpc_port
     if args.ui is not None:
         given["ui"] = args.ui
+    if args.tracing:
+        given["tracing"] = True
     return Settings(**given)
 
 

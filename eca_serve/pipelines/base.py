@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, ClassVar
 
 import numpy as np
 
+from eca_serve import tracing
 from eca_serve.batching import BatchPolicy, DynamicBatcher
 from eca_serve.errors import InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
@@ -54,6 +55,7 @@ class Ran:
 class _Item:
     tensor: np.ndarray
     enqueued: float = field(default_factory=time.perf_counter)
+    trace: object | None = None  # the request's span context (tracing on and this request sampled)
 
 
 StageObserver = Callable[[str, str, float], None]  # (model, stage, seconds)
@@ -100,6 +102,11 @@ class ModelPipeline:
         return f"{self.config.name}/{self.config.version}"
 
     @property
+    def trace_attributes(self) -> dict[str, str]:
+        """Span attributes naming this model version."""
+        return {"eca.model": self.config.name, "eca.version": str(self.config.version)}
+
+    @property
     def ready(self) -> bool:
         """Started, not stopping, and every batcher worker alive (a crashed one is being restarted)."""
         return self._started and self.batcher.healthy
@@ -127,7 +134,8 @@ class ModelPipeline:
             raise InvalidParameterError("no image in the request")
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
-        prepared = await _await_all([loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
+        with tracing.stage("decode", self.trace_attributes):
+            prepared = await _await_all([loop.run_in_executor(self.decode_executor, self._prepare_one, img) for img in images])
         times.preprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "preprocess", time.perf_counter() - start)
         return list(prepared)
@@ -145,7 +153,7 @@ class ModelPipeline:
 
     async def submit(self, tensor: np.ndarray, times: StageTimes, *, priority: int = 0, timeout_s: float | None = None) -> dict[str, np.ndarray]:
         """Queue one model input; returns its outputs (queue + inference time recorded in ``times``)."""
-        item = _Item(tensor)
+        item = _Item(tensor, trace=tracing.capture())
         result, queued, infer = await self.batcher.submit(item, key=tensor.shape, priority=priority, timeout_s=timeout_s)
         times.queue += queued
         times.inference = max(times.inference, infer)
@@ -153,7 +161,10 @@ class ModelPipeline:
 
     def _run_batch(self, items: list[_Item]) -> list[tuple[dict[str, np.ndarray], float, float]]:
         start = time.perf_counter()
-        outputs = self.infer_batch([i.tensor for i in items])
+        for item in items:
+            tracing.queue_wait(item.trace, item.enqueued, start, self.trace_attributes)
+        with tracing.batch([i.trace for i in items], {**self.trace_attributes, "eca.batch_size": len(items)}):
+            outputs = self.infer_batch([i.tensor for i in items])
         seconds = time.perf_counter() - start
         self.on_stage(self.config.name, "inference", seconds)
         if self.drift is not None and self.drift.due(seconds, len(items)):
@@ -180,11 +191,13 @@ class ModelPipeline:
         times = times if times is not None else StageTimes()
         params = self.check_params(params)
         submit = {"priority": params.priority, "timeout_s": params.timeout_s}
+        tracing.annotate(self.trace_attributes)
         self.active += 1
         try:
             ran = await self._infer(inputs, times, submit)
             start = time.perf_counter()
-            results = await self.postprocess(ran, params)
+            with tracing.stage("postprocess", self.trace_attributes):
+                results = await self.postprocess(ran, params)
         finally:
             self.active -= 1
         times.postprocess += time.perf_counter() - start
@@ -228,7 +241,9 @@ class ModelPipeline:
             raise InvalidParameterError("an input holds NaN or infinite values")
 
     async def _infer_images(self, images: list[ImageInput], times: StageTimes, submit: dict[str, Any]) -> list[Ran]:
-        if len(images) == 1 and (claimed := await self._infer_claimed(images[0], times, submit)) is not None:
+        # A traced request keeps the two-hop path: its decode and queue spans need the event loop's span context.
+        traced = tracing.capture() is not None
+        if len(images) == 1 and not traced and (claimed := await self._infer_claimed(images[0], times, submit)) is not None:
             return [claimed]
         self.batcher.check_room(min(len(images), self.batcher.policy.max_queue_size))  # refuse a flood before decoding it
         prepared = await self.prepare(images, times)

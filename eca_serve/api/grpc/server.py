@@ -18,6 +18,7 @@ from grpc_health.v1.health import aio as health_aio
 from eca_serve.api.grpc.metrics import GrpcMetrics
 from eca_serve.api.grpc.protocol import SERVICE, rpc_types
 from eca_serve.api.grpc.service import InferenceService
+from eca_serve.api.tracing import trace_grpc
 
 log = logging.getLogger("eca_serve.api.grpc")
 HEALTH_POLL_S = 0.25
@@ -28,7 +29,8 @@ class _Routes(grpc.GenericRpcHandler):
     the service's other RPCs (streaming, shared memory, load/unload, trace, log) answer UNIMPLEMENTED."""
 
     def __init__(self, service: InferenceService, metrics: GrpcMetrics) -> None:
-        self.handlers = {f"/{SERVICE}/{name}": grpc.unary_unary_rpc_method_handler(service.rpc_handler(name))
+        hooks = getattr(service.state, "tracing", None)
+        self.handlers = {f"/{SERVICE}/{name}": grpc.unary_unary_rpc_method_handler(trace_grpc(hooks, name, service.rpc_handler(name)))
                          for name in rpc_types()}
         self.metrics = metrics
 
