@@ -58,7 +58,6 @@ def run_block(block: Block, cwd: Path, edits: dict[str, str], timeout_s: float =
     return outputs
 
 
-@pytest.mark.xfail(strict=True, reason="trap 2, fixed on branch newcomer: data --out .../train with no val/ trains one class")
 def test_workflow_data_train_export_serve(scratch: Path) -> None:
     (block,) = blocks_of("workflow")
     run_block(block, scratch, {"--count 6000": "--count 64",
@@ -109,7 +108,6 @@ def test_zoo_cli(scratch: Path) -> None:
     assert "25557112" in profile and "3.808" in profile, profile[-1500:]  # the table row: params, FLOPs
 
 
-@pytest.mark.xfail(strict=True, reason="trap 10, fixed on branch newcomer: the pasted admin example does not wait for ready")
 def test_admin_unload_load_as_pasted(scratch: Path) -> None:
     """The block as a script: each curl's exit status and HTTP status are logged by a ``curl`` shell function."""
     (block,) = blocks_of("admin")
