@@ -135,6 +135,8 @@ class ServingSpec(_Strict):
         max_queue_delay_ms: Longest wait for a fuller batch (>= 0).
         max_queue_size: Most queued requests before 503 (>= max_batch_size).
         timeout_s: Queue + inference limit per request (> 0); unset keeps the server's.
+        max_inflight: Requests of this model held at once before 503 (>= 1); unset:
+            max_queue_size + max_batch_size x instances.
     """
 
     device: Literal["cpu", "cuda"] | None = None
@@ -143,6 +145,7 @@ class ServingSpec(_Strict):
     max_queue_delay_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_queue_size: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_inflight: int | None = Field(None, ge=1)
 
     def fields_for(self, device: str) -> dict[str, Any]:
         """The fields set in this block, as ``BatchPolicy`` keywords, if it applies to ``device``, else {}."""
