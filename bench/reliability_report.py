@@ -1,6 +1,7 @@
 """Long reliability run against a real ``eca-serve serve`` process, ending in one report.
 
-Run: ``python bench/reliability_report.py [--model-repository models] [--seconds 600]``.
+Run: ``python bench/reliability_report.py [--model-repository models] [--seconds 600]``; ``--phase flood`` or
+``--phase disconnect`` runs one focused phase instead (bench/reliability_phases.py).
 
 For ``--seconds`` it mixes: steady valid load (v1 classify/attention/detect, v2 infer with images and
 tensors), floods far above capacity every ``--flood-every`` seconds, hostile images and bad parameters
@@ -78,7 +79,16 @@ def parse_args() -> tuple[Path, str, str, Options]:
                         help="concurrent requests per flood (default above the server's in-flight limit: 128 on CPU)")
     parser.add_argument("--body-timeout-s", type=float, default=2.0, help="server's ECA_SERVE_BODY_TIMEOUT_S")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phase", choices=["mixed", "flood", "disconnect"], default="mixed",
+                        help="mixed: the long run; flood / disconnect: alternating runs without and with (see reliability_phases)")
+    parser.add_argument("--rounds", type=int, default=2, help="flood / disconnect: pairs of runs (without, with)")
+    parser.add_argument("--leavers", type=int, default=8, help="disconnect: clients that leave 10 ms after sending")
     a = parser.parse_args()
+    if a.phase != "mixed":
+        from bench.reliability_phases import run_phase
+
+        sys.exit(run_phase(a.phase, a.model_repository, a.classifier, a.seconds, a.rounds, a.concurrency, a.flood_size,
+                           a.flood_every, a.leavers))
     return a.model_repository, a.classifier, a.detector, Options(a.seconds, a.concurrency, a.flood_every, a.flood_size,
                                                                   a.body_timeout_s, a.seed)
 
