@@ -46,8 +46,9 @@ CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.ClientError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 INFER = "ModelInfer"
-# A request timeout that fires this close to the client's deadline is that deadline (`with_deadline` set it).
-DEADLINE_SLACK_S = 0.05
+# A call ended this close to its deadline ended by it: the client's own deadline timer cancels the call a
+# transit time before the server's copy expires, and `with_deadline` made the request timeout that deadline.
+DEADLINE_SLACK_S = 0.1
 Rpc = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
@@ -166,7 +167,7 @@ class InferenceService:
                     admitted = _admit(self.state.admission, model)
                 return (await implementation(request, context)).SerializeToString()
             except asyncio.CancelledError:
-                expired = _expired(context)
+                expired = _expired(context, DEADLINE_SLACK_S)
                 code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
                 if name == INFER:
                     self.state.metrics.observe_cancel(model, "deadline" if expired else "disconnect")
