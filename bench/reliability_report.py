@@ -1,7 +1,8 @@
 """Long reliability run against a real ``eca-serve serve`` process, ending in one report.
 
-Run: ``python bench/reliability_report.py [--model-repository models] [--seconds 600]``; with ``--phase rollout``
-it runs bench/rollout_phase.py instead (a version rollout under load in poll mode; ``--seconds`` defaults to 30 there).
+Run: ``python bench/reliability_report.py [--model-repository models] [--seconds 600]``; ``--phase flood`` or
+``--phase disconnect`` runs one focused phase instead (bench/reliability_phases.py); ``--phase rollout``
+runs bench/rollout_phase.py (a version rollout under load in poll mode; ``--seconds`` defaults to 30 there).
 
 For ``--seconds`` it mixes: steady valid load (v1 classify/attention/detect, v2 infer with images and
 tensors), floods far above capacity every ``--flood-every`` seconds, hostile images and bad parameters
@@ -80,7 +81,14 @@ def parse_args() -> tuple[Path, str, str, Options]:
     parser.add_argument("--body-timeout-s", type=float, default=2.0, help="server's ECA_SERVE_BODY_TIMEOUT_S")
     parser.add_argument("--seed", type=int, default=0)
     add_phase_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=2, help="flood / disconnect: pairs of runs (without, with)")
+    parser.add_argument("--leavers", type=int, default=8, help="disconnect: clients that leave 10 ms after sending")
     a = parser.parse_args()
+    if a.phase != "mixed":
+        from bench.reliability_phases import run_phase
+
+        sys.exit(run_phase(a.phase, a.model_repository, a.classifier, a.seconds, a.rounds, a.concurrency, a.flood_size,
+                           a.flood_every, a.leavers))
     return a.model_repository, a.classifier, a.detector, Options(a.seconds, a.concurrency, a.flood_every, a.flood_size,
                                                                   a.body_timeout_s, a.seed)
 
@@ -289,8 +297,9 @@ def good_request_ok(server: ServerProcess, workload: Workload) -> bool:
 
 
 def add_phase_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--phase", choices=["mixed", "rollout"], default="mixed",
-                        help="mixed: the long mixed run; rollout: a version copied in under load (bench/rollout_phase.py)")
+    parser.add_argument("--phase", choices=["mixed", "flood", "disconnect", "rollout"], default="mixed",
+                        help="mixed: the long mixed run; flood / disconnect: alternating runs without and with "
+                        "(bench/reliability_phases.py); rollout: a version copied in under load (bench/rollout_phase.py)")
     parser.add_argument("--poll-secs", type=float, default=1.0, help="rollout: the server's repository poll interval")
 
 

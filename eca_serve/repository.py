@@ -141,6 +141,8 @@ class ServingSpec(_Strict):
             `eca_serve.runtime.engines.default_engine`); the server's ``--backend`` overrides it.
         precision: ``fp32``, ``bf16`` (OpenVINO on CPUs with AMX or AVX512_BF16, else FP32 with a
             warning) or ``int8`` (this entry is a QDQ INT8 one, served as it is).
+        max_inflight: Requests of this model held at once before 503 (>= 1); unset:
+            max_queue_size + max_batch_size x instances.
     """
 
     device: Literal["cpu", "cuda"] | None = None
@@ -151,6 +153,8 @@ class ServingSpec(_Strict):
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
     engine: Literal["onnxruntime", "openvino", "auto"] | None = None
     precision: Literal["fp32", "bf16", "int8"] | None = None
+
+    max_inflight: int | None = Field(None, ge=1)
 
     def applies_to(self, device: str) -> bool:
         """True when this block was chosen for ``device``'s kind (or for every device)."""

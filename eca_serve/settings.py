@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     instances: int | None = Field(None, ge=1, description="batches of one model running at once (CPU default 2); "
                                   "default for entries without serving.instances")
     request_timeout_s: float = Field(30.0, gt=0, description="default for entries without serving.timeout_s")
+    max_inflight: int | None = Field(None, ge=1, description="requests of one model held at once before 503, "
+                                     "default for entries without serving.max_inflight (else queue + batch x instances)")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this (else 408)")
     max_inflight_requests: int | None = Field(None, ge=1, description="HTTP requests in flight beyond this get 503 "
                                               "at once (default: cpu 128, cuda 1024)")

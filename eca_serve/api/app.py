@@ -20,6 +20,7 @@ from eca_serve.api.tracing import install_tracing
 from eca_serve.api.tracking import RequestTracking
 from eca_serve.api.ui import install_ui
 from eca_serve.batching import BatchPolicy
+from eca_serve.batching.admission import Admission
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
 from eca_serve.runtime import BackendOptions
@@ -36,7 +37,7 @@ def serving_options(settings: Settings) -> ServingOptions:
     """
     defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
                                   "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
-                                  "instances": settings.instances}.items()
+                                  "instances": settings.instances, "max_inflight": settings.max_inflight}.items()
                 if v is not None}
     BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
     return ServingOptions(
@@ -85,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.max_inflight = inflight_limit(settings)
     app.state.metrics = metrics = ServerMetrics(inflight=lambda: app.state.inflight)
     app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
-    metrics.watch(app.state.manager)
+    app.state.admission = Admission(app.state.manager.inflight_limit)
+    metrics.watch(app.state.manager, app.state.admission)
     metrics.registry.register(DriftCollector(app.state.manager))
     install_error_handlers(app)
     install_tracing(app, settings.tracing)  # before RequestTracking: runs inside it, the request id set

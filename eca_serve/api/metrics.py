@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from eca_serve.batching.admission import CANCEL_REASONS, Admission
 from eca_serve.pipelines.manager import ModelManager
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -39,12 +40,21 @@ class ServerMetrics:
         self.batch_size = Histogram("eca_serve_batch_size", "Images per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.inferences = Counter("eca_serve_inference_count", "Images inferred (Triton's inference count)", ["model"], registry=r)
         self.executions = Counter("eca_serve_execution_count", "Forward passes (Triton's execution count)", ["model"], registry=r)
+        self.cancelled = Counter("eca_serve_requests_cancelled", "Requests given up before their answer, by reason: "
+                                 "disconnect (client left or cancelled), deadline (gRPC deadline), timeout (request timeout)",
+                                 ["model", "reason"], registry=r)
         Gauge("eca_serve_inflight_requests", "HTTP requests being served", registry=r).set_function(inflight)
         r.register(self.live)
 
-    def watch(self, manager: ModelManager) -> None:
-        """Report ``manager``'s queues and load times at scrape time."""
-        self.live.manager = manager
+    def watch(self, manager: ModelManager, admission: Admission | None = None) -> None:
+        """Report ``manager``'s queues and load times (and ``admission``'s counts) at scrape time."""
+        self.live.manager, self.live.admission = manager, admission
+
+    def observe_cancel(self, model: str, reason: str) -> None:
+        """Count one request given up before its answer; ``reason`` is one of `CANCEL_REASONS`."""
+        if reason not in CANCEL_REASONS:
+            raise ValueError(f"cancel reason must be one of {CANCEL_REASONS}, got {reason!r}")
+        self.cancelled.labels(self.model_label(model), reason).inc()
 
     def observe_stage(self, model: str, stage: str, seconds: float) -> None:
         self.stage_seconds.labels(model, stage).observe(seconds)
@@ -86,6 +96,7 @@ class _LiveCollector(Collector):
     """Values read at scrape time: queue depth, in-flight batches, model load time, GPU memory."""
 
     manager: ModelManager | None = None
+    admission: Admission | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.manager is None:
@@ -104,6 +115,12 @@ class _LiveCollector(Collector):
                 ready.add_metric(labels, 1.0 if pipeline.ready else 0.0)
                 crashes.add_metric(labels, stats.worker_crash_count)
         yield from (depth, busy, ready, crashes)
+        if self.admission is not None:
+            admitted = GaugeMetricFamily("eca_serve_admitted_requests", "Requests of the model held now (decoding, queued "
+                                         "or running), against its in-flight limit", labels=["model"])
+            for name in sorted(self.manager.pipelines):
+                admitted.add_metric([name], self.admission.admitted(name))
+            yield admitted
         load = GaugeMetricFamily("eca_serve_model_load_seconds", "Load + warm-up time", labels=["model", "version"])
         for key, seconds in sorted(self.manager.load_seconds.items()):
             load.add_metric(key.split("/", 1), seconds)

@@ -1,4 +1,9 @@
-"""Pure ASGI middleware: request ids, in-flight count, refusal while draining, metrics and one log line.
+"""Pure ASGI middleware: request ids, admission, refusal while draining, client disconnects, metrics, a log line.
+
+Admission happens here, before the route reads or decodes anything: the server-wide in-flight limit and,
+for the inference routes (whose model name is in the URL), the model's own limit (`Admission`). A client
+that disconnects while its request waits cancels the request (its rows leave the batch queue) and is
+counted and logged as 499.
 
 The request id (the client's ``X-Request-ID`` or a new one) is ``request.state.request_id`` for the
 handlers and is sent back in the ``X-Request-ID`` header, also on a 500.
@@ -9,17 +14,23 @@ every response in an extra task and stream, a measurable cost per request on a 2
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from eca_serve.api.disconnect import DisconnectWatch
 from eca_serve.api.errors import error_response, server_fault
 from eca_serve.api.metrics import REFUSED, UNMATCHED
+from eca_serve.batching.admission import Admission
 
 log = logging.getLogger("eca_serve.api")
+# The routes that queue work for a model: v1 classify/detect/attention, v2 infer (optionally versioned).
+INFERENCE_PATH = re.compile(r"/v1/models/([^/]+)/(?:classify|detect|attention)|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 UNTRACKED = ("/metrics", "/healthz", "/v2/health/live", "/v2/health/ready")  # probes: never refused, not in-flight work
 
 
@@ -37,37 +48,72 @@ class RequestTracking:
         state = scope["app"].state
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id  # what Starlette's request.state reads
+        model = _model_of(scope)
         refusal = _refusal(state)
+        admitted = False
+        if refusal is None and model is not None:
+            refusal, admitted = _admit(state.admission, model)
         if refusal:
             response = error_response(503, refusal)
             response.headers["X-Request-ID"] = request_id
             await response(scope, receive, send)
-            state.metrics.observe_request("", REFUSED, 503, time.perf_counter() - start)
+            state.metrics.observe_request(model or "", REFUSED, 503, time.perf_counter() - start)
             _log(scope, request_id, 503)
             return
         status = 0
         tag = (b"x-request-id", request_id.encode("latin-1"))
+        watch = DisconnectWatch(receive, lambda: served.cancel())
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                watch.answered()
                 message["headers"] = [*message.get("headers", []), tag]
             await send(message)
 
         state.inflight += 1
+        served = asyncio.ensure_future(self.app(scope, watch.receive, send_with_id))
         try:
-            await self.app(scope, receive, send_with_id)
+            await served
+        except asyncio.CancelledError:
+            if not (watch.disconnected and served.cancelled()) or status:
+                raise  # the server's own cancellation (shutdown), not a client that left
+            status = 499
         except Exception as exc:
             if status:  # the answer has begun: nothing left to send but the connection's end
                 raise
             # Answered here rather than by Starlette's outer error middleware, which would skip the id header.
             await server_fault(exc, request_id, scope["path"])(scope, receive, send_with_id)
         finally:
+            watch.close()
             state.inflight -= 1
+            if admitted:
+                state.admission.release(model)
             status = status or 500  # an app that sent nothing: uvicorn answers 500
             _observe(scope, state, status, time.perf_counter() - start)
             _log(scope, request_id, status)
+            if model is not None and status in CANCELLED:
+                state.metrics.observe_cancel(model, CANCELLED[status])
+
+
+CANCELLED = {499: "disconnect", 504: "timeout"}  # statuses of requests given up before their answer
+
+
+def _model_of(scope: Scope) -> str | None:
+    """The model an inference request names in its path, else None."""
+    if scope["method"] != "POST":
+        return None
+    match = INFERENCE_PATH.fullmatch(scope["path"])
+    return None if match is None else match.group(1) or match.group(2)
+
+
+def _admit(admission: Admission, model: str) -> tuple[str | None, bool]:
+    """(why refused or None, whether counted): a model that is not served is not counted (it gets 404)."""
+    admitted = admission.try_admit(model)
+    if admitted is False:
+        return f"model {model!r} is at its limit of {admission.limit(model)} requests in flight; retry later", False
+    return None, bool(admitted)
 
 
 def _refusal(state: Any) -> str | None:

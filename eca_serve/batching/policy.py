@@ -33,6 +33,8 @@ class BatchPolicy:
             at once as a batch of one, without waking a worker or waiting ``max_queue_delay_ms``
             for companions (nothing waits, so no one is served later for it). False: it queues
             and waits like any other.
+        max_inflight: Most requests of this model held by the server at once (decoding, queued or
+            running); one more is refused before its body is read. None: `inflight_limit`'s default.
     """
 
     max_batch_size: int = 8
@@ -41,8 +43,11 @@ class BatchPolicy:
     timeout_s: float | None = 30.0
     instances: int = 1
     claim_idle: bool = True
+    max_inflight: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_inflight is not None:
+            _require_int("max_inflight", self.max_inflight, minimum=1)
         _require_int("max_batch_size", self.max_batch_size, minimum=1)
         _require_int("instances", self.instances, minimum=1)
         _require_int("max_queue_size", self.max_queue_size, minimum=1)
@@ -56,6 +61,14 @@ class BatchPolicy:
                 f"max_queue_delay_ms must be a finite number >= 0, got {self.max_queue_delay_ms!r}"
             )
         check_timeout_s(self.timeout_s)
+
+    @property
+    def inflight_limit(self) -> int:
+        """``max_inflight``, else what the queue and the running batches hold together
+        (``max_queue_size + max_batch_size * instances``): a request beyond it could only be refused later."""
+        if self.max_inflight is not None:
+            return self.max_inflight
+        return self.max_queue_size + self.max_batch_size * self.instances
 
     @property
     def max_queue_delay_s(self) -> float:

@@ -192,6 +192,11 @@ class ModelManager:
             raise NotReadyError(f"model {name}/{version} is not ready")
         return pipeline
 
+    def inflight_limit(self, name: str) -> int | None:
+        """Most requests of ``name`` held at once (the largest over its loaded versions); None when none is loaded."""
+        versions = self.pipelines.get(name)
+        return max(p.batcher.policy.inflight_limit for p in versions.values()) if versions else None
+
     def names(self) -> set[str]:
         return {n for n, _ in self.expected} | set(self.pipelines)
 

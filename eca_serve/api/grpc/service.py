@@ -1,7 +1,7 @@
 """The RPCs of ``inference.GRPCInferenceService``, answering what the HTTP v2 endpoints answer.
 
 Shares the HTTP app's state: its model manager, settings, in-flight counter (``app.state.inflight`` and
-``max_inflight``), draining flag and metrics registry. Errors map to status codes by the groups of
+``max_inflight``), per-model admission (``app.state.admission``), draining flag and metrics registry. Errors map to status codes by the groups of
 `eca_serve.errors`, in one place (`status_of`).
 """
 
@@ -27,6 +27,7 @@ from eca_serve.api.grpc.tensors import fill_model_infer_response, parse_model_in
 from eca_serve.api.v2_codec import InferRequest, ShapeCheck, parse_decimal, request_timeout_s
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
+from eca_serve.batching.admission import Admission
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.manager import ModelManager
 from eca_serve.settings import Settings
@@ -44,6 +45,10 @@ CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (errors.RequestTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.ClientError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
+INFER = "ModelInfer"
+# A call ended this close to its deadline ended by it: the client's own deadline timer cancels the call a
+# transit time before the server's copy expires, and `with_deadline` made the request timeout that deadline.
+DEADLINE_SLACK_S = 0.1
 Rpc = Callable[[Message, grpc.aio.ServicerContext], Awaitable[Message]]
 
 
@@ -147,20 +152,30 @@ class InferenceService:
         async def handle(data: bytes, context: grpc.aio.ServicerContext) -> bytes:
             start, request_id = time.perf_counter(), _request_id(context)
             context.set_trailing_metadata((("x-request-id", request_id),))
-            code, model, counted = grpc.StatusCode.OK, "", False
+            code, model, counted, admitted = grpc.StatusCode.OK, "", False, False
             try:
                 if tracked:
                     _refuse_if_busy(self.state)
                     self.state.inflight += 1
                     counted = True
+                if name == INFER:  # admitted or refused on the model name alone, before the tensors are parsed
+                    model = peek_model_name(data) or ""
+                    admitted = _admit(self.state.admission, model)
                 request = _parse(request_type, data)
-                model = getattr(request, "model_name", "") or getattr(request, "name", "")
+                model = model or getattr(request, "model_name", "") or getattr(request, "name", "")
+                if name == INFER and not admitted:
+                    admitted = _admit(self.state.admission, model)
                 return (await implementation(request, context)).SerializeToString()
             except asyncio.CancelledError:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if _expired(context) else grpc.StatusCode.CANCELLED
+                expired = _expired(context, DEADLINE_SLACK_S)
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+                if name == INFER:
+                    self.state.metrics.observe_cancel(model, "deadline" if expired else "disconnect")
                 raise
             except Exception as exc:  # noqa: BLE001 - every error becomes a status code
                 code = status_of(exc)
+                if name == INFER and isinstance(exc, errors.RequestTimeoutError):
+                    self.state.metrics.observe_cancel(model, "deadline" if _expired(context, DEADLINE_SLACK_S) else "timeout")
                 if code == grpc.StatusCode.INTERNAL:
                     log.error("gRPC %s failed", name, exc_info=exc, extra={"request_id": request_id})
                 await context.abort(code, INTERNAL_MESSAGE if code == grpc.StatusCode.INTERNAL else str(exc) or type(exc).__name__)
@@ -168,6 +183,8 @@ class InferenceService:
             finally:
                 if counted:
                     self.state.inflight -= 1
+                if admitted:
+                    self.state.admission.release(model)
                 self.metrics.observe(model, name, code, time.perf_counter() - start)
                 _log(name, request_id, code)
         return handle
@@ -200,6 +217,35 @@ def _refuse_if_busy(state: Any) -> None:
         raise InflightLimitError(f"server is at its limit of {state.max_inflight} requests in flight; retry later")
 
 
+def _admit(admission: Admission, model: str) -> bool:
+    """Count a request of ``model`` (False for a name that is not served); InflightLimitError at its limit."""
+    admitted = admission.try_admit(model)
+    if admitted is False:
+        raise InflightLimitError(f"model {model!r} is at its limit of {admission.limit(model)} requests in flight; retry later")
+    return bool(admitted)
+
+
+def peek_model_name(data: bytes) -> str | None:
+    """``model_name`` (field 1) of a serialized ModelInferRequest when it comes first, as protobuf writes it; else None.
+
+    Reads a tag and a length only: a request refused at its model's limit costs no parse of its tensors.
+    """
+    if not data or data[0] != 0x0A:  # field 1, length-delimited
+        return None
+    length, shift, i = 0, 0, 1
+    while i < len(data) and i < 6:
+        byte = data[i]
+        length |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            try:
+                return data[i : i + length].decode("utf-8") if i + length <= len(data) else None
+            except UnicodeDecodeError:
+                return None
+        shift += 7
+    return None
+
+
 def _request_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and value:
@@ -207,9 +253,9 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-def _expired(context: grpc.aio.ServicerContext) -> bool:
+def _expired(context: grpc.aio.ServicerContext, slack_s: float = 0.0) -> bool:
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= slack_s
 
 
 def _log(rpc: str, request_id: str, code: grpc.StatusCode) -> None:

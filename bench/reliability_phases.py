@@ -1,0 +1,178 @@
+"""Focused phases of the reliability report: floods on top of steady load, and clients that disconnect.
+
+``python bench/reliability_report.py --phase flood`` (or ``--phase disconnect``) runs one against a real
+``eca-serve serve`` process on the shipped classifier. Each phase alternates runs without and with the
+disturbance (``--rounds`` pairs) so that a machine shared with other work shows up as spread, not as a
+false effect. Every client is a raw socket (one connection per request): an HTTP library would spend
+more client CPU than the server does, and client and server share the machine's cores.
+
+flood: ``--concurrency`` steady closed-loop clients; in the "with" runs, ``--flood-size`` requests at
+once every ``--flood-every`` seconds. Prints the latency of 503 rejections (p50/p99), the steady
+clients' accepted p99 with vs without floods, lost requests and 5xx (503 rejections excluded).
+
+disconnect: the same steady clients; in the "with" runs, ``--leavers`` clients that send a whole request
+and close the connection 10 ms later, over and over. Prints the images the server inferred for them
+(``eca_serve_inference_count`` minus the steady clients' answers) as a share of the images they sent,
+the server's count of cancelled requests, and the steady clients' throughput with vs without them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.reliability import rawhttp
+from tests.reliability.clients import metric
+from tests.reliability.serverproc import ServerProcess, start_server
+
+REJECTED = 503
+LEAVE_AFTER_S = 0.010
+
+
+@dataclass
+class Run:
+    """What one run saw."""
+
+    seconds: float
+    accepted: list[float] = field(default_factory=list)  # steady clients' 200s, latency in s
+    rejected: list[float] = field(default_factory=list)  # 503s (steady or flood)
+    statuses: dict[int, int] = field(default_factory=dict)
+    lost: int = 0
+    left: int = 0  # requests the leavers sent and walked away from
+    inferred: float = 0.0  # images the server inferred during the run
+    cancelled: float = 0.0  # requests the server counted as cancelled by disconnect
+
+    def count(self, status: int | None, seconds: float, steady: bool) -> None:
+        if status is None:
+            self.lost += 1
+            return
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if status == 200 and steady:
+            self.accepted.append(seconds)
+        elif status == REJECTED:
+            self.rejected.append(seconds)
+
+    @property
+    def server_errors(self) -> int:
+        return sum(n for s, n in self.statuses.items() if s >= 500 and s != REJECTED)
+
+
+def ms(values: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank) in milliseconds; nan without values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def request_bytes(model: str, image: bytes) -> bytes:
+    return rawhttp.encode_request(f"/v1/models/{model}/classify", {"Content-Type": "image/png"}, image)
+
+
+async def steady(base: str, request: bytes, run: Run, stop_at: float) -> None:
+    while time.perf_counter() < stop_at:
+        answer, _ = await rawhttp.exchange(base, request, timeout_s=60)
+        run.count(answer.status if answer else None, answer.seconds if answer else 0.0, steady=True)
+
+
+async def floods(base: str, request: bytes, run: Run, stop_at: float, size: int, every_s: float) -> None:
+    while time.perf_counter() + every_s < stop_at:
+        await asyncio.sleep(every_s)
+        answers = await asyncio.gather(*(rawhttp.exchange(base, request, timeout_s=120) for _ in range(size)))
+        for answer, _ in answers:
+            run.count(answer.status if answer else None, answer.seconds if answer else 0.0, steady=False)
+
+
+async def leaver(base: str, request: bytes, run: Run, stop_at: float) -> None:
+    host, port = base.removeprefix("http://").split(":")
+    while time.perf_counter() < stop_at:
+        try:
+            _, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            continue
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(LEAVE_AFTER_S)
+        writer.transport.abort()  # RST: gone at once, as a client that timed out
+        run.left += 1
+
+
+def counters(base: str, model: str) -> tuple[float, float]:
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    return (metric(text, "eca_serve_inference_count_total", model=model),
+            metric(text, "eca_serve_requests_cancelled_total", model=model, reason="disconnect"))
+
+
+async def one_run(base: str, model: str, request: bytes, seconds: float, concurrency: int, *, flood: tuple[int, float] | None = None,
+                  leavers: int = 0) -> Run:
+    run = Run(seconds)
+    before = counters(base, model)
+    stop_at = time.perf_counter() + seconds
+    tasks = [steady(base, request, run, stop_at) for _ in range(concurrency)]
+    if flood:
+        tasks.append(floods(base, request, run, stop_at, *flood))
+    tasks += [leaver(base, request, run, stop_at) for _ in range(leavers)]
+    await asyncio.gather(*tasks)
+    await asyncio.sleep(1.0)  # the last leavers' requests finish or are cancelled
+    after = counters(base, model)
+    run.inferred, run.cancelled = after[0] - before[0], after[1] - before[1]
+    return run
+
+
+def flood_lines(pairs: list[tuple[Run, Run]], size: int) -> list[str]:
+    lines = []
+    for i, (quiet, loud) in enumerate(pairs):
+        lines.append(f"round {i}: no flood  accepted p50 {ms(quiet.accepted, .5):7.1f} p99 {ms(quiet.accepted, .99):7.1f} ms "
+                     f"(n={len(quiet.accepted)}) | floods of {size}: accepted p50 {ms(loud.accepted, .5):7.1f} "
+                     f"p99 {ms(loud.accepted, .99):7.1f} ms (n={len(loud.accepted)}), 503 p50 {ms(loud.rejected, .5):7.1f} "
+                     f"p99 {ms(loud.rejected, .99):7.1f} ms (n={len(loud.rejected)}), lost {quiet.lost + loud.lost}, "
+                     f"5xx {quiet.server_errors + loud.server_errors}, statuses {dict(sorted(loud.statuses.items()))}")
+    ratios = [ms(loud.accepted, .99) / ms(quiet.accepted, .99) for quiet, loud in pairs]
+    rejected = [s for _, loud in pairs for s in loud.rejected]
+    lines.append(f"all rounds: 503 p50 {ms(rejected, .5):.1f} ms p99 {ms(rejected, .99):.1f} ms (n={len(rejected)}); "
+                 f"accepted p99 with/without floods {', '.join(f'{r:.2f}x' for r in ratios)}; "
+                 f"lost {sum(q.lost + l.lost for q, l in pairs)}; 5xx {sum(q.server_errors + l.server_errors for q, l in pairs)}")
+    return lines
+
+
+def disconnect_lines(pairs: list[tuple[Run, Run]]) -> list[str]:
+    lines = []
+    for i, (quiet, loud) in enumerate(pairs):
+        spent = max(0.0, loud.inferred - len(loud.accepted))
+        lines.append(f"round {i}: steady alone {len(quiet.accepted) / quiet.seconds:6.1f} req/s | with leavers "
+                     f"{len(loud.accepted) / loud.seconds:6.1f} req/s ({len(loud.accepted) / max(1, len(quiet.accepted)):.3f}x); "
+                     f"leavers sent {loud.left}, inferred for them {spent:.0f} ({100 * spent / max(1, loud.left):.1f}%), "
+                     f"cancelled by disconnect {loud.cancelled:.0f}, lost {quiet.lost + loud.lost}, 5xx "
+                     f"{quiet.server_errors + loud.server_errors}")
+    return lines
+
+
+def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: int, concurrency: int, flood_size: int,
+              flood_every: float, leavers: int) -> int:
+    image = (Path(__file__).resolve().parents[1] / "examples" / "star.png").read_bytes()
+    request = request_bytes(model, image)
+    server: ServerProcess = start_server(repository, env={"ECA_SERVE_MODELS": f'["{model}"]'})
+    print(f"eca-serve reliability, phase {phase}: {model}, {concurrency} steady clients, {rounds} x ({seconds:g} s without + "
+          f"{seconds:g} s with), client and server on the same {os.cpu_count()} cores", flush=True)
+    pairs: list[tuple[Run, Run]] = []
+    try:
+        asyncio.run(one_run(server.base, model, request, 3.0, concurrency))  # warm-up
+        for _ in range(rounds):
+            quiet = asyncio.run(one_run(server.base, model, request, seconds, concurrency))
+            if phase == "flood":
+                loud = asyncio.run(one_run(server.base, model, request, seconds, concurrency, flood=(flood_size, flood_every)))
+            else:
+                loud = asyncio.run(one_run(server.base, model, request, seconds, concurrency, leavers=leavers))
+            pairs.append((quiet, loud))
+        lines = flood_lines(pairs, flood_size) if phase == "flood" else disconnect_lines(pairs)
+        alive = server.alive()
+    finally:
+        server.stop()
+    print("\n".join([*lines, f"server {'alive' if alive else 'DIED'}"]))
+    failed = not alive or any(q.lost + l.lost + q.server_errors + l.server_errors for q, l in pairs)
+    return 1 if failed else 0
