@@ -9,8 +9,13 @@
 # image is CUDA 13.2 with cuDNN; the host needs an NVIDIA driver for CUDA 13 (>= 580) and the
 # NVIDIA Container Toolkit. With TORCH_BACKENDS=1 the CPU variant gets the registry's torch too: PyPI
 # has no CPU-only Linux wheel of torch/torchvision, and that build runs on CPU.
+# Engines carried: ONNX Runtime always (CPU wheel, or onnxruntime-gpu in the GPU variant). OpenVINO is
+# opt-in for the CPU variant, for x86 hosts with AVX-512/AMX where it runs BF16/INT8 on the matrix units
+# (README "Engines"; +180 MiB installed, no GPU use here):
+#   docker build -t eca-serve:cpu-openvino --build-arg VARIANT=cpu --build-arg OPENVINO=1 .
 ARG VARIANT=gpu
 ARG TORCH_BACKENDS=0
+ARG OPENVINO=0
 ARG CUDA_IMAGE=nvidia/cuda:13.2.1-cudnn-runtime-ubuntu24.04
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -44,10 +49,14 @@ RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
 ARG TORCH_BACKENDS
+ARG OPENVINO
 # An empty package stands in for the code, so this layer depends on pyproject.toml alone. Remove it
 # and setuptools' build/ afterwards: the stub is newer than the real files and would be kept.
 RUN mkdir eca_serve && touch eca_serve/__init__.py \
-    && if [ "$TORCH_BACKENDS" = 1 ]; then pip install './[torch]'; else pip install .; fi \
+    && extras="" \
+    && if [ "$TORCH_BACKENDS" = 1 ]; then extras="torch"; fi \
+    && if [ "$OPENVINO" = 1 ]; then extras="${extras:+$extras,}openvino"; fi \
+    && if [ -n "$extras" ]; then pip install "./[$extras]"; else pip install .; fi \
     && pip uninstall -y eca-serve \
     && rm -rf eca_serve build eca_serve.egg-info
 # GPU variant: the same ONNX Runtime release with the CUDA execution provider (it uses the base

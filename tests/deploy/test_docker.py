@@ -83,19 +83,26 @@ def test_dependencies_are_installed_before_the_code(dockerfile) -> None:
     assert "rm -rf eca_serve build" in steps[position["install deps"]][1]
 
 
-def test_torch_backends_are_opt_in(dockerfile) -> None:
-    """The image installs the base set (ONNX Runtime, no torch) unless built with TORCH_BACKENDS=1."""
+def test_torch_backends_and_openvino_are_opt_in(dockerfile) -> None:
+    """The image installs the base set (ONNX Runtime, no torch) unless built with TORCH_BACKENDS=1 / OPENVINO=1."""
     global_args, stages = dockerfile
     builder = stage(stages, "builder")
-    assert global_args["TORCH_BACKENDS"] == "0" and "TORCH_BACKENDS" in instruction(builder, "ARG")
+    for arg in ("TORCH_BACKENDS", "OPENVINO"):
+        assert global_args[arg] == "0" and arg in instruction(builder, "ARG")
     (install,) = [r for r in instruction(builder, "RUN") if "pip install ." in r and "--no-deps" not in r]
-    choice = next(step for step in install.split(" && ") if "TORCH_BACKENDS" in step)
+    steps = install.split(" && ")
+    first = next(i for i, step in enumerate(steps) if step.startswith("extras="))
+    last = next(i for i, step in enumerate(steps) if "pip install" in step)
+    choice = " && ".join(steps[first:last + 1])
     installs = {}
-    for value in ("0", "1"):  # the RUN step's own shell, with pip only echoing its arguments
-        result = subprocess.run(["bash", "-c", f"pip() {{ echo \"$*\"; }}; {choice}"], env={"TORCH_BACKENDS": value},
+    for torch_backends, openvino in (("0", "0"), ("1", "0"), ("0", "1"), ("1", "1")):
+        # the RUN step's own shell, with pip only echoing its arguments
+        result = subprocess.run(["bash", "-c", f"pip() {{ echo \"$*\"; }}; {choice}"],
+                                env={"TORCH_BACKENDS": torch_backends, "OPENVINO": openvino},
                                 capture_output=True, text=True, timeout=30)
-        installs[value] = result.stdout.strip()
-    assert installs == {"0": "install .", "1": "install ./[torch]"}, installs
+        installs[torch_backends + openvino] = result.stdout.strip()
+    assert installs == {"00": "install .", "10": "install ./[torch]", "01": "install ./[openvino]",
+                        "11": "install ./[torch,openvino]"}, installs
     base = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0] for requirement in base["dependencies"]}
     assert "onnxruntime" in names and not names & {"torch", "torchvision", "matplotlib", "scikit-image", "onnx"}
