@@ -26,7 +26,7 @@ from tests.reliability.serverproc import ServerProcess, start_server
 from tests.serving_utils import free_port
 
 RUN_HERE = {"curl", "python-http", "python-grpc", "serving-json", "setup-serve", "setup-dev"}
-RUN_IN_SEQUENCES = {"profile", "admin", "quantize", "zoo-cli", "workflow", "attention-stats"}  # test_readme_sequences.py
+RUN_IN_SEQUENCES = {"profile", "admin", "quantize", "zoo-cli", "workflow", "attention-stats", "drift"}  # test_readme_sequences.py
 STATUS = "\n__status__ "
 
 

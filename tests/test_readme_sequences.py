@@ -9,6 +9,7 @@ epoch) so the whole file runs in a few minutes. Lines that cannot run name their
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def test_admin_unload_load_as_pasted(scratch: Path) -> None:
     (block,) = blocks_of("admin")
     port = free_port()
     script = "\n".join([
-        "curl() { command curl -w '\\n__status__ %{http_code}\\n' \"$@\"; echo \"__exit__ $? $*\"; }",
+        "curl() { command curl -w '\\n__status__ %{http_code}\\n' \"$@\"; local rc=$?; echo \"__exit__ $rc $*\"; return $rc; }",
         "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",
         f"export ECA_SERVE_PORT={port} ECA_SERVE_GRPC_PORT=0",
         block.code.replace("localhost:8000", f"127.0.0.1:{port}"),
@@ -125,6 +126,26 @@ def test_admin_unload_load_as_pasted(scratch: Path) -> None:
     assert all(c[1] == "0" for c in admin), result.stdout[-2000:]
     statuses = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("__status__")]
     assert statuses[-2:] == ["200", "200"], result.stdout[-2000:]
+
+
+def test_drift_block_as_pasted(scratch: Path) -> None:
+    """The drift block as a script (its own server with every batch summarised): a score after its 100 requests."""
+    (block,) = blocks_of("drift")
+    port = free_port()
+    script = "\n".join([
+        "trap 'kill $(jobs -p) 2>/dev/null; wait' EXIT",
+        f"export ECA_SERVE_PORT={port} ECA_SERVE_GRPC_PORT=0",
+        block.code.replace("localhost:8000", f"127.0.0.1:{port}"),
+    ])
+    result = run_shell(script, scratch, timeout_s=300)
+    start = result.stdout.find('{"model"')  # after the readiness loop's own answer, on the same line
+    assert start >= 0, result.stdout[-2000:] + result.stderr[-2000:]
+    answer, _ = json.JSONDecoder().raw_decode(result.stdout, start)
+    shown = block.code.split("# ", 1)[1]
+    for key in re.findall(r'"(\w+)":', shown):
+        assert key in answer or any(key in layer for layer in answer["layers"]), key
+    assert answer["version"] == 2 and answer["score"] is not None and answer["images_seen"] == 100
+    assert answer["layers"][0]["name"] == "layer1.0.eca"
 
 
 def test_attention_stats_block(scratch: Path) -> None:
