@@ -10,7 +10,7 @@ const Session = (() => {
   // Okabe-Ito then Tableau, as `eca-serve attention-stats` draws them: distinct for colour-blind readers.
   const COLOURS = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000",
                    "#9467bd", "#8c564b", "#7f7f7f", "#bcbd22"];
-  const W = 300, H = 120, PAD_L = 34, PAD_B = 18, PAD_T = 6, PAD_R = 6;
+  const H = 120, PAD_L = 34, PAD_B = 18, PAD_T = 6, PAD_R = 6;
   const SVG = "http://www.w3.org/2000/svg";
   const images = new Map();  // model -> [{label, layers: [{name, weights}]}]
   const drift = new Map();   // model -> [{t, layers: {name: score|null}, inWindow, minImages}]
@@ -28,7 +28,7 @@ const Session = (() => {
   }
 
   /** One small chart: `series` is [{name, colour, points: [[x, y]]}], y in [0, yMax]; x spans xRange. */
-  function lineChart(title, series, xRange, yMax, xLabel) {
+  function lineChart(title, series, xRange, yMax, xLabel, guides = [], W = 300) {
     const figure = document.createElement("figure");
     figure.className = "chart";
     const caption = document.createElement("figcaption");
@@ -40,9 +40,17 @@ const Session = (() => {
     const px = (x) => PAD_L + (x1 === x0 ? 0.5 : (x - x0) / (x1 - x0)) * (W - PAD_L - PAD_R);
     const py = (y) => H - PAD_B - Math.min(1, y / yMax) * (H - PAD_B - PAD_T);
     svg("rect", { x: PAD_L, y: PAD_T, width: W - PAD_L - PAD_R, height: H - PAD_B - PAD_T, class: "frame" }, root);
-    for (const y of [0, yMax]) {
-      const t = svg("text", { x: PAD_L - 3, y: py(y) + 4, "text-anchor": "end", class: "tick" }, root);
-      t.textContent = y === 0 ? "0" : String(+y.toFixed(2));
+    const labelled = [];  // y of each tick label: one closer than a line of text to another is left out
+    const tick = (y, text) => {
+      if (labelled.some((v) => Math.abs(v - py(y)) < 11)) return;
+      labelled.push(py(y));
+      svg("text", { x: PAD_L - 3, y: py(y) + 4, "text-anchor": "end", class: "tick" }, root).textContent = text;
+    };
+    tick(0, "0");
+    tick(yMax, String(+yMax.toFixed(2)));
+    for (const g of guides.filter((v) => v < yMax)) {  // dashed reference levels, e.g. the drift bands
+      svg("line", { x1: PAD_L, x2: W - PAD_R, y1: py(g), y2: py(g), class: "guide" }, root);
+      tick(g, String(g));
     }
     const xl = svg("text", { x: (PAD_L + W - PAD_R) / 2, y: H - 4, "text-anchor": "middle", class: "tick" }, root);
     xl.textContent = xLabel;
@@ -130,7 +138,7 @@ const Session = (() => {
       return;  // a missed poll is drawn as no point; the next one catches up
     }
     const points = drift.get(model) || [];
-    points.push({ t: (Date.now() - started) / 1000, inWindow: body.images_in_window, minImages: body.min_images,
+    points.push({ t: (Date.now() - started) / 1000, inWindow: body.images_in_window, minImages: body.min_images, seen: body.images_seen,
                   layers: Object.fromEntries(body.layers.map((l) => [l.name, l.score])) });
     if (points.length > MAX_POLLS) points.splice(0, points.length - MAX_POLLS);
     drift.set(model, points);
@@ -153,7 +161,8 @@ const Session = (() => {
     const scored = names.filter((n) => last.layers[n] !== null);
     $("drift-note").textContent = scored.length
       ? `PSI against the held-out reference, ${last.inWindow} image(s) in the window: < 0.1 stable, 0.1-0.25 moderate, > 0.25 shifted.`
-      : `Not enough images yet: ${last.inWindow} of the ${last.minImages} the window needs before a score.`;
+      : `Not enough images yet: ${last.inWindow} of the ${last.minImages} sampled images the window needs before a score ` +
+        `(${last.seen} seen by the server; the sample keeps the summary within its time budget).`;
     const box = $("drift-charts");
     box.innerHTML = "";
     box.dataset.layers = String(names.length);
@@ -164,7 +173,7 @@ const Session = (() => {
       points: points.filter((p) => p.layers[n] !== null && p.layers[n] !== undefined).map((p) => [p.t, p.layers[n]]),
     }));
     const yMax = Math.max(0.25, ...series.flatMap((s) => s.points.map((p) => p[1])));
-    box.appendChild(lineChart("drift score per layer", series, [points[0].t, last.t], yMax, "seconds since the page opened"));
+    box.appendChild(lineChart("drift score per layer", series, [points[0].t, last.t], yMax, "seconds since the page opened", [0.1, 0.25], 620));
     box.appendChild(legend(names.map((n, i) => [n, COLOURS[i % COLOURS.length], last.layers[n] === null ? "n/a" : last.layers[n].toFixed(3)])));
   }
 
