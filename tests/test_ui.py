@@ -125,3 +125,15 @@ def test_demo_files_are_package_data() -> None:
     files = {p.relative_to(shipped).as_posix() for p in (shipped / "static" / "ui").iterdir()}
     assert files and files <= {str(f) for pattern in patterns for f in
                                (p.relative_to(shipped).as_posix() for p in shipped.glob(pattern))}
+
+
+def test_every_script_the_page_loads_is_served_and_the_session_panels_start_hidden(client: TestClient) -> None:
+    html = client.get("/").text
+    scripts = re.findall(r'<script src="([^"]+)"', html)
+    assert "ui/session.js" in scripts and scripts.index("ui/session.js") < scripts.index("ui/app.js")
+    for src in scripts:
+        answer = client.get(f"/{src}")
+        assert answer.status_code == 200 and "javascript" in answer.headers["content-type"]
+    for panel in ("session", "drift"):
+        assert re.search(rf'<section id="{panel}"[^>]*\bhidden\b', html)
+    assert "/drift" in client.get("/ui/session.js").text

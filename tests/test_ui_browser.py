@@ -151,3 +151,57 @@ def test_demo_draws_every_detection_the_api_returns(page, base: str, blocked: li
     assert overlaps == []
     shot(page, "demo_detect")
     assert blocked == []
+
+
+def test_session_panel_plots_attention_per_class_and_drift_over_time(page, base: str, blocked: list[str]) -> None:
+    run_demo(page, base, "shapes_classifier", "star.png")
+    assert page.locator("#session").is_visible()
+    assert page.locator("#drift").is_visible()
+    labels = {page.locator("#topk li").first.get_attribute("data-label")}
+    for image in ("cross.png", "pentagon.png"):
+        page.evaluate("document.getElementById('status').dataset.state = 'idle'")
+        page.set_input_files("#file", str(ROOT / "examples" / image))
+        page.locator('#status[data-state="done"], #status[data-state="error"]').wait_for()
+        assert page.get_attribute("#status", "data-state") == "done", page.text_content("#status")
+        labels.add(page.locator("#topk li").first.get_attribute("data-label"))
+    layers = attention_layer_count(base, "shapes_classifier")
+    session = page.locator("#session-attention")
+    assert int(session.get_attribute("data-layers")) == layers > 0
+    assert int(session.get_attribute("data-classes")) == len(labels) >= 2
+    charts = session.locator("svg")
+    assert charts.count() == layers
+    for i in range(layers):  # one line per predicted class in every layer's chart
+        names = charts.nth(i).locator("path.series").evaluate_all("ps => ps.map(p => p.dataset.name)")
+        assert sorted(names) == sorted(labels)
+    assert session.locator(".legend > span").count() == len(labels)
+    page.locator('#drift-charts[data-polls="3"], #drift-charts[data-polls="4"]').wait_for(state="attached")
+    drift = httpx.get(f"{base}/v1/models/shapes_classifier/drift", timeout=30).json()
+    assert int(page.get_attribute("#drift-charts", "data-layers")) == len(drift["layers"]) == layers
+    if drift["score"] is None:  # three images cannot fill the window: the page says so instead of plotting
+        assert "Not enough images yet" in page.text_content("#drift-note")
+        assert str(drift["min_images"]) in page.text_content("#drift-note")
+    shot(page, "demo_session")
+    assert blocked == []
+
+
+def test_drift_panel_plots_each_layers_score_once_the_window_is_full(page, blocked: list[str]) -> None:
+    # A budget this large summarises every batch, so a hundred uploaded images fill the window's minimum.
+    settings = Settings(model_repository=ROOT / "models", drift_budget=1000.0)
+    with running_server(settings) as (url, _):
+        star = (ROOT / "examples" / "star.png").read_bytes()
+        for _ in range(7):
+            files = [("file", (f"star{i}.png", star, "image/png")) for i in range(16)]
+            assert httpx.post(f"{url}/v1/models/shapes_classifier/classify", files=files, timeout=120).status_code == 200
+        expected = httpx.get(f"{url}/v1/models/shapes_classifier/drift", timeout=30).json()
+        assert expected["score"] is not None, expected
+        page.route(f"{url}/**", lambda r: r.continue_())  # this server too (the latest route is matched first)
+        run_demo(page, url, "shapes_classifier", "cross.png")
+        page.set_input_files("#file", str(ROOT / "examples" / "pentagon.png"))
+        page.locator('#drift-charts:not([data-polls="1"]) svg').wait_for()  # a second point: lines, not dots
+        chart = page.locator("#drift-charts svg")
+        names = chart.locator("path.series").evaluate_all("ps => ps.map(p => p.dataset.name)")
+        assert names == [layer["name"] for layer in expected["layers"]]
+        assert chart.locator("line.guide").count() >= 1
+        assert "Not enough images" not in page.text_content("#drift-note")
+        shot(page, "demo_drift")
+    assert blocked == []

@@ -48,6 +48,7 @@ function onModelChange() {
   $("model-task").textContent = `${model.task}, ${model.architecture}`;
   $("threshold-label").hidden = isClassifier(model);
   $("topk-label").hidden = !isClassifier(model);
+  Session.show(model.name);
   if (currentFile) run(currentFile);
 }
 
@@ -79,6 +80,7 @@ async function run(file) {
     if (isClassifier(model)) showClassification(image, main.results[0]);
     else showDetections(image, main.results[0]);
     drawAttention(attention.results[0].layers);
+    Session.record(model.name, attention.results[0]);  // the same answer: no extra request per image
     showTiming({ [isClassifier(model) ? "classify" : "detect"]: main.timing, attention: attention.timing });
     setStatus(`${model.name} on ${file.name}: done.`, "done");
   } catch (err) {
