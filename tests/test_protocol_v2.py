@@ -205,6 +205,8 @@ ERROR_CASES = {
     "truncated binary": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))]}, ZEROS[:-8], None, 400, "truncated"),
     "size mismatch": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS) - 4)]}, ZEROS[:-4], None, 400, "needs 49152 bytes"),
     "extra binary": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))]}, ZEROS + b"xx", None, 400, "2 bytes"),
+    "NaN values": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))]},
+                   np.full((1, 3, 64, 64), np.nan, np.float32).tobytes(), None, 400, "NaN or infinite"),
     "bad header length": ({"inputs": []}, b"x", 10**6, 400, "Inference-Header-Content-Length"),
     "JSON element count": ({"inputs": [fp32([1, 3, 64, 64], [0.0] * 10)]}, b"", None, 400, "needs 12288 elements"),
     "JSON strings as FP32": ({"inputs": [fp32([1, 3, 64, 64], ["a"] * 12288)]}, b"", None, 400, "FP32 numbers"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from eca_serve import tracing
 from eca_serve.batching import BatchPolicy, DynamicBatcher
-from eca_serve.errors import InvalidParameterError, WrongTaskError
+from eca_serve.errors import InferenceRequestError, InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
 from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW, DriftMonitor, DriftReference
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
@@ -229,16 +229,19 @@ class ModelPipeline:
         return [Ran(out, t.shape, (t.shape[2], t.shape[1])) for out, t in zip(outputs, tensors)]
 
     def check_tensor(self, tensor: np.ndarray) -> None:
-        """Rules of a preprocessed input: finite [3, H, W]; classifiers need the configured (H, W)."""
+        """Rules of a preprocessed input: finite [3, H, W]; classifiers need the configured (H, W).
+
+        A tensor that breaks them is a malformed inference request (400), like every other bad v2 tensor.
+        """
         size = self.config.input.size
         if tensor.ndim != 3 or tensor.shape[0] != 3:
-            raise InvalidParameterError(f"each input must be [3, H, W], got {list(tensor.shape)}")
+            raise InferenceRequestError(f"each input must be [3, H, W], got {list(tensor.shape)}")
         if size is not None and tuple(tensor.shape[1:]) != tuple(size):
-            raise InvalidParameterError(f"{self.config.name} takes [3, {size[0]}, {size[1]}] inputs, got {list(tensor.shape)}")
+            raise InferenceRequestError(f"{self.config.name} takes [3, {size[0]}, {size[1]}] inputs, got {list(tensor.shape)}")
         if tensor.shape[1] < 1 or tensor.shape[2] < 1 or tensor.shape[1] * tensor.shape[2] > self.limits.max_pixels:
-            raise InvalidParameterError(f"input size {list(tensor.shape)} is outside 1..{self.limits.max_pixels} pixels")
+            raise InferenceRequestError(f"input size {list(tensor.shape)} is outside 1..{self.limits.max_pixels} pixels")
         if not np.isfinite(tensor).all():
-            raise InvalidParameterError("an input holds NaN or infinite values")
+            raise InferenceRequestError("an input holds NaN or infinite values")
 
     async def _infer_images(self, images: list[ImageInput], times: StageTimes, submit: dict[str, Any]) -> list[Ran]:
         # A traced request keeps the two-hop path: its decode and queue spans need the event loop's span context.
