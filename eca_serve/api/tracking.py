@@ -112,7 +112,7 @@ def _admit(admission: Admission, model: str) -> tuple[str | None, bool]:
     """(why refused or None, whether counted): a model that is not served is not counted (it gets 404)."""
     admitted = admission.try_admit(model)
     if admitted is False:
-        return f"model {model!r} is at its limit of {admission.limit(model)} requests in flight; retry later", False
+        return admission.refusal(model), False
     return None, bool(admitted)
 
 

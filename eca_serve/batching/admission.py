@@ -51,3 +51,7 @@ class Admission:
     def limit(self, name: str) -> int | None:
         """The limit of ``name`` (None if not served)."""
         return self._limit_of(name)
+
+    def refusal(self, name: str) -> str:
+        """Why a request of ``name`` at its limit is refused: the one message of HTTP 503 and gRPC."""
+        return f"model {name!r} is at its limit of {self.limit(name)} requests in flight; retry later"

@@ -221,7 +221,7 @@ def _admit(admission: Admission, model: str) -> bool:
     """Count a request of ``model`` (False for a name that is not served); InflightLimitError at its limit."""
     admitted = admission.try_admit(model)
     if admitted is False:
-        raise InflightLimitError(f"model {model!r} is at its limit of {admission.limit(model)} requests in flight; retry later")
+        raise InflightLimitError(admission.refusal(model))
     return bool(admitted)
 
 
