@@ -245,7 +245,7 @@ class EntryConfig(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str
     version: int = Field(ge=1)
-    task: Literal["classification", "detection", "instance_segmentation"]
+    task: str = Field(description="a registered task (eca_serve.pipelines.tasks), checked when the entry is served")
     architecture: str
     build_kwargs: dict[str, Any] = {}
     num_classes: int

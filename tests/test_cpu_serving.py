@@ -13,6 +13,7 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.cli.profile_entry import write_serving
 from eca_serve.repository import ServingSpec, read_config
 from eca_serve.pipelines.images import DecodeLimits
+from eca_serve.runtime import stack_outputs
 from eca_serve.pipelines.manager import ModelManager, ServingOptions, available_cores, backend_options_for
 from eca_serve.runtime import BackendOptions, create_backend
 from eca_serve.runtime.onnx_backend import LoadAwareSession
@@ -64,7 +65,7 @@ def test_solo_and_shared_sessions_give_the_same_outputs(entry: Path) -> None:
     outputs = []
     for variant in backend.variants():
         with variant:
-            outputs.append(backend.infer(batch))
+            outputs.append(stack_outputs(backend.infer(batch)))
     assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) > 1
     for key in outputs[0]:
         np.testing.assert_allclose(outputs[0][key], outputs[1][key], rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from eca_serve.errors import ConfigError
 from eca_serve.repository import EntryConfig, ServingSpec, read_config
-from eca_serve.runtime import BackendOptions, create_backend
+from eca_serve.runtime import BackendOptions, create_backend, stack_outputs
 from eca_serve.runtime.engines import check_precision, choose_engine, cpu_flags, default_engine, entry_options, has_bf16
 
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'eca-serve[openvino]')")
@@ -45,7 +45,7 @@ def shapes_batch(config: EntryConfig) -> np.ndarray:
 def test_classifier_outputs_match_onnxruntime(folder: Path) -> None:
     config, ort, ov = both(folder)
     batch = shapes_batch(config)
-    a, b = ort.infer(batch), ov.infer(batch)
+    a, b = stack_outputs(ort.infer(batch)), stack_outputs(ov.infer(batch))
     assert sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and a[k].shape == b[k].shape for k in a)
     assert (a["logits"].argmax(1) == b["logits"].argmax(1)).all()
     fp32 = config.precision == "fp32"
@@ -64,7 +64,7 @@ def test_detector_finds_the_same_objects_on_the_example_scene() -> None:
 
     config, ort, ov = both(DETECTOR)
     image = preprocess_detection(Image.open(EXAMPLES / "scene.png").convert("RGB"), config.input)
-    a, b = ort.infer([image])[0], ov.infer([image])[0]
+    a, b = ort.infer(image[None])[0], ov.infer(image[None])[0]
     keep_a, keep_b = a["scores"] >= 0.5, b["scores"] >= 0.5
     assert keep_a.sum() >= 1 and keep_a.sum() == keep_b.sum()
     assert (a["labels"][keep_a] == b["labels"][keep_b]).all() and a["labels"].dtype == b["labels"].dtype
@@ -78,7 +78,7 @@ def test_load_aware_pair_and_cache_dir(tmp_path: Path) -> None:
     options = BackendOptions("openvino", "cpu", threads=1, solo_threads=2, cache_dir=str(tmp_path))
     backend = create_backend(CLASSIFIER, config, options)
     assert len(backend.variants()) == 2
-    out = backend.infer(shapes_batch(config)[:2])
+    out = stack_outputs(backend.infer(shapes_batch(config)[:2]))
     assert out["logits"].shape == (2, config.num_classes)
     assert any((tmp_path / "shapes_classifier-1").iterdir()), "no compiled blob cached"
 

@@ -19,6 +19,7 @@ from eca_serve.batching import BatchPolicy
 from eca_serve.data._samples import classification_item
 from eca_serve.errors import ConfigError
 from eca_serve.pipelines.classification import ClassificationPipeline
+from eca_serve.runtime import stack_outputs
 from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import (
     decode_target,
@@ -97,8 +98,8 @@ def test_same_top1_on_held_out_shapes_images() -> None:
         ref, fast = _pair(_encode(image.convert("RGB")), config.input)
         refs.append(ref)
         fasts.append(fast)
-    top_ref = backend.infer(stack_batch(refs))["logits"].argmax(1)
-    top_fast = backend.infer(stack_batch(fasts))["logits"].argmax(1)
+    top_ref = stack_outputs(backend.infer(stack_batch(refs)))["logits"].argmax(1)
+    top_fast = stack_outputs(backend.infer(stack_batch(fasts)))["logits"].argmax(1)
     assert (top_ref == top_fast).mean() >= 0.995
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import typing
 from pathlib import Path
 
 import httpx
@@ -19,8 +18,8 @@ from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.classification import ClassificationPipeline
 from eca_serve.pipelines.contract import Classification, ClassifyParams, DetectionResult, DetectParams, ImageInput
 from eca_serve.pipelines.detection import DetectionPipeline
-from eca_serve.pipelines.tasks import pipeline_class, register_task, registered_tasks
-from eca_serve.repository import EntryConfig
+from eca_serve.pipelines.tasks import pipeline_class, register_task, registered_tasks, task_of, tasks_for
+from eca_serve.repository import read_config
 from eca_serve.settings import Settings
 from tests.serving_utils import running_server
 
@@ -41,15 +40,17 @@ def run_in_server(app, coroutine):
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
 
 
-def test_every_task_of_the_config_schema_has_a_pipeline() -> None:
-    schema_tasks = typing.get_args(EntryConfig.model_fields["task"].annotation)
-    assert registered_tasks() == sorted(schema_tasks)
+def test_the_config_task_is_checked_against_the_registry_when_served() -> None:
+    assert {"classification", "detection", "instance_segmentation", "embedding"} <= set(registered_tasks())
     assert pipeline_class("classification") is ClassificationPipeline
     assert pipeline_class("instance_segmentation") is DetectionPipeline
     with pytest.raises(ConfigError, match="no pipeline serves task 'segmentation'"):
         pipeline_class("segmentation")
     with pytest.raises(ConfigError, match="registered already"):
-        register_task("detection", ModelPipeline)
+        register_task(task_of("detection"), ModelPipeline)
+    config = read_config(ROOT / "models" / CLS / "1", verify=False)
+    with pytest.raises(ConfigError, match="no pipeline serves task 'segmentation'"):
+        tasks_for(config.model_copy(update={"task": "segmentation"}))
 
 
 def test_parameters_have_one_model_and_one_set_of_defaults_per_task() -> None:

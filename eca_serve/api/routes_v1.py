@@ -1,8 +1,14 @@
-"""v1 REST API: list models, classify, detect, attention."""
+"""v1 REST API: list models, one action per registered task (classify, detect, embed, ...), attention, drift.
+
+The task routes are one table built from the task registry (`build_router`): each task's action is
+``POST /v1/models/{name}/{action}``, its query parameters are its parameter model's own fields, and its
+body is the task's v1 result type.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import inspect
+from typing import Annotated, Any, Callable, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -12,9 +18,10 @@ from eca_serve.api import convert, schemas
 from eca_serve.api.deps import AppSettings, Manager
 from eca_serve.api.errors import UnknownQueryParameterError
 from eca_serve.api.uploads import read_images
-from eca_serve.errors import InvalidParameterError, NoDriftReferenceError, WrongTaskError
-from eca_serve.pipelines.base import ModelPipeline
-from eca_serve.pipelines.contract import ClassifyParams, DetectParams, StageTimes
+from eca_serve.errors import InvalidParameterError, NoDriftReferenceError
+from eca_serve.pipelines.contract import RunParams, StageTimes
+from eca_serve.pipelines.task import Task
+from eca_serve.pipelines.tasks import all_tasks
 
 
 
@@ -33,7 +40,7 @@ def _query_names(dependant: Any) -> set[str]:
     return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
 
 
-router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(_known_query)])
+router = APIRouter()  # the routes every model has; `build_router` adds the task routes
 ERRORS = {s: {"model": schemas.ErrorBody} for s in (400, 404, 413, 415, 422, 503, 504)}
 IMAGE_BODY = {
     "requestBody": {
@@ -47,11 +54,53 @@ IMAGE_BODY = {
     }
 }
 Version = Annotated[int | None, Query(ge=1, description="model version (default: newest)")]
-DETECT = DetectParams()  # the defaults of the task, in one place
-TopK = Annotated[int | None, Query(ge=1, le=1000, description="number of classes to return (default: min(5, classes))")]
-Threshold = Annotated[float, Query(ge=0, le=1, description="drop detections scoring below this")]
-MaxDetections = Annotated[int, Query(ge=1, le=1000, description="most detections per image")]
-MaskFormat = Literal["rle", "polygon", "none"]
+
+
+def build_router() -> APIRouter:
+    """The v1 API: the routes of `router` plus ``POST /models/{name}/{action}`` for every registered task."""
+    v1 = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(_known_query)])
+    v1.include_router(router)
+    routed: set[str] = set()
+    for task in all_tasks():
+        if task.action in routed:  # tasks sharing an action (detection, instance segmentation) share its route
+            continue
+        routed.add(task.action)
+        v1.add_api_route(f"/models/{{name}}/{task.action}", _task_endpoint(task), methods=["POST"],
+                         response_model=schemas.response_model(task), responses=ERRORS, openapi_extra=IMAGE_BODY,
+                         summary=f"{task.action.capitalize()} ({task.name})", description=inspect.getdoc(task) or "")
+    return v1
+
+
+def _task_endpoint(task: Task) -> Callable[..., Any]:
+    """``POST /v1/models/{name}/{task.action}``: ``task``'s answer for each uploaded image (multipart field
+    ``file``, repeatable, or a raw image body)."""
+    async def endpoint(name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
+                       params: RunParams = Depends(task_parameters(task))) -> Response:
+        pipeline = manager.get(name, version)
+        served = pipeline.task_for_action(task.action)  # refused before the upload is read
+        times = StageTimes()
+        results = await pipeline.run(await _images(request, settings), params, times)
+        return _json(convert.task_body(pipeline.config, served, results, times))
+    endpoint.__name__ = task.action
+    return endpoint
+
+
+def task_parameters(task: Task) -> Callable[..., RunParams]:
+    """A dependency reading ``task``'s own parameters (not the common `RunParams`) from the query string.
+
+    Types, bounds, defaults and descriptions are the parameter model's: the route restates none of them.
+    """
+    params_type = task.params_type
+    own = {n: f for n, f in params_type.model_fields.items() if n not in RunParams.model_fields}
+
+    def parse(**values: Any) -> RunParams:
+        return params_type.parse(values)
+
+    parse.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                          annotation=Annotated[f.annotation, *f.metadata, Query(description=f.description)])
+        for n, f in own.items()])
+    return parse
 
 
 @router.get("/models", response_model=schemas.ModelList)
@@ -91,42 +140,19 @@ async def _images(request: Request, settings: AppSettings) -> list:
                              timeout_s=settings.body_timeout_s)
 
 
-@router.post("/models/{name}/classify", response_model=schemas.ClassifyResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
-async def classify(name: str, request: Request, manager: Manager, settings: AppSettings,
-                   top_k: TopK = None, version: Version = None) -> Response:
-    """Top-k classes of each uploaded image (multipart field ``file``, repeatable, or a raw image body)."""
-    pipeline = _pipeline(manager, name, version, "classify")
-    params = ClassifyParams.parse({"top_k": top_k})
-    times = StageTimes()
-    results = await pipeline.run(await _images(request, settings), params, times)
-    return _json(convert.classify_body(pipeline.config, results, times))
-
-
-@router.post("/models/{name}/detect", response_model=schemas.DetectResponse, responses=ERRORS, openapi_extra=IMAGE_BODY)
-async def detect(
-    name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
-    score_threshold: Threshold = DETECT.score_threshold, max_detections: MaxDetections = DETECT.max_detections,
-    masks: MaskFormat = DETECT.masks,
-) -> Response:
-    """Boxes (original pixels), classes, scores and instance masks of each uploaded image."""
-    pipeline = _pipeline(manager, name, version, "detect")
-    params = DetectParams.parse({"score_threshold": score_threshold, "max_detections": max_detections, "masks": masks})
-    times = StageTimes()
-    results = await pipeline.run(await _images(request, settings), params, times)
-    return _json(convert.detect_body(pipeline.config, results, times))
-
-
 @router.post("/models/{name}/attention", response_model=schemas.AttentionResponse, responses={
     **ERRORS, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG plot with format=png"}},
     openapi_extra=IMAGE_BODY)
 async def attention(
     name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
-    top_k: TopK = None, format: Literal["json", "png"] = "json",
-    score_threshold: Threshold = DETECT.score_threshold,
+    top_k: Annotated[int | None, Query(description="classifiers: classes to return (default: min(5, classes))")] = None,
+    format: Literal["json", "png"] = "json",
+    score_threshold: Annotated[float | None, Query(description="detectors: drop detections scoring below this")] = None,
 ) -> Response:
-    """Per-layer channel attention of each image, with the predictions of the same forward pass."""
+    """Per-layer channel attention of each image, with the entry's own task's answer of the same forward pass."""
     pipeline = manager.get(name, version)
-    params = pipeline.params_type.parse({"top_k": top_k, "score_threshold": score_threshold, "masks": "none", "attention": True})
+    values = {"top_k": top_k, "score_threshold": score_threshold, "masks": "none", "attention": True}
+    params = pipeline.params_type.parse(values)
     images = await _images(request, settings)
     if format == "png" and len(images) != 1:
         raise InvalidParameterError("format=png plots one image; send exactly one")
@@ -134,7 +160,7 @@ async def attention(
     results = await pipeline.run(images, params, times)
     if format == "png":
         return await _png(pipeline, results[0].attention)
-    return _json(convert.attention_body(pipeline.config, results, times))
+    return _json(convert.attention_body(pipeline.config, pipeline.task, results, times))
 
 
 def _json(body: BaseModel) -> Response:
@@ -151,10 +177,3 @@ async def _png(pipeline: object, layers: list) -> Response:
     png = await asyncio.to_thread(attention_png, layers, f"{pipeline.config.name} channel attention")
     return Response(png, media_type="image/png")
 
-
-def _pipeline(manager: Manager, name: str, version: int | None, action: str) -> ModelPipeline:
-    """The pipeline of ``name``, refusing (before the upload is read) a model whose task does not ``action``."""
-    pipeline = manager.get(name, version)
-    if pipeline.action != action:
-        raise WrongTaskError.for_model(name, pipeline.config.task, action)
-    return pipeline

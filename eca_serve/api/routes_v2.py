@@ -24,9 +24,10 @@ from eca_serve.errors import InferenceRequestError, UnsupportedMediaTypeError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.manager import ModelManager
 from eca_serve.settings import Settings
+from eca_serve.pipelines.classification import CLASSIFICATION_EXTENSION
 
 router = APIRouter(prefix="/v2", tags=["v2"])
-EXTENSIONS = ["binary_tensor_data", "classification", "statistics", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", CLASSIFICATION_EXTENSION, "statistics", "model_repository"]
 ERRORS = {s: {"model": ErrorBody, "description": '`{"error": "..."}`'} for s in (400, 404, 413, 415, 422, 503, 504)}
 INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": v2_schemas.INFER_REQUEST_SCHEMA},

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from eca_serve.pipelines.classification import ClassifyResult, Prediction
+from eca_serve.pipelines.detection import DetectionItem, DetectResult
+from eca_serve.pipelines.task import Task
+from eca_serve.pipelines.tasks import registered_tasks
+
+__all__ = ["ClassifyResult", "DetectResult", "DetectionItem", "Prediction", "TaskResponse", "response_model"]
 
 
 class ModelSummary(BaseModel):
     name: str = Field(examples=["shapes_classifier"])
     version: int = Field(examples=[1])
-    task: str = Field(examples=["classification"])
+    task: str = Field(description="the entry's task (config.json)", examples=registered_tasks()[:1])
     architecture: str = Field(examples=["eca_resnet18"])
     ready: bool
     versions: list[int] = Field(examples=[[1]])
@@ -39,12 +47,6 @@ class ModelDetail(ModelSummary):
     device: str = Field(examples=["cpu"])
 
 
-class Prediction(BaseModel):
-    index: int = Field(examples=[5])
-    label: str = Field(examples=["star"])
-    score: float = Field(examples=[0.993])
-
-
 class Timing(BaseModel):
     preprocess_ms: float
     queue_ms: float
@@ -52,38 +54,20 @@ class Timing(BaseModel):
     postprocess_ms: float
 
 
-class ClassifyResult(BaseModel):
-    filename: str | None = Field(None, examples=["star.png"])
-    predictions: list[Prediction]
+class TaskResponse(BaseModel):
+    """The v1 body of every task's action: ``results`` holds one item of the task's ``result_type`` per image."""
 
-
-class ClassifyResponse(BaseModel):
     model: str
     version: int
-    results: list[ClassifyResult]
+    results: list[Any]
     timing: Timing
 
 
-class DetectionItem(BaseModel):
-    box: list[float] = Field(description="x1, y1, x2, y2 in original image pixels", examples=[[12.0, 30.5, 88.2, 101.0]])
-    label: int = Field(examples=[3])
-    category: str = Field(examples=["triangle"])
-    score: float = Field(examples=[0.97])
-    mask: Any = Field(None, description="COCO RLE {size: [H, W], counts} | polygons [[x1, y1, ...]] | null")
-
-
-class DetectResult(BaseModel):
-    filename: str | None = None
-    width: int
-    height: int
-    detections: list[DetectionItem]
-
-
-class DetectResponse(BaseModel):
-    model: str
-    version: int
-    results: list[DetectResult]
-    timing: Timing
+@lru_cache(maxsize=None)
+def response_model(task: Task) -> type[TaskResponse]:
+    """``{Action}Response`` of ``task`` (e.g. ``ClassifyResponse``): the envelope with its typed results."""
+    name = f"{task.action[:1].upper()}{task.action[1:]}Response"
+    return create_model(name, __base__=TaskResponse, results=(list[task.result_type], ...))  # type: ignore[name-defined]
 
 
 class LayerAttention(AttentionLayerInfo):

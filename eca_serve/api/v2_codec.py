@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from eca_serve.errors import InferenceRequestError
+from eca_serve.pipelines.classification import CLASSIFICATION_EXTENSION
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"
@@ -166,7 +167,7 @@ def parse_outputs(value: object) -> list[OutputRequest] | None:
         name = _str(spec.get("name"), "output name")
         params = _dict(spec.get("parameters"), f"output {name!r} parameters")
         binary = params.get("binary_data")
-        count = params.get("classification", 0)
+        count = params.get(CLASSIFICATION_EXTENSION, 0)
         if not _is_int(count) or count < 0:
             raise InferenceRequestError(f"output {name!r}: classification must be an integer >= 0, got {count!r}")
         outputs.append(OutputRequest(name, None if binary is None else _bool(binary, f"output {name!r} binary_data"), count))

@@ -1,21 +1,23 @@
 """A parsed v2 infer request on the task contract: input checks, parameters, `Result`s -> output tensors.
 
-The tensors each task takes and returns are described in `eca_serve.api.v2_models`.
+The tensors each task takes and returns are its own (`eca_serve.pipelines.task.Task`); this module
+only routes the requested outputs to the tasks that make them, runs them in one forward pass and
+lays their columns out.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from eca_serve.api.v2_codec import InferRequest, OutputRequest, ShapeCheck, Tensor, request_priority, request_timeout_s
-from eca_serve.api.v2_models import IMAGE, INPUT, LOGITS, MASKS, PROBABILITIES, TensorSpec, input_specs, is_classifier, output_specs
+from eca_serve.api.v2_models import IMAGE, INPUT, input_specs, output_owners
 from eca_serve.errors import ImageTooLargeError, InferenceRequestError, TooManyImagesError
 from eca_serve.pipelines.base import ModelPipeline
-from eca_serve.pipelines.contract import Classification, DetectionResult, ImageInput, Result
+from eca_serve.pipelines.contract import ImageInput, Result, RunParams
+from eca_serve.pipelines.task import Column, OutputAsk, Task, TensorSpec
 from eca_serve.repository import EntryConfig
 from eca_serve.settings import Settings
 
@@ -37,11 +39,17 @@ class InferLimits:
 
 @dataclass(frozen=True)
 class Selected:
-    """An output to return: its spec, whether it goes binary, and the classification count (0 = raw)."""
+    """An output to return: its spec, the task that makes it (None: attention), whether it goes binary, and
+    the classification count (0 = raw)."""
 
     spec: TensorSpec
+    task: Task | None
     binary: bool
     classification: int = 0
+
+    @property
+    def ask(self) -> OutputAsk:
+        return OutputAsk(self.spec.name, self.classification)
 
 
 def shape_checker(config: EntryConfig, limits: InferLimits) -> ShapeCheck:
@@ -84,52 +92,65 @@ def _dims(shape: tuple[int, ...]) -> str:
                            for i, d in enumerate(shape)) + "]"
 
 
-def select_outputs(config: EntryConfig, request: InferRequest) -> list[Selected]:
-    """The requested outputs (all when none are named), each with its binary flag."""
-    specs = {s.name: s for s in output_specs(config)}
-    wanted = request.outputs if request.outputs is not None else [OutputRequest(name) for name in specs]
+def select_outputs(config: EntryConfig, tasks: list[Task], request: InferRequest) -> list[Selected]:
+    """The requested outputs of an entry serving ``tasks`` (all when none are named), each with its task and binary flag."""
+    owners = output_owners(config, tasks)
+    wanted = request.outputs if request.outputs is not None else [OutputRequest(name) for name in owners]
     selected = []
     for output in wanted:
-        if output.name not in specs:
-            raise InferenceRequestError(f"model {config.name!r} has no output {output.name!r}; its outputs are {list(specs)}")
-        _check_classification(config, output)
+        if output.name not in owners:
+            raise InferenceRequestError(f"model {config.name!r} has no output {output.name!r}; its outputs are {list(owners)}")
+        spec, task = owners[output.name]
+        if output.classification and task is None:
+            raise InferenceRequestError(f"classification does not apply to output {output.name!r}")
         binary = request.binary_output if output.binary is None else output.binary
-        selected.append(Selected(specs[output.name], binary, output.classification))
+        chosen = Selected(spec, task, binary, output.classification)
+        if task is not None:
+            task.check_output(chosen.ask, config)
+        selected.append(chosen)
     return selected
 
 
-def _check_classification(config: EntryConfig, output: OutputRequest) -> None:
-    if not output.classification:
-        return
-    if output.name not in (LOGITS, PROBABILITIES) or not is_classifier(config):
-        raise InferenceRequestError(f"classification applies to a classifier's {LOGITS!r} or {PROBABILITIES!r}, not {output.name!r}")
-    if output.classification > config.num_classes:
-        raise InferenceRequestError(f"classification must be between 1 and {config.num_classes}, got {output.classification}")
-
-
 async def run_inference(pipeline: ModelPipeline, request: InferRequest) -> list[tuple[Tensor, bool]]:
-    """Run ``request`` through the task contract; (output tensor, send as binary) in response order."""
-    selected = select_outputs(pipeline.config, request)
+    """Run ``request`` through the task contract; (output tensor, send as binary) in response order.
+
+    Every task with a requested output answers from the same forward pass (the entry's own task when
+    only attention is asked for).
+    """
+    selected = select_outputs(pipeline.config, pipeline.tasks, request)
     if len(request.inputs) != 1:
         raise InferenceRequestError(f"send exactly one input, {INPUT!r} or {IMAGE!r}; got {[t.name for t in request.inputs]}")
-    params = pipeline.params_type.parse(_task_parameters(pipeline.config, request, selected), error=InferenceRequestError)
-    results = await pipeline.run(_inputs(request.inputs[0]), params)
-    if is_classifier(pipeline.config):
-        return classifier_outputs(pipeline.config, results, selected)
-    return detector_outputs(pipeline.config, results, selected)
+    tasks = [t for t in pipeline.tasks if any(s.task is t for s in selected)] or [pipeline.task]
+    attention = any(s.task is None for s in selected)
+    params = [_task_parameters(task, request, selected, attention and i == 0) for i, task in enumerate(tasks)]
+    answers = await pipeline.run_tasks(_inputs(request.inputs[0]), params)
+    columns: dict[str, Column] = _attention_columns(pipeline.config, answers[0])
+    for task, results in zip(tasks, answers):
+        columns.update(task.columns(pipeline.config, results))
+    count = len(answers[0])
+    out = []
+    for sel in selected:
+        if sel.classification:
+            assert sel.task is not None
+            items = sel.task.classification_column(sel.spec.name, answers[tasks.index(sel.task)], sel.classification)
+            out.append((Tensor(sel.spec.name, "BYTES", (count, sel.classification), items), sel.binary))
+            continue
+        value = columns[sel.spec.name]
+        shape = value.shape if isinstance(value, np.ndarray) else (len(value),)
+        out.append((Tensor(sel.spec.name, sel.spec.datatype, shape, value), sel.binary))
+    return out
 
 
-def _task_parameters(config: EntryConfig, request: InferRequest, selected: list[Selected]) -> dict[str, Any]:
-    """The request's ``parameters`` plus what its outputs ask for (classification count, attention, masks)."""
-    names = {s.spec.name for s in selected}
-    return {
+def _task_parameters(task: Task, request: InferRequest, selected: list[Selected], attention: bool) -> RunParams:
+    """``task``'s parameters: the request's ``parameters`` plus what its outputs ask for (classification count, masks)."""
+    values = {
         **request.parameters,
         "priority": request_priority(request.parameters),
         "timeout_s": request_timeout_s(request.parameters),
-        "top_k": max([s.classification for s in selected] + [1]),
-        "attention": any(a.output in names for a in config.attention),
-        "masks": "rle" if MASKS in names else "none",
+        **task.v2_parameters([s.ask for s in selected if s.task is task]),
+        "attention": attention,
     }
+    return task.params_type.parse(values, error=InferenceRequestError)
 
 
 def _inputs(source: Tensor) -> list[ImageInput] | list[np.ndarray]:
@@ -139,49 +160,9 @@ def _inputs(source: Tensor) -> list[ImageInput] | list[np.ndarray]:
     return [ImageInput(item) for item in source.data]
 
 
-def classifier_outputs(config: EntryConfig, results: list[Classification], selected: list[Selected]) -> list[tuple[Tensor, bool]]:
-    """Output tensors of N images: logits and probabilities [N, K], attention [N, C], or top-k BYTES [N, k]."""
-    columns = {LOGITS: np.stack([r.logits for r in results]).astype(np.float32),
-               PROBABILITIES: np.stack([r.probabilities for r in results]).astype(np.float32),
-               **_attention_columns(config, results)}
-    out = []
-    for sel in selected:
-        name = sel.spec.name
-        if sel.classification:
-            out.append((classification_tensor(name, results, sel.classification), sel.binary))
-        else:
-            out.append((Tensor(name, "FP32", columns[name].shape, columns[name]), sel.binary))
-    return out
-
-
-def classification_tensor(name: str, results: list[Classification], k: int) -> Tensor:
-    """BYTES [N, k] of ``"<probability>:<index>:<label>"``, most probable first (classification extension)."""
-    items = [f"{p.score:f}:{p.index}:{p.label}".encode() for r in results for p in r.predictions[:k]]
-    return Tensor(name, "BYTES", (len(results), k), items)
-
-
-def _attention_columns(config: EntryConfig, results: list[Result]) -> dict[str, np.ndarray]:
+def _attention_columns(config: EntryConfig, results: list[Result]) -> dict[str, Column]:
     """Each attention output of N images, [N, C], when the results carry attention."""
     if not results or results[0].attention is None:
         return {}
     return {spec.output: np.stack([r.attention[i].weights.astype(np.float32).reshape(spec.item_shape()) for r in results])
             for i, spec in enumerate(config.attention)}
-
-
-def detector_outputs(config: EntryConfig, results: list[DetectionResult], selected: list[Selected]) -> list[tuple[Tensor, bool]]:
-    """Detections of N images concatenated ([D, ...] with ``batch_index``), attention [N, C]."""
-    found = [(i, d) for i, r in enumerate(results) for d in r.detections]
-    columns: dict[str, np.ndarray | list[bytes]] = {
-        "boxes": np.array([d.box for _, d in found], np.float32).reshape(-1, 4),
-        "scores": np.array([d.score for _, d in found], np.float32),
-        "labels": np.array([d.label for _, d in found], np.int64),
-        "batch_index": np.array([i for i, _ in found], np.int64),
-        MASKS: [json.dumps(d.mask, separators=(",", ":")).encode() for _, d in found if d.mask is not None],
-        **_attention_columns(config, results),
-    }
-    out = []
-    for sel in selected:
-        value = columns[sel.spec.name]
-        shape = value.shape if isinstance(value, np.ndarray) else (len(value),)
-        out.append((Tensor(sel.spec.name, sel.spec.datatype, shape, value), sel.binary))
-    return out

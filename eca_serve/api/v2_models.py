@@ -1,69 +1,49 @@
 """What the Open Inference Protocol says about a model: tensors, metadata, Triton-shaped config and statistics.
 
-Tensors of a classifier (N images per request, batch dimension first):
-
-* inputs: ``input`` FP32 [N, 3, H, W] (preprocessed, H and W from the config) or ``image`` BYTES [N]
-  (encoded files);
-* outputs: ``logits`` and ``probabilities`` FP32 [N, K], and per attention layer ``attention/<layer>``
-  FP32 [N, C].
-
-Tensors of a detector (detections of all N images concatenated, ``batch_index`` says whose):
-
-* inputs: ``input`` FP32 [N, 3, H, W] (RGB in [0, 1], any H and W) or ``image`` BYTES [N];
-* outputs: ``boxes`` FP32 [D, 4] (x1, y1, x2, y2; original pixels for ``image``, input pixels for
-  ``input``), ``scores`` FP32 [D], ``labels`` INT64 [D], ``batch_index`` INT64 [D], ``masks`` BYTES [D]
-  (COCO RLE JSON, instance segmentation only), and ``attention/<layer>`` FP32 [N, C].
+Inputs of every model (N images per request, batch dimension first): ``input`` FP32 [N, 3, H, W]
+(preprocessed: H and W from the config when it fixes them) or ``image`` BYTES [N] (encoded files).
+Outputs: those of each task the entry serves (`eca_serve.pipelines.task.Task.output_specs`; e.g.
+classification ``logits``/``probabilities`` [N, K], detection ``boxes`` [D, 4] ... with ``batch_index``,
+embedding ``embedding`` [N, D]), then per attention layer ``attention/<layer>`` FP32 [N, C].
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from eca_serve.repository import EntryConfig
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.manager import ModelManager
+from eca_serve.pipelines.task import Task, TensorSpec
 
 INPUT, IMAGE = "input", "image"
-LOGITS, PROBABILITIES = "logits", "probabilities"
-MASKS = "masks"
 PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "onnxruntime"), "torchscript": ("pytorch_libtorch", "pytorch"),
              "eager": ("pytorch_libtorch", "pytorch"), "openvino": ("openvino_onnx", "openvino")}
 _TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64"}
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output: full shape, -1 for variable dimensions (the first is N or D)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-def is_classifier(config: EntryConfig) -> bool:
-    return config.task == "classification"
+__all__ = ["IMAGE", "INPUT", "TensorSpec", "input_specs", "output_owners", "output_specs"]
 
 
 def input_specs(config: EntryConfig) -> list[TensorSpec]:
     """The two alternative inputs: preprocessed tensors or encoded images."""
-    height, width = config.input.size if is_classifier(config) and config.input.size else (-1, -1)
+    height, width = config.input.size if config.input.size else (-1, -1)
     return [TensorSpec(INPUT, "FP32", (-1, 3, height, width)), TensorSpec(IMAGE, "BYTES", (-1,))]
 
 
-def output_specs(config: EntryConfig) -> list[TensorSpec]:
-    """Every output the model can return, in response order."""
-    attention = [TensorSpec(a.output, "FP32", (-1, *a.item_shape())) for a in config.attention]
-    if is_classifier(config):
-        return [TensorSpec(LOGITS, "FP32", (-1, config.num_classes)),
-                TensorSpec(PROBABILITIES, "FP32", (-1, config.num_classes)), *attention]
-    boxes = [TensorSpec("boxes", "FP32", (-1, 4)), TensorSpec("scores", "FP32", (-1,)),
-             TensorSpec("labels", "INT64", (-1,)), TensorSpec("batch_index", "INT64", (-1,))]
-    masks = [TensorSpec(MASKS, "BYTES", (-1,))] if config.task == "instance_segmentation" else []
-    return [*boxes, *masks, *attention]
+def output_owners(config: EntryConfig, tasks: list[Task]) -> dict[str, tuple[TensorSpec, Task | None]]:
+    """Every output the model can return, in response order, with the task that makes it (None: attention)."""
+    owned: dict[str, tuple[TensorSpec, Task | None]] = {}
+    for task in tasks:
+        for spec in task.output_specs(config):
+            owned.setdefault(spec.name, (spec, task))
+    for a in config.attention:
+        owned[a.output] = (TensorSpec(a.output, "FP32", (-1, *a.item_shape())), None)
+    return owned
+
+
+def output_specs(pipeline: ModelPipeline) -> list[TensorSpec]:
+    """Every output ``pipeline`` can return, in response order."""
+    return [spec for spec, _ in output_owners(pipeline.config, pipeline.tasks).values()]
 
 
 def engine_of(pipeline: ModelPipeline, setting: str) -> str:
@@ -76,25 +56,25 @@ def model_metadata(pipeline: ModelPipeline, versions: list[int], backend: str) -
     config = pipeline.config
     return {"name": config.name, "versions": [str(v) for v in versions], "platform": PLATFORMS[engine_of(pipeline, backend)][0],
             "inputs": [s.metadata() for s in input_specs(config)],
-            "outputs": [s.metadata() for s in output_specs(config)]}
+            "outputs": [s.metadata() for s in output_specs(pipeline)]}
 
 
 def model_config(pipeline: ModelPipeline, backend: str) -> dict[str, Any]:
     """``GET /v2/models/{m}/config`` in Triton's shape.
 
-    Classifiers batch along the first dimension, so their dims leave it out (``max_batch_size`` > 0).
-    Detector outputs have one row per detection, not per image: Triton would call that a model
-    without batching (``max_batch_size`` 0, full shapes), even though eca-serve still batches
-    same-size images behind the scenes.
+    Tasks whose outputs have one row per input (classification, embedding) batch along the first
+    dimension, so their dims leave it out (``max_batch_size`` > 0). Detector outputs have one row per
+    detection, not per image: Triton would call that a model without batching (``max_batch_size`` 0,
+    full shapes), even though eca-serve still batches same-size images behind the scenes.
     """
     config, policy = pipeline.config, pipeline.batcher.policy
-    batched = is_classifier(config)
+    batched = all(task.batched for task in pipeline.tasks)
     platform, backend_name = PLATFORMS[engine_of(pipeline, backend)]
     return {
         "name": config.name, "platform": platform, "backend": backend_name,
         "max_batch_size": policy.max_batch_size if batched else 0,
         "input": [_triton_tensor(s, batched) for s in input_specs(config)],
-        "output": [_triton_tensor(s, batched) for s in output_specs(config)],
+        "output": [_triton_tensor(s, batched) for s in output_specs(pipeline)],
         "dynamic_batching": {
             "preferred_batch_size": [policy.max_batch_size],
             "max_queue_delay_microseconds": round(policy.max_queue_delay_ms * 1000),

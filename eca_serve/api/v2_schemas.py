@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from eca_serve.pipelines.classification import CLASSIFICATION_EXTENSION
+
 
 class TensorMetadata(BaseModel):
     name: str = Field(examples=["image"])
@@ -20,7 +22,7 @@ class TensorMetadata(BaseModel):
 class ServerMetadata(BaseModel):
     name: str = Field(examples=["eca-serve"])
     version: str = Field(examples=["0.1.0"])
-    extensions: list[str] = Field(examples=[["binary_tensor_data", "classification", "statistics", "model_repository"]])
+    extensions: list[str] = Field(examples=[["binary_tensor_data", CLASSIFICATION_EXTENSION, "statistics", "model_repository"]])
 
 
 class ModelMetadata(BaseModel):
@@ -76,5 +78,5 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
     },
     "example": {"inputs": [{"name": "input", "shape": [1, 3, 2, 2], "datatype": "FP32",
                             "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2]}],
-                "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]},
+                "outputs": [{"name": "probabilities", "parameters": {CLASSIFICATION_EXTENSION: 3}}]},
 }

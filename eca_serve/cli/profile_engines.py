@@ -64,7 +64,7 @@ def bf16_report(folder: Path, config: Any, images: int = HELD_OUT_IMAGES) -> dic
     from eca_serve.runtime import BackendOptions, create_backend
     from eca_serve.runtime.engines import cpu_flags, cpu_model, has_bf16
 
-    if config.task != "classification":
+    if config.input.layout != "NCHW":
         raise ConfigError(f"{config.name}: the bf16 accuracy report covers classifiers (detectors: compare AP by hand)")
     inputs, labels = held_out_inputs(config, images)
     runs = {p: _infer_all(create_backend(folder, config, BackendOptions("openvino", "cpu", precision=p)), inputs)
@@ -103,8 +103,10 @@ def _shape_name(label: int) -> str:
 
 
 def _infer_all(backend: Any, inputs: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
-    parts = [backend.infer(inputs[i : i + batch]) for i in range(0, len(inputs), batch)]
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """Every output of a batched graph over ``inputs`` [N, 3, H, W], stacked: {name: [N, ...]}."""
+    from eca_serve.runtime import stack_outputs
+
+    return stack_outputs([out for i in range(0, len(inputs), batch) for out in backend.infer(inputs[i : i + batch])])
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -117,7 +117,7 @@ def measure_entry(folder: Path, config: EntryConfig, device: str, batch_sizes: l
             policy = BatchPolicy.for_device(device, instances=instances)
             options = backend_options_for(BackendOptions(engine, device, precision=precision), policy)
             backend = backends[(engine, precision, instances)] = create_backend(folder, config, options)
-            warm_up(backend, config, batch_sizes=tuple(batch_sizes) if config.task == "classification" else (1,))
+            warm_up(backend, config, batch_sizes=tuple(batch_sizes))
     settings = [(v, instances, size) for v in variants for instances in instance_counts for size in batch_sizes]
     runs: dict[Any, list[Cell]] = {s: [] for s in settings}
     for _ in range(max(1, rounds)):
@@ -138,7 +138,7 @@ def _measure_cell(backend: Any, config: EntryConfig, instances: int, batch_size:
     """``instances`` threads call the backend on batches of ``batch_size`` for ``seconds`` (at least twice each)."""
     h, w = config.input.size or tuple((config.detection or {}).get("warmup_size", (320, 320)))
     batch = np.random.default_rng(0).random((batch_size, 3, h, w), dtype=np.float32)
-    inputs: Any = batch if config.task == "classification" else list(batch)
+    inputs = batch
     start = threading.Barrier(instances)
     times: list[list[float]] = [[] for _ in range(instances)]
 

@@ -30,18 +30,43 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="OpenTelemetry traces, configured by the OTEL_* variables (ECA_SERVE_TRACING; needs eca-serve[tracing])")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("predict", help="classify/detect one image locally with the serving pipeline")
+    p = sub.add_parser("predict", help="one image through a model's task locally (classify, detect, embed, ...), with the serving pipeline")
     p.add_argument("image", type=Path, help="an image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
     p.add_argument("--model", required=True, help="a model name in the repository")
     p.add_argument("--model-repository", type=Path, default=Path("models"), help="the model repository")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torchscript", "eager"],
                    help="inference backend (auto: the entry's serving.engine, else the rule of eca_serve.runtime.engines)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--top-k", type=int, default=None, help="classifiers: classes to print (default: min(5, classes))")
-    p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept")
-    p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"], help="detectors: mask format")
+    p.add_argument("--task", help="which of the entry's tasks answers, e.g. embedding (default: the entry's own)")
+    _task_flags(p)
     p.add_argument("--attention", action="store_true", help="print the attention endpoint's body (per-layer weights)")
     p.set_defaults(func=cmd_predict)
+
+
+def _task_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per parameter of the registered tasks (``--top-k``, ``--score-threshold``, ...), from their
+    parameter models: unset flags keep the task's defaults, so none are restated here."""
+    import typing
+
+    from eca_serve.pipelines.contract import RunParams
+    from eca_serve.pipelines.tasks import all_tasks
+
+    seen: set[str] = set()
+    for task in all_tasks():
+        for name, field in task.params_type.model_fields.items():
+            if name in RunParams.model_fields or name in seen:
+                continue
+            seen.add(name)
+            flag, kinds = "--" + name.replace("_", "-"), [a for a in typing.get_args(field.annotation) if a is not type(None)]
+            kind = field.annotation if not kinds else kinds[0]
+            help_ = f"{task.name}: {field.description}" + ("" if field.default is None else f" (default: {field.default})")
+            unset = argparse.SUPPRESS  # an unset flag leaves the parameter to the task's default
+            if kind is bool:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=unset, help=help_)
+            elif typing.get_origin(field.annotation) is typing.Literal:
+                p.add_argument(flag, choices=list(kinds), default=unset, help=help_)
+            else:
+                p.add_argument(flag, type=kind, default=unset, help=help_)
 
 
 def _env_default(field: str) -> str:
@@ -103,18 +128,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 async def _predict(manager: Any, args: argparse.Namespace) -> Any:
     from eca_serve.api import convert
+    from eca_serve.errors import ConfigError
     from eca_serve.pipelines.contract import ImageInput, StageTimes
 
     await manager.load_all()
     try:
         pipeline = manager.get(args.model)
-        values = {"top_k": args.top_k, "score_threshold": args.score_threshold, "attention": args.attention,
-                  "masks": "none" if args.attention else args.masks}
-        times = StageTimes()
-        results = await pipeline.run([ImageInput(args.image.read_bytes(), None, args.image.name)], pipeline.params_type.parse(values), times)
+        task = next((t for t in pipeline.tasks if t.name == (args.task or pipeline.task.name)), None)
+        if task is None:
+            raise ConfigError(f"model {args.model!r} serves {[t.name for t in pipeline.tasks]}, not {args.task!r}")
+        values = {**vars(args), "attention": args.attention}
         if args.attention:
-            return convert.attention_body(pipeline.config, results, times)
-        body = convert.classify_body if pipeline.action == "classify" else convert.detect_body
-        return body(pipeline.config, results, times)
+            values["masks"] = "none"
+        times = StageTimes()
+        results = await pipeline.run([ImageInput(args.image.read_bytes(), None, args.image.name)], task.params_type.parse(values), times)
+        if args.attention:
+            return convert.attention_body(pipeline.config, task, results, times)
+        return convert.task_body(pipeline.config, task, results, times)
     finally:
         await manager.stop(grace_s=1.0)

@@ -21,7 +21,7 @@ from eca_serve.errors import ConfigError
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the zoo commands to the ``eca-serve`` sub-parsers."""
     p = sub.add_parser("models", help="list registered architectures")
-    p.add_argument("--task", choices=["classification", "detection", "instance_segmentation"], help="only this task (default: all)")
+    p.add_argument("--task", help="only models of this task, e.g. detection (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_models)
 
@@ -59,6 +59,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from eca_serve.models import get_entry, list_models
 
     rows = [get_entry(n) for n in list_models(task=args.task)]
+    if not rows:
+        raise ConfigError(f"no model of task {args.task!r}; tasks: {sorted({get_entry(n).task for n in list_models()})}")
     data = [{"name": e.name, "task": e.task, "attention": e.attention, "params": _param_count(e),
              "doc": plain_summary(e.builder.__doc__)} for e in rows]
     if args.json:
@@ -188,7 +190,11 @@ def _time_forward(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     model = model.to(device)
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
-    call = (lambda: model([img for img in x])) if model.config.task != "classification" else (lambda: model(x))
+    from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+    from torchvision.models.detection.retinanet import RetinaNet
+
+    takes_list = isinstance(model, (GeneralizedRCNN, RetinaNet))  # torchvision detectors take a list of images
+    call = (lambda: model([img for img in x])) if takes_list else (lambda: model(x))
     with torch.inference_mode():
         call()  # warm-up: allocator, kernels
         _sync(device)

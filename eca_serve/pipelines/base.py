@@ -7,7 +7,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -15,14 +15,15 @@ from eca_serve import tracing
 from eca_serve.batching import BatchPolicy, DynamicBatcher
 from eca_serve.errors import InferenceRequestError, InvalidParameterError, WrongTaskError
 from eca_serve.pipelines.contract import ImageInput, Inputs, LayerWeights, Result, RunParams, StageTimes
+from eca_serve.pipelines.task import Ran, Task
 from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW, DriftMonitor, DriftReference
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
-from eca_serve.pipelines.preprocess import decode_target
+from eca_serve.pipelines.preprocess import decode_target, stack_batch
 from eca_serve.pipelines.preprocess_fast import check_mode
 from eca_serve.repository import EntryConfig
-from eca_serve.runtime import attention_key
+from eca_serve.runtime import Backend, Outputs, attention_key
 
-__all__ = ["ImageInput", "LayerWeights", "ModelPipeline", "Prepared", "Ran", "StageTimes"]
+__all__ = ["ImageInput", "LayerWeights", "ModelPipeline", "Prepared", "Ran", "StageTimes", "Task"]
 
 
 @dataclass
@@ -31,23 +32,6 @@ class Prepared:
 
     tensor: np.ndarray
     decoded: DecodedImage | None = None
-    filename: str | None = None
-
-
-@dataclass(frozen=True)
-class Ran:
-    """One input after inference.
-
-    Attributes:
-        outputs: The model's outputs for this input (see `eca_serve.runtime.base`).
-        input_shape: The model input [3, h, w] it ran on.
-        size: (width, height) the answer's coordinates refer to: the image sent, or the tensor.
-        filename: Client-side name of the image, if any.
-    """
-
-    outputs: dict[str, np.ndarray]
-    input_shape: tuple[int, ...]
-    size: tuple[int, int]
     filename: str | None = None
 
 
@@ -62,14 +46,15 @@ StageObserver = Callable[[str, str, float], None]  # (model, stage, seconds)
 
 
 class ModelPipeline:
-    """Decode -> preprocess -> batch -> infer -> postprocess for one model version (see `run`).
+    """Decode -> preprocess -> batch -> infer -> the tasks' postprocessing, for one model version (see `run`).
 
-    Subclasses are the task pipelines: each names its parameter model and the action it performs.
+    Subclasses are the model families (how a graph's input is prepared); the tasks (`Task`) it serves
+    turn one forward pass's outputs into answers, the entry's own task first.
 
     Args:
         config: The entry's config (the single source of preprocessing truth).
         folder: The entry's folder.
-        backend: A classifier or detector backend.
+        backend: The model's backend.
         policy: Batching policy for this model.
         limits: Image decoding limits.
         decode_executor: Threads for decoding/preprocessing (shared between models).
@@ -79,16 +64,15 @@ class ModelPipeline:
         drift_budget: Most time spent summarising attention, as a fraction of inference time.
         preprocessing: ``"reference"`` or ``"fast"`` (`eca_serve.pipelines.preprocess_fast`), for an
             entry whose ``input.preprocessing`` is unset.
+        tasks: The tasks served, the entry's own first (`eca_serve.pipelines.tasks.tasks_for`).
     """
 
-    params_type: ClassVar[type[RunParams]] = RunParams
-    action: ClassVar[str] = "run"
-
-    def __init__(self, config: EntryConfig, folder: Path, backend: Any, policy: BatchPolicy, limits: DecodeLimits,
+    def __init__(self, config: EntryConfig, folder: Path, backend: Backend, policy: BatchPolicy, limits: DecodeLimits,
                  decode_executor: Executor | None = None, on_stage: StageObserver | None = None,
                  on_batch: Callable[[int, list[float], float], None] | None = None, drift_window: int = DEFAULT_WINDOW, drift_budget: float = DEFAULT_BUDGET,
-                 preprocessing: str = "reference") -> None:
+                 preprocessing: str = "reference", tasks: list[Task] | None = None) -> None:
         self.config, self.folder, self.backend, self.limits = config, folder, backend, limits
+        self.tasks: list[Task] = list(tasks or [])
         self.preprocessing = check_mode(config.input.preprocessing or preprocessing)
         self.decode_executor = decode_executor
         self.on_stage = on_stage or (lambda *_: None)
@@ -96,6 +80,41 @@ class ModelPipeline:
         self.drift = drift_monitor(config, folder, drift_window, drift_budget)
         self._started = False
         self.active = 0  # requests inside `run`: a rollout waits for 0 before stopping a retired version
+
+    @property
+    def task(self) -> Task:
+        """The entry's own task (``config.task``)."""
+        return self.tasks[0]
+
+    @property
+    def params_type(self) -> type[RunParams]:
+        return self.task.params_type
+
+    @property
+    def action(self) -> str:
+        return self.task.action
+
+    def task_for_action(self, action: str) -> Task:
+        """The served task whose v1 verb is ``action``.
+
+        Raises:
+            WrongTaskError: no task of this entry does ``action``.
+        """
+        for task in self.tasks:
+            if task.action == action:
+                return task
+        raise WrongTaskError.for_model(self.config.name, self.config.task, action)
+
+    def task_for(self, params: RunParams) -> Task:
+        """The served task whose parameter model ``params`` are.
+
+        Raises:
+            WrongTaskError: parameters of a task this entry does not serve.
+        """
+        for task in self.tasks:
+            if type(params) is task.params_type:
+                return task
+        raise WrongTaskError.for_model(self.config.name, self.config.task, self.action)
 
     @property
     def key(self) -> str:
@@ -173,45 +192,46 @@ class ModelPipeline:
             self.drift.charge(time.perf_counter() - observed)
         return [(out, start - item.enqueued, seconds) for out, item in zip(outputs, items)]
 
-    def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def infer_batch(self, tensors: list[np.ndarray]) -> list[Outputs]:
+        """Outputs of same-size inputs [3, H, W], one dict per input (the backend's one call shape)."""
+        return self.backend.infer(stack_batch(tensors))
 
     async def run(self, inputs: Inputs, params: RunParams, times: StageTimes | None = None) -> list[Result]:
-        """The task contract: one `Result` per input, in order.
+        """The task contract: one `Result` per input, in order, of the task whose parameters ``params`` are.
 
         Args:
             inputs: Encoded images (`ImageInput`) or preprocessed tensors [3, H, W], not mixed.
-            params: This task's parameter model (``self.params_type``).
+            params: A served task's parameter model.
             times: Receives the seconds spent per stage.
 
         Raises:
             InvalidParameterError: no input, mixed inputs, a tensor of the wrong shape, or bad parameters.
-            WrongTaskError: parameters of another task.
+            WrongTaskError: parameters of a task this entry does not serve.
+        """
+        [results] = await self.run_tasks(inputs, [params], times)
+        return results
+
+    async def run_tasks(self, inputs: Inputs, params: list[RunParams], times: StageTimes | None = None) -> list[list[Result]]:
+        """Several tasks' answers from one forward pass: one list of results per entry of ``params``.
+
+        Queue priority and timeout are the first parameters'.
         """
         times = times if times is not None else StageTimes()
-        params = self.check_params(params)
-        submit = {"priority": params.priority, "timeout_s": params.timeout_s}
+        tasks = [self.task_for(p) for p in params]
+        params = [task.check_params(p, self.config) for task, p in zip(tasks, params)]
+        submit = {"priority": params[0].priority, "timeout_s": params[0].timeout_s}
         tracing.annotate(self.trace_attributes)
         self.active += 1
         try:
             ran = await self._infer(inputs, times, submit)
             start = time.perf_counter()
             with tracing.stage("postprocess", self.trace_attributes):
-                results = await self.postprocess(ran, params)
+                results = [await task.postprocess(ran, p, self.config, self.decode_executor) for task, p in zip(tasks, params)]
         finally:
             self.active -= 1
         times.postprocess += time.perf_counter() - start
         self.on_stage(self.config.name, "postprocess", time.perf_counter() - start)
         return results
-
-    def check_params(self, params: RunParams) -> RunParams:
-        """``params`` if they are this task's; subclasses add model-dependent rules."""
-        if not isinstance(params, self.params_type):
-            raise WrongTaskError.for_model(self.config.name, self.config.task, self.action)
-        return params
-
-    async def postprocess(self, ran: list[Ran], params: Any) -> list[Result]:  # pragma: no cover - abstract
-        raise NotImplementedError
 
     async def _infer(self, inputs: Inputs, times: StageTimes, submit: dict[str, Any]) -> list[Ran]:
         if not inputs:
@@ -279,11 +299,6 @@ class ModelPipeline:
         """A batch's attention as rows [N, sum of C]: each item's layers concatenated in config order."""
         keys = [attention_key(a.name) for a in self.config.attention]
         return np.stack([np.concatenate([np.ravel(o[k]) for k in keys]) for o in outputs]).astype(np.float32, copy=False)
-
-    def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
-        """One image's attention, one entry per layer of the config (weights [C])."""
-        return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1), a.shape)
-                for a in self.config.attention]
 
 
 async def _await_all(awaitables: list[Awaitable[Any]]) -> list[Any]:

@@ -9,7 +9,7 @@ encoding happen only in the pipelines, with one set of defaults per task.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, TypeVar, Union
+from typing import Any, Literal, Mapping, Protocol, TypeVar, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -158,4 +158,8 @@ class DetectionResult:
     attention: list[LayerWeights] | None = None
 
 
-Result = Union[Classification, DetectionResult]
+class Result(Protocol):
+    """What every task's answer for one input has (each task adds its own fields)."""
+
+    filename: str | None
+    attention: list[LayerWeights] | None

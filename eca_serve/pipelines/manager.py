@@ -20,7 +20,7 @@ from eca_serve.pipelines.control import ModelControl, Mode
 from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.servable import servable_entries
-from eca_serve.pipelines.tasks import pipeline_class
+from eca_serve.pipelines.tasks import pipeline_class, tasks_for
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
 from eca_serve.runtime.engines import entry_options
 
@@ -151,15 +151,15 @@ class ModelManager:
 
     def _build(self, folder: Path) -> ModelPipeline:
         config = self._parsed.pop(folder, None) or parse_config(folder)
+        cls, tasks = pipeline_class(config.task), tasks_for(config)  # an unregistered task fails before any loading
         verify_artifacts(folder, config)
         policy = policy_for(config, self.options.backend.device, self.options.policy_defaults)
         backend = create_backend(folder, config, entry_options(backend_options_for(self.options.backend, policy), config))
-        warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})) if config.task == "classification" else (1,))
-        cls = pipeline_class(config.task)
+        warm_up(backend, config, batch_sizes=tuple(sorted({1, policy.max_batch_size})))
         on_batch = self.on_batch_for(config.name) if self.on_batch_for else None
         return cls(config, folder, backend, policy, self.options.limits, self.decode_executor, self.on_stage, on_batch,
                    drift_window=self.options.drift_window, drift_budget=self.options.drift_budget,
-                   preprocessing=self.options.preprocessing)
+                   preprocessing=self.options.preprocessing, tasks=tasks)
 
     async def load_model(self, name: str) -> list[int]:
         """Load the versions of ``name`` its policy selects and retire the others (explicit mode only)."""

@@ -9,9 +9,8 @@ import numpy as np
 
 from eca_serve.repository import attention_output as attention_key  # noqa: F401  (the runtime's name for it)
 
-# Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C]}.
-# Detector outputs per image: {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W],
-# "attention/<layer>": [1, C]}.
+# One input's outputs, per item of a call: classifiers {"logits": [K], "attention/<layer>": [C], ...};
+# detectors {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W], "attention/<layer>": [1, C]}.
 Outputs = dict[str, np.ndarray]
 
 
@@ -42,24 +41,27 @@ class BackendOptions:
     cache_dir: str = ""
 
 
-class ClassifierBackend(Protocol):
-    """Runs a classifier on a normalised batch."""
+class Backend(Protocol):
+    """Runs one model artifact: a batch of same-size inputs in, one `Outputs` per input back.
+
+    Every backend has this one call shape; a graph that takes one image per run (``layout`` CHW,
+    detectors) is run once per row inside ``infer``.
+    """
 
     name: str
     device: str
+    kind: str
 
-    def infer(self, batch: np.ndarray) -> Outputs:
-        """Outputs for ``batch`` [N, 3, H, W] float32: logits [N, K] and each layer's attention [N, C]."""
+    def infer(self, batch: np.ndarray) -> list[Outputs]:
+        """Outputs of each row of ``batch`` [N, 3, H, W] float32 (normalised, or RGB in [0, 1] for CHW graphs)."""
         ...
 
 
-class DetectorBackend(Protocol):
-    """Runs a detector on images of one size."""
+def split_batch(outputs: Outputs, count: int) -> list[Outputs]:
+    """Batched outputs {name: [N, ...]} -> one {name: [...]} per item (views, no copies)."""
+    return [{name: value[i] for name, value in outputs.items()} for i in range(count)]
 
-    name: str
-    device: str
 
-    def infer(self, images: list[np.ndarray]) -> list[Outputs]:
-        """Per-image outputs for RGB float32 images [3, H, W] in [0, 1] (one size per call)."""
-        ...
-
+def stack_outputs(items: list[Outputs]) -> Outputs:
+    """Per-item outputs of a batched graph -> {name: [N, ...]} (for callers that score whole batches)."""
+    return {name: np.stack([item[name] for item in items]) for name in items[0]}

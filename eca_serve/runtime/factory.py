@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 
 from eca_serve.errors import ConfigError
-from eca_serve.runtime.base import BackendOptions
+from eca_serve.runtime.base import Backend, BackendOptions
 
 log = logging.getLogger(__name__)
 KINDS = ("onnxruntime", "openvino", "torchscript", "eager")
 _ARTIFACT = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript", "eager": "weights"}
 
 
-def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
-    """A classifier or detector backend of ``options.kind`` for the entry in ``folder``.
+def create_backend(folder: Path, config: Any, options: BackendOptions) -> Backend:
+    """A backend of ``options.kind`` for the entry in ``folder`` (one image per run when its input layout is CHW).
 
     Raises:
         ConfigError: unknown kind, or the entry has no artifact for it.
@@ -29,38 +29,43 @@ def create_backend(folder: Path, config: Any, options: BackendOptions) -> Any:
     artifact = config.artifacts.get(_ARTIFACT[options.kind])
     if artifact is None:
         raise ConfigError(f"{config.name}: no {_ARTIFACT[options.kind]} artifact for backend {options.kind}")
-    detector = config.task != "classification"
+    per_image = config.input.layout == "CHW"
     name = f"{config.name}/{config.version}:{options.kind}"
     if options.kind == "onnxruntime":
-        from eca_serve.runtime.onnx_backend import OnnxClassifier, OnnxDetector, create_session
+        from eca_serve.runtime.onnx_backend import OnnxBackend, create_session
 
-        session = create_session(folder / artifact.file, options, fixed_shapes=not detector)
-        return (OnnxDetector if detector else OnnxClassifier)(session, options, name)
+        session = create_session(folder / artifact.file, options, fixed_shapes=not per_image)
+        return OnnxBackend(session, options, name, per_image)
     if options.kind == "openvino":
-        return _openvino_backend(folder / artifact.file, options, name, detector)
+        return _openvino_backend(folder / artifact.file, options, name, per_image)
     try:
         from eca_serve.runtime.torch_backend import TorchClassifier, TorchDetector, load_eager, load_torchscript
     except ImportError as exc:  # the base install serves ONNX Runtime only
         raise ConfigError(f"backend {options.kind} needs torch: pip install 'eca-serve[torch]' ({exc})") from None
 
     module = load_torchscript(folder / artifact.file, options) if options.kind == "torchscript" else load_eager(config, folder, options)
-    return (TorchDetector if detector else TorchClassifier)(module, options, name)
+    return (TorchDetector if per_image else TorchClassifier)(module, options, name)
 
 
-def _openvino_backend(path: Path, options: BackendOptions, name: str, detector: bool) -> Any:
+def _openvino_backend(path: Path, options: BackendOptions, name: str, per_image: bool) -> Backend:
     """The ONNX Runtime wrappers around an OpenVINO-compiled ``model.onnx`` (same outputs and dtypes)."""
     from eca_serve.runtime.engines import openvino_installed
     from eca_serve.runtime.openvino_backend import create_openvino_session
-    from eca_serve.runtime.onnx_backend import OnnxClassifier, OnnxDetector
+    from eca_serve.runtime.onnx_backend import OnnxBackend
 
     if not openvino_installed():
         raise ConfigError("backend openvino needs openvino: pip install 'eca-serve[openvino]'")
     session = create_openvino_session(path, options, name.rsplit(":", 1)[0])
-    return (OnnxDetector if detector else OnnxClassifier)(session, options, name)
+    return OnnxBackend(session, options, name, per_image)
 
 
-def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> float:
-    """Run real-shaped inputs through ``backend`` (kernel selection, allocator, JIT); returns seconds."""
+def warm_up(backend: Backend, config: Any, batch_sizes: tuple[int, ...] = (1,), rounds: int = 2) -> float:
+    """Run real-shaped inputs through ``backend`` (kernel selection, allocator, JIT); returns seconds.
+
+    A one-image graph (input layout CHW) runs batches row by row: it warms up on batches of 1 only.
+    """
+    if config.input.layout == "CHW":
+        batch_sizes = (1,)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     h, w = _sample_size(config)
@@ -68,7 +73,7 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
         with variant:
             for _ in range(rounds):
                 for n in batch_sizes:
-                    _run(backend, config, rng.random((n, 3, h, w), dtype=np.float32))
+                    backend.infer(rng.random((n, 3, h, w), dtype=np.float32))
     seconds = time.perf_counter() - start
     log.info("warmed up %s in %.2fs", backend.name, seconds)
     return seconds
@@ -78,7 +83,3 @@ def _sample_size(config: Any) -> tuple[int, int]:
     """(H, W) of sample inputs: the classifier's input size, or the detector's warm-up size."""
     return tuple(config.input.size or (config.detection or {}).get("warmup_size", (320, 320)))
 
-
-def _run(backend: Any, config: Any, batch: np.ndarray) -> None:
-    """One backend call on ``batch`` [N, 3, H, W]: a batch for classifiers, a list of images for detectors."""
-    backend.infer(batch if config.task == "classification" else list(batch))

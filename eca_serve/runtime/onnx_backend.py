@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from eca_serve.runtime.base import BackendOptions, Outputs
+from eca_serve.runtime.base import BackendOptions, Outputs, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +108,15 @@ def _create_session(path: Path, options: BackendOptions, fixed_shapes: bool = Tr
     return session
 
 
-class OnnxClassifier:
-    """Classifier graph: input [N, 3, H, W] -> logits and ``attention/<layer>`` outputs."""
+class OnnxBackend:
+    """An ONNX graph (ONNX Runtime, or OpenVINO behind the same session calls) on the `Backend` call shape.
 
-    def __init__(self, session: Any, options: BackendOptions, name: str) -> None:
-        self.session, self.name, self.kind = session, name, options.kind
+    A batched graph (input [N, 3, H, W]) runs the whole batch at once; a one-image graph (input
+    [3, H, W], ``per_image``: detectors) runs once per row.
+    """
+
+    def __init__(self, session: Any, options: BackendOptions, name: str, per_image: bool = False) -> None:
+        self.session, self.name, self.kind, self.per_image = session, name, options.kind, per_image
         self.precision = options.precision
         self.device = "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.input_name = session.get_inputs()[0].name
@@ -124,13 +128,11 @@ class OnnxClassifier:
             return [self.session.pinned(self.session.solo), self.session.pinned(self.session.shared)]
         return [nullcontext()]
 
-    def infer(self, batch: np.ndarray) -> Outputs:
-        values = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+    def infer(self, batch: np.ndarray) -> list[Outputs]:
+        if self.per_image:
+            return [self._run(image) for image in batch]
+        return split_batch(self._run(batch), len(batch))
+
+    def _run(self, feed: np.ndarray) -> Outputs:
+        values = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(feed, dtype=np.float32)})
         return dict(zip(self.output_names, values))
-
-
-class OnnxDetector(OnnxClassifier):
-    """Detector graph: one image [3, H, W] per run; boxes, labels, scores, [masks], attention [1, C]."""
-
-    def infer(self, images: list[np.ndarray]) -> list[Outputs]:
-        return [super(OnnxDetector, self).infer(image) for image in images]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eca_serve.runtime.base import BackendOptions, Outputs, attention_key
+from eca_serve.runtime.base import BackendOptions, Outputs, attention_key, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,19 @@ class _TorchBase:
 class TorchClassifier(_TorchBase):
     """Classifier through ``forward_with_attention`` (one pass yields logits and attention)."""
 
-    def infer(self, batch: np.ndarray) -> Outputs:
+    def infer(self, batch: np.ndarray) -> list[Outputs]:
         with torch.inference_mode():
-            logits, attention = self.module.forward_with_attention(self._to_device(batch))
+            logits, attention = self.module.forward_with_attention(self._to_device(np.ascontiguousarray(batch, dtype=np.float32)))
         out = {"logits": _numpy(logits)}
         out.update({attention_key(k): _numpy(v) for k, v in attention.items()})
-        return out
+        return split_batch(out, len(batch))
 
 
 class TorchDetector(_TorchBase):
     """Detector through ``forward_with_attention``; all images of a call share one size."""
 
-    def infer(self, images: list[np.ndarray]) -> list[Outputs]:
+    def infer(self, batch: np.ndarray) -> list[Outputs]:
+        images = list(batch)
         with torch.inference_mode():
             detections, attention = self.module.forward_with_attention([self._to_device(i) for i in images])
         results = []

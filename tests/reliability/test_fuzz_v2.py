@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from eca_serve.api.v2_codec import (BYTES, DTYPES, HEADER_LENGTH, InferRequest, ShapeCheck, Tensor, deserialize_bytes,
                                     encode_infer_response, parse_infer_request, request_priority, request_timeout_s)
 from eca_serve.api.v2_infer import InferLimits, select_outputs, shape_checker
+from eca_serve.pipelines.tasks import tasks_for
 from eca_serve.errors import EcaServeError, InferenceRequestError
 from eca_serve.pipelines.contract import ClassifyParams, DetectParams
 from eca_serve.repository import read_config
@@ -187,7 +188,7 @@ def exercise(body: bytes, header_length: str | None, configs: dict[str, Any]) ->
 
 def downstream(request: InferRequest, configs: dict[str, Any]) -> None:
     for config in configs.values():
-        typed(lambda: select_outputs(config, request))
+        typed(lambda: select_outputs(config, tasks_for(config), request))
     typed(lambda: request_priority(request.parameters))
     typed(lambda: request_timeout_s(request.parameters))
     typed(lambda: DetectParams.parse(request.parameters, error=InferenceRequestError))

@@ -31,9 +31,10 @@ from eca_serve.batching.admission import Admission
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.manager import ModelManager
 from eca_serve.settings import Settings
+from eca_serve.pipelines.classification import CLASSIFICATION_EXTENSION
 
 log = logging.getLogger("eca_serve.api.grpc")
-EXTENSIONS = ["classification", "statistics", "model_repository"]
+EXTENSIONS = [CLASSIFICATION_EXTENSION, "statistics", "model_repository"]
 UNTRACKED = ("ServerLive", "ServerReady")  # probes: never refused, not in-flight work
 INTERNAL_MESSAGE = "internal error (see the server log)"
 # Most specific first; anything else is INTERNAL.
