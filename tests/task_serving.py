@@ -1,0 +1,68 @@
+"""Serving helpers for the task tests: the app over HTTP and gRPC in this process (so a task registered by a
+test module is served), and a classifier entry whose graph also outputs its pooled features."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import onnx
+import uvicorn
+from onnx import helper
+
+from eca_serve.api import create_app
+from eca_serve.api.server import DrainingServer
+from eca_serve.repository import sha256_file
+from eca_serve.settings import Settings
+from tests.serving_utils import _wait_ready, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIFIER = ROOT / "models" / "shapes_classifier" / "1"
+
+
+@contextmanager
+def http_and_grpc(settings: Settings) -> Iterator[tuple[str, str, object]]:
+    """The app on loopback HTTP and gRPC ports in a thread of this process; yields (base URL, gRPC address, app)."""
+    settings = settings.model_copy(update={"port": free_port(), "host": "127.0.0.1"})
+    grpc_port = free_port()
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
+    server = DrainingServer(config, app, 1.0, grpc_port)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://{settings.host}:{settings.port}"
+    try:
+        _wait_ready(base, 120)
+        deadline = time.monotonic() + 30
+        while server.grpc is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield base, f"127.0.0.1:{grpc_port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def classifier_with_embedding(repository: Path, name: str = "shapes_embed") -> Path:
+    """The shipped FP32 classifier as entry ``name``, its ONNX graph also returning the input of the
+    classifier head, ``embedding`` [N, D] (the pooled features), as an extra output; ONNX only."""
+    folder = repository / name / "1"
+    folder.mkdir(parents=True)
+    model = onnx.load(str(CLASSIFIER / "model.onnx"))
+    head = next(n for n in model.graph.node if "logits" in n.output)
+    width = next(i for i in model.graph.initializer if i.name == head.input[1]).dims[1]
+    model.graph.node.append(helper.make_node("Identity", [head.input[0]], ["embedding"]))
+    model.graph.output.append(helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["batch", width]))
+    onnx.save(model, str(folder / "model.onnx"))
+    config = json.loads((CLASSIFIER / "config.json").read_text())
+    config["name"] = name
+    config["outputs"].append({"name": "embedding", "shape": [-1, width], "dtype": "float32"})
+    onnx_artifact = {**config["artifacts"]["onnx"], "sha256": sha256_file(folder / "model.onnx"),
+                     "bytes": (folder / "model.onnx").stat().st_size}
+    config["artifacts"] = {"onnx": onnx_artifact}
+    config.pop("drift", None)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
