@@ -9,7 +9,8 @@ import numpy as np
 
 from eca_serve.repository import attention_output as attention_key  # noqa: F401  (the runtime's name for it)
 
-# Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C]}.
+# Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C], "embedding": [N, D]} (no "embedding"
+# from entries exported before classifiers had that output).
 # Detector outputs per image: {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W],
 # "attention/<layer>": [1, C]}.
 Outputs = dict[str, np.ndarray]
@@ -49,7 +50,7 @@ class ClassifierBackend(Protocol):
     device: str
 
     def infer(self, batch: np.ndarray) -> Outputs:
-        """Outputs for ``batch`` [N, 3, H, W] float32: logits [N, K] and each layer's attention [N, C]."""
+        """Outputs for ``batch`` [N, 3, H, W] float32: logits [N, K], each layer's attention [N, C], embedding [N, D]."""
         ...
 
 
