@@ -72,6 +72,19 @@ def attention_output(layer: str) -> str:
     return f"attention/{layer}"
 
 
+EMBEDDING_OUTPUT = "embedding"
+
+
+class EmbeddingSpec(_Strict):
+    """A classifier's pooled features [N, dim]: the input of its final layer, not normalised.
+
+    The same name keys the ONNX graph output and the TorchScript/eager backends' outputs.
+    """
+
+    output: str = EMBEDDING_OUTPUT
+    dim: int = Field(ge=1)
+
+
 class AttentionSpec(_Strict):
     """One channel-attention layer and the output that carries its weights [N, *item_shape].
 
@@ -253,6 +266,8 @@ class EntryConfig(_Strict):
     input: InputSpec
     outputs: list[OutputSpec]
     attention: list[AttentionSpec]
+    # classifiers exported with their pooled features as an extra output; None: entries made before that, detectors
+    embedding: EmbeddingSpec | None = None
     artifacts: dict[str, ArtifactSpec]
     detection: dict[str, Any] | None = None
     parity: dict[str, Any] | None = None
@@ -290,8 +305,9 @@ def write_config(folder: Path, config: EntryConfig) -> Path:
     """Write ``config.json`` into ``folder``."""
     path = folder / CONFIG_FILE
     data = config.model_dump(mode="json", by_alias=True)
-    if data.get("version_policy") is None:  # unset: configs written before policies existed stay byte-identical
-        data.pop("version_policy", None)
+    for optional in ("version_policy", "embedding"):  # unset: configs written before these existed stay byte-identical
+        if data.get(optional) is None:
+            data.pop(optional, None)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

@@ -60,6 +60,7 @@ def classifier_with_embedding(repository: Path, name: str = "shapes_embed") -> P
     config = json.loads((CLASSIFIER / "config.json").read_text())
     config["name"] = name
     config["outputs"].append({"name": "embedding", "shape": [-1, width], "dtype": "float32"})
+    config["embedding"] = {"output": "embedding", "dim": width}
     onnx_artifact = {**config["artifacts"]["onnx"], "sha256": sha256_file(folder / "model.onnx"),
                      "bytes": (folder / "model.onnx").stat().st_size}
     config["artifacts"] = {"onnx": onnx_artifact}

@@ -1,7 +1,7 @@
 """Embedding: an image's pooled features, for retrieval and deduplication.
 
-Served by every classifier entry whose graph has an ``embedding`` output (the globally pooled
-features that feed the classifier head), from the same forward pass as its classification.
+Served by every classifier entry whose graph has an ``embedding`` output (``config.embedding``: the
+globally pooled features that feed the classifier head), from the same forward pass as its classification.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pydantic import BaseModel, Field
 
 from eca_serve.pipelines.contract import LayerWeights, RunParams
 from eca_serve.pipelines.task import Column, Ran, Task, TensorSpec, with_attention
-from eca_serve.repository import EntryConfig
-
-EMBEDDING = "embedding"
+from eca_serve.repository import EMBEDDING_OUTPUT, EntryConfig
 
 
 class EmbedParams(RunParams):
@@ -47,9 +45,15 @@ class EmbedResult(BaseModel):
     embedding: list[float] = Field(description="the features; unit length when normalize is true")
 
 
+def _output(config: EntryConfig) -> str:
+    return config.embedding.output if config.embedding is not None else EMBEDDING_OUTPUT
+
+
 def _width(config: EntryConfig) -> int:
-    """D of the graph's ``embedding`` output [N, D] (-1 when the config does not say)."""
-    spec = next((o for o in config.outputs if o.name == EMBEDDING), None)
+    """D of the graph's embedding output [N, D] (-1 when the config does not say)."""
+    if config.embedding is not None:
+        return config.embedding.dim
+    spec = next((o for o in config.outputs if o.name == EMBEDDING_OUTPUT), None)
     return spec.shape[-1] if spec is not None and spec.shape else -1
 
 
@@ -63,19 +67,19 @@ class EmbeddingTask(Task):
     extra = True
 
     def required_outputs(self, config: EntryConfig) -> set[str]:
-        return {EMBEDDING}
+        return {_output(config)}
 
     def output_specs(self, config: EntryConfig) -> list[TensorSpec]:
-        return [TensorSpec(EMBEDDING, "FP32", (-1, _width(config)))]
+        return [TensorSpec(EMBEDDING_OUTPUT, "FP32", (-1, _width(config)))]
 
     def result_of(self, ran: Ran, params: EmbedParams, config: EntryConfig) -> Embedding:
-        features = np.asarray(ran.outputs[EMBEDDING], np.float32).reshape(-1)
+        features = np.asarray(ran.outputs[_output(config)], np.float32).reshape(-1)
         norm = float(np.linalg.norm(features.astype(np.float64)))
         vector = features / np.float32(norm) if params.normalize and norm > 0 else features
         return Embedding(ran.filename, vector.astype(np.float32, copy=False), norm, with_attention(config, ran, params))
 
     def columns(self, config: EntryConfig, results: list[Embedding]) -> dict[str, Column]:
-        return {EMBEDDING: np.stack([r.vector for r in results]).astype(np.float32, copy=False)}
+        return {EMBEDDING_OUTPUT: np.stack([r.vector for r in results]).astype(np.float32, copy=False)}
 
     def v1_item(self, result: Embedding) -> EmbedResult:
         return EmbedResult(filename=result.filename, dimension=int(result.vector.size), norm=round(result.norm, 6),

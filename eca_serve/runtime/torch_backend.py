@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eca_serve.repository import EMBEDDING_OUTPUT
 from eca_serve.runtime.base import BackendOptions, Outputs, attention_key, split_batch
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ def load_torchscript(path: Path, options: BackendOptions) -> Any:
     module = torch.jit.load(str(path), map_location=options.device).eval()
     if options.fp16 and _is_cuda(options):
         module = module.half()
-    return torch.jit.freeze(module, preserved_attrs=["forward_with_attention"])
+    readouts = [m for m in ("forward_with_attention", "forward_with_embedding") if hasattr(module, m)]
+    return torch.jit.freeze(module, preserved_attrs=readouts)
 
 
 def load_eager(config: Any, folder: Path, options: BackendOptions) -> nn.Module:
@@ -51,12 +53,22 @@ class _TorchBase:
 
 
 class TorchClassifier(_TorchBase):
-    """Classifier through ``forward_with_attention`` (one pass yields logits and attention)."""
+    """Classifier through ``forward_with_embedding`` (one pass yields logits, embedding and attention), or
+    ``forward_with_attention`` for a ``model.pt`` exported before classifiers had the embedding output."""
+
+    def __init__(self, module: Any, options: BackendOptions, name: str) -> None:
+        super().__init__(module, options, name)
+        self.embeds = hasattr(module, "forward_with_embedding")
 
     def infer(self, batch: np.ndarray) -> list[Outputs]:
         with torch.inference_mode():
-            logits, attention = self.module.forward_with_attention(self._to_device(np.ascontiguousarray(batch, dtype=np.float32)))
-        out = {"logits": _numpy(logits)}
+            tensor = self._to_device(np.ascontiguousarray(batch, dtype=np.float32))
+            if self.embeds:
+                logits, embedding, attention = self.module.forward_with_embedding(tensor)
+                out = {"logits": _numpy(logits), EMBEDDING_OUTPUT: _numpy(embedding)}
+            else:
+                logits, attention = self.module.forward_with_attention(tensor)
+                out = {"logits": _numpy(logits)}
         out.update({attention_key(k): _numpy(v) for k, v in attention.items()})
         return split_batch(out, len(batch))
 
