@@ -105,7 +105,7 @@ def compare(folder: Path, images: list[bytes], label: str) -> dict[str, Any]:
         decoded = decode_image(data, limits=limits, target=target)
         ref, fast = preprocess_classification(decoded, spec), preprocess_classification_fast(decoded, spec)
         levels.append(float(np.abs(fast - ref).max() / one_level))
-        out_ref, out_fast = backend.infer(stack_batch([ref])), backend.infer(stack_batch([fast]))
+        [out_ref], [out_fast] = backend.infer(stack_batch([ref])), backend.infer(stack_batch([fast]))
         same += int(out_ref["logits"].argmax() == out_fast["logits"].argmax())
         for key in out_ref:
             if key.startswith("attention/"):

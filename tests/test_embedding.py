@@ -115,3 +115,27 @@ def test_predict_prints_the_v1_embed_body(served: Any, repository: Path) -> None
                              headers={"content-type": "image/png"}, timeout=60).json()["results"][0]
     np.testing.assert_allclose(printed["embedding"], served_body["embedding"], rtol=1e-5, atol=1e-6)
     assert printed["norm"] == pytest.approx(served_body["norm"], rel=1e-5)
+
+
+def test_onnxruntime_and_eager_pytorch_give_the_same_embedding(tmp_path: Path) -> None:
+    from eca_serve.pipelines.embedding import EmbedParams, EmbeddingTask
+    from eca_serve.pipelines.task import Ran
+    from eca_serve.repository import read_config
+    from eca_serve.runtime import BackendOptions, create_backend
+    from tests.serving_utils import export_small_classifier
+
+    export_small_classifier(tmp_path, "small")
+    folder = tmp_path / "small" / "1"
+    config = read_config(folder)
+    assert config.embedding is not None and EmbeddingTask().serves(config)
+    batch = np.random.default_rng(3).standard_normal((4, 3, 64, 64), dtype=np.float32)
+    task = EmbeddingTask()
+    answers = {}
+    for kind in ("onnxruntime", "eager"):
+        outputs = create_backend(folder, config, BackendOptions(kind, "cpu")).infer(batch)
+        for normalize in (False, True):
+            answers[kind, normalize] = np.stack([task.result_of(Ran(o, (3, 64, 64), (64, 64)), EmbedParams(normalize=normalize), config).vector
+                                                 for o in outputs])
+    assert answers["eager", False].shape == (4, config.embedding.dim)
+    for normalize in (False, True):
+        assert np.abs(answers["onnxruntime", normalize] - answers["eager", normalize]).max() <= 1e-4

@@ -205,3 +205,24 @@ def test_drift_panel_plots_each_layers_score_once_the_window_is_full(page, block
         assert "Not enough images" not in page.text_content("#drift-note")
         shot(page, "demo_drift")
     assert blocked == []
+
+
+def test_demo_shows_the_embedding_norm_and_the_nearest_earlier_image(page, blocked: list[str], tmp_path: Path) -> None:
+    from tests.task_serving import classifier_with_embedding
+
+    classifier_with_embedding(tmp_path, "shapes_embed")
+    with running_server(Settings(model_repository=tmp_path)) as (url, _):
+        page.route(f"{url}/**", lambda r: r.continue_())
+        run_demo(page, url, "shapes_embed", "star.png")
+        note = page.locator("#embedding")
+        assert note.is_visible() and note.get_attribute("data-nearest") == ""
+        star = httpx.post(f"{url}/v1/models/shapes_embed/embed", content=(ROOT / "examples" / "star.png").read_bytes(),
+                          headers={"content-type": "image/png"}, timeout=60).json()["results"][0]
+        assert float(note.get_attribute("data-norm")) == pytest.approx(star["norm"], rel=1e-6)
+        for image in ("cross.png", "star.png"):  # the second star's nearest earlier image is the first star
+            page.evaluate("document.getElementById('status').dataset.state = 'idle'")
+            page.set_input_files("#file", str(ROOT / "examples" / image))
+            page.locator('#status[data-state="done"], #status[data-state="error"]').wait_for()
+        assert note.get_attribute("data-nearest") == "star.png" and "cosine 1.000" in note.text_content()
+        shot(page, "demo_embed")
+    assert blocked == []

@@ -19,37 +19,12 @@ from eca_serve.api.metrics import ServerMetrics
 from eca_serve.api.tracing import install_tracing
 from eca_serve.api.tracking import RequestTracking
 from eca_serve.api.ui import install_ui
-from eca_serve.batching import BatchPolicy
 from eca_serve.batching.admission import Admission
-from eca_serve.pipelines.images import DecodeLimits
-from eca_serve.pipelines.manager import ModelManager, ServingOptions
-from eca_serve.runtime import BackendOptions
+from eca_serve.pipelines.manager import ModelManager, serving_options
 from eca_serve.settings import Settings, inflight_limit
 
 log = logging.getLogger("eca_serve.api")
-
-
-def serving_options(settings: Settings) -> ServingOptions:
-    """Manager options from the settings.
-
-    The batching settings that are set become defaults under each entry's config.json ``serving``
-    block (which wins); unset ones keep the per-device defaults (`eca_serve.pipelines.manager.policy_for`).
-    """
-    defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                  "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
-                                  "instances": settings.instances, "max_inflight": settings.max_inflight}.items()
-                if v is not None}
-    BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
-    return ServingOptions(
-        repository=settings.model_repository,
-        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads,
-                               cache_dir=settings.openvino_cache_dir),
-        policy_defaults=defaults,
-        limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
-        decode_threads=settings.decode_threads, only=list(settings.models), grace_period_s=settings.grace_period_s,
-        drift_window=settings.drift_window, drift_budget=settings.drift_budget, preprocessing=settings.preprocessing,
-        control_mode=settings.model_control_mode, poll_s=settings.repository_poll_secs,
-    )
+__all__ = ["create_app", "serving_options"]  # serving_options: eca_serve.pipelines.manager's, the tests' import
 
 
 @asynccontextmanager

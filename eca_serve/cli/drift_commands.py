@@ -33,8 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _manager(args: argparse.Namespace) -> tuple[Any, str, int | None]:
     """A model manager serving only the entry named by ``args.model`` (no drift monitoring), its name, version."""
-    from eca_serve.api.app import serving_options
-    from eca_serve.pipelines.manager import ModelManager
+    from eca_serve.pipelines.manager import ModelManager, serving_options
     from eca_serve.settings import Settings
 
     name, _, version = args.model.partition(":")

@@ -112,10 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Print exactly the body the v1 API answers for this image (classify, detect, or attention)."""
-    from eca_serve.api.app import serving_options
+    """Print exactly the body the v1 API answers for this image (the task's action, or attention)."""
     from eca_serve.errors import ConfigError
-    from eca_serve.pipelines.manager import ModelManager
+    from eca_serve.pipelines.manager import ModelManager, serving_options
     from eca_serve.settings import Settings
 
     if not args.image.is_file():  # before loading any model: a typo should not cost seconds and a traceback

@@ -23,6 +23,7 @@ from eca_serve.pipelines.servable import servable_entries
 from eca_serve.pipelines.tasks import pipeline_class, tasks_for
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
 from eca_serve.runtime.engines import entry_options
+from eca_serve.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,29 @@ class ServingOptions:
     control_mode: Mode = "explicit"
     poll_s: float = 15.0
     preprocessing: str = "reference"  # "fast" | "reference": entries without input.preprocessing
+
+
+def serving_options(settings: Settings) -> ServingOptions:
+    """Manager options from the settings.
+
+    The batching settings that are set become defaults under each entry's config.json ``serving``
+    block (which wins); unset ones keep the per-device defaults (`eca_serve.pipelines.manager.policy_for`).
+    """
+    defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
+                                  "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
+                                  "instances": settings.instances, "max_inflight": settings.max_inflight}.items()
+                if v is not None}
+    BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
+    return ServingOptions(
+        repository=settings.model_repository,
+        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads,
+                               cache_dir=settings.openvino_cache_dir),
+        policy_defaults=defaults,
+        limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
+        decode_threads=settings.decode_threads, only=list(settings.models), grace_period_s=settings.grace_period_s,
+        drift_window=settings.drift_window, drift_budget=settings.drift_budget, preprocessing=settings.preprocessing,
+        control_mode=settings.model_control_mode, poll_s=settings.repository_poll_secs,
+    )
 
 
 def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:

@@ -18,8 +18,20 @@ function selectedModel() {
   return models.find((m) => m.name === $("model").value);
 }
 
+// What a model answers is read from its v2 outputs (the page names no task): probabilities -> classify,
+// embedding -> embed (pooled features), else detect.
 function isClassifier(model) {
-  return model.task === "classification";
+  return (model.outputs || []).includes("probabilities");
+}
+
+function embeds(model) {
+  return (model.outputs || []).includes("embedding");
+}
+
+async function describe(model) {
+  if (model.outputs) return;
+  const response = await fetch(`v2/models/${encodeURIComponent(model.name)}`);
+  if (response.ok) model.outputs = (await response.json()).outputs.map((o) => o.name);
 }
 
 async function loadModels() {
@@ -39,12 +51,13 @@ async function loadModels() {
   onModelChange();
 }
 
-function onModelChange() {
+async function onModelChange() {
   const model = selectedModel();
   if (!model) {
     setStatus("No model is served.", "error");
     return;
   }
+  await describe(model);
   $("model-task").textContent = `${model.task}, ${model.architecture}`;
   $("threshold-label").hidden = isClassifier(model);
   $("topk-label").hidden = !isClassifier(model);
@@ -67,6 +80,7 @@ async function run(file) {
   if (!model) return;
   setStatus(`Running ${model.name} on ${file.name}...`, "busy");
   try {
+    await describe(model);
     const image = await loadImage(file);
     const name = encodeURIComponent(model.name);
     const topK = Number($("topk-count").value);
@@ -81,11 +95,33 @@ async function run(file) {
     else showDetections(image, main.results[0]);
     drawAttention(attention.results[0].layers);
     Session.record(model.name, attention.results[0]);  // the same answer: no extra request per image
+    $("embedding").hidden = !embeds(model);
+    if (embeds(model)) showEmbedding(model.name, file.name, (await postImage(`v1/models/${name}/embed`, file)).results[0]);
     showTiming({ [isClassifier(model) ? "classify" : "detect"]: main.timing, attention: attention.timing });
     setStatus(`${model.name} on ${file.name}: done.`, "done");
   } catch (err) {
     setStatus(`Failed: ${err.message}`, "error");
   }
+}
+
+// Unit vectors of the images embedded in this tab, per model (kept here, in memory, never sent anywhere).
+const embedded = new Map();
+
+function showEmbedding(model, filename, result) {
+  const previous = embedded.get(model) || [];
+  let nearest = null;
+  for (const other of previous) {
+    const cosine = other.vector.reduce((sum, v, i) => sum + v * result.embedding[i], 0);
+    if (!nearest || cosine > nearest.cosine) nearest = { filename: other.filename, cosine };
+  }
+  previous.push({ filename, vector: result.embedding });
+  embedded.set(model, previous.slice(-200));
+  const el = $("embedding");
+  el.dataset.norm = String(result.norm);
+  el.dataset.nearest = nearest ? nearest.filename : "";
+  el.textContent = `Embedding: ${result.dimension} dimensions, norm ${result.norm.toFixed(3)}; ` + (nearest
+    ? `nearest earlier image: ${nearest.filename} (cosine ${nearest.cosine.toFixed(3)})`
+    : "the first image of this session (nothing to compare yet)");
 }
 
 function loadImage(file) {
