@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from eca_serve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from eca_serve.runtime import Backend
 
 log = logging.getLogger(__name__)
 BF16_REPORT = "precision_bf16.json"
@@ -102,7 +105,7 @@ def _shape_name(label: int) -> str:
     return SHAPE_CLASSES[label]
 
 
-def _infer_all(backend: Any, inputs: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+def _infer_all(backend: Backend, inputs: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
     """Every output of a batched graph over ``inputs`` [N, 3, H, W], stacked: {name: [N, ...]}."""
     from eca_serve.runtime import stack_outputs
 

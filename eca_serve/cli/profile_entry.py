@@ -22,6 +22,7 @@ import numpy as np
 
 from eca_serve.cli._output import print_json, print_table
 from eca_serve.errors import ConfigError, UnknownModelError
+from eca_serve.runtime import Backend
 from eca_serve.repository import CONFIG_FILE, EntryConfig, ServingSpec, list_entries, read_config
 
 MODEL_BOUND_S = 0.020  # a single run slower than this: batching on CPU only widens latency ...
@@ -134,7 +135,7 @@ def _median_cell(runs: list[Cell]) -> Cell:
                 runs[0].precision)
 
 
-def _measure_cell(backend: Any, config: EntryConfig, instances: int, batch_size: int, seconds: float) -> Cell:
+def _measure_cell(backend: Backend, config: EntryConfig, instances: int, batch_size: int, seconds: float) -> Cell:
     """``instances`` threads call the backend on batches of ``batch_size`` for ``seconds`` (at least twice each)."""
     h, w = config.input.size or tuple((config.detection or {}).get("warmup_size", (320, 320)))
     batch = np.random.default_rng(0).random((batch_size, 3, h, w), dtype=np.float32)
