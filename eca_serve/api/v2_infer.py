@@ -150,7 +150,7 @@ def _task_parameters(task: Task, request: InferRequest, selected: list[Selected]
         **task.v2_parameters([s.ask for s in selected if s.task is task]),
         "attention": attention,
     }
-    return task.params_type.parse(values, error=InferenceRequestError)
+    return task.params_type.parse(values)
 
 
 def _inputs(source: Tensor) -> list[ImageInput] | list[np.ndarray]:

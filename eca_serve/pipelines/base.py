@@ -21,7 +21,7 @@ from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, stack_batch
 from eca_serve.pipelines.preprocess_fast import check_mode
 from eca_serve.repository import EntryConfig
-from eca_serve.runtime import Backend, Outputs, attention_key
+from eca_serve.runtime import Backend, Outputs
 
 __all__ = ["ImageInput", "LayerWeights", "ModelPipeline", "Prepared", "Ran", "StageTimes", "Task"]
 
@@ -297,7 +297,7 @@ class ModelPipeline:
 
     def attention_rows(self, outputs: list[dict[str, np.ndarray]]) -> np.ndarray:
         """A batch's attention as rows [N, sum of C]: each item's layers concatenated in config order."""
-        keys = [attention_key(a.name) for a in self.config.attention]
+        keys = [attention_output(a.name) for a in self.config.attention]
         return np.stack([np.concatenate([np.ravel(o[k]) for k in keys]) for o in outputs]).astype(np.float32, copy=False)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, Field
 
-from eca_serve.errors import InferenceRequestError, InvalidParameterError
+from eca_serve.errors import InvalidParameterError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.contract import Classification, ClassifyParams, Label, RunParams
 from eca_serve.pipelines.images import DecodedImage
@@ -82,7 +82,7 @@ class ClassificationTask(Task):
     def check_output(self, ask: OutputAsk, config: EntryConfig) -> None:
         super().check_output(ask, config)
         if ask.classification > config.num_classes:
-            raise InferenceRequestError(f"classification must be between 1 and {config.num_classes}, got {ask.classification}")
+            raise InvalidParameterError(f"classification must be between 1 and {config.num_classes}, got {ask.classification}")
 
     def v2_parameters(self, asked: list[OutputAsk]) -> dict[str, int]:
         return {"top_k": max([a.classification for a in asked] + [1])}

@@ -16,8 +16,7 @@ from pydantic import BaseModel
 
 from eca_serve.errors import InferenceRequestError
 from eca_serve.pipelines.contract import LayerWeights, Result, RunParams
-from eca_serve.repository import EntryConfig
-from eca_serve.runtime import attention_key
+from eca_serve.repository import EntryConfig, attention_output
 
 # A v2 output column of N results: a numeric array, or BYTES items.
 Column = Union[np.ndarray, list[bytes]]
@@ -134,7 +133,7 @@ class Task:
 
 def layer_weights(config: EntryConfig, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
     """One image's attention, one entry per layer of the config (weights [C])."""
-    return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1), a.shape)
+    return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_output(a.name)]).reshape(-1), a.shape)
             for a in config.attention]
 
 

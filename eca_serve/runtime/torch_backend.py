@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eca_serve.repository import EMBEDDING_OUTPUT
-from eca_serve.runtime.base import BackendOptions, Outputs, attention_key, split_batch
+from eca_serve.repository import EMBEDDING_OUTPUT, attention_output
+from eca_serve.runtime.base import BackendOptions, Outputs, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class TorchClassifier(_TorchBase):
             else:
                 logits, attention = self.module.forward_with_attention(tensor)
                 out = {"logits": _numpy(logits)}
-        out.update({attention_key(k): _numpy(v) for k, v in attention.items()})
+        out.update({attention_output(k): _numpy(v) for k, v in attention.items()})
         return split_batch(out, len(batch))
 
 
@@ -83,7 +83,7 @@ class TorchDetector(_TorchBase):
         results = []
         for i, det in enumerate(detections):
             out = {k: _numpy(v) for k, v in det.items()}
-            out.update({attention_key(k): _numpy(v[i : i + 1]) for k, v in attention.items()})
+            out.update({attention_output(k): _numpy(v[i : i + 1]) for k, v in attention.items()})
             results.append(out)
         return results
 
