@@ -8,7 +8,6 @@ lays their columns out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -93,9 +92,14 @@ def _dims(shape: tuple[int, ...]) -> str:
 
 
 def select_outputs(config: EntryConfig, tasks: list[Task], request: InferRequest) -> list[Selected]:
-    """The requested outputs of an entry serving ``tasks`` (all when none are named), each with its task and binary flag."""
+    """The requested outputs of an entry serving ``tasks``, each with its task and binary flag.
+
+    None named: every output of the entry's own task and the attention outputs (an extra task's outputs,
+    such as a classifier's ``embedding``, are returned when named: a default answer stays what it was).
+    """
     owners = output_owners(config, tasks)
-    wanted = request.outputs if request.outputs is not None else [OutputRequest(name) for name in owners]
+    wanted = request.outputs if request.outputs is not None else [
+        OutputRequest(name) for name, (_, task) in owners.items() if task is None or task is tasks[0]]
     selected = []
     for output in wanted:
         if output.name not in owners:

@@ -20,7 +20,7 @@ from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW, DriftMonit
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, stack_batch
 from eca_serve.pipelines.preprocess_fast import check_mode
-from eca_serve.repository import EntryConfig
+from eca_serve.repository import EntryConfig, attention_output
 from eca_serve.runtime import Backend, Outputs
 
 __all__ = ["ImageInput", "LayerWeights", "ModelPipeline", "Prepared", "Ran", "StageTimes", "Task"]
