@@ -200,9 +200,18 @@ class ModelManager:
     def names(self) -> set[str]:
         return {n for n, _ in self.expected} | set(self.pipelines)
 
+    def loaded(self, name: str | None = None) -> list[ModelPipeline]:
+        """Every loaded version (of ``name`` only, when given), ready or not, sorted by name and version."""
+        names = sorted(self.pipelines) if name is None else [name] if name in self.pipelines else []
+        return [p for n in names for _, p in sorted(self.pipelines[n].items())]
+
+    def versions(self, name: str) -> list[int]:
+        """The loaded versions of ``name``, oldest first (empty when none is loaded)."""
+        return sorted(self.pipelines.get(name, {}))
+
     def configs(self) -> list[tuple[EntryConfig, bool]]:
         """(config, ready) of every loaded version, sorted by name and version."""
-        return [(p.config, p.ready) for name in sorted(self.pipelines) for _, p in sorted(self.pipelines[name].items())]
+        return [(p.config, p.ready) for p in self.loaded()]
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain every pipeline within the grace period, then release the decode threads."""
