@@ -67,9 +67,9 @@ async def model_detail(name: str, plane: Plane, settings: AppSettings, version: 
 
 
 @router.get("/models/{name}/drift", response_model=schemas.DriftResponse, responses=ERRORS)
-async def drift(name: str, manager: Manager, version: Version = None) -> schemas.DriftResponse:
+async def drift(name: str, plane: Plane, version: Version = None) -> schemas.DriftResponse:
     """How far the attention of recent requests has moved from the model's held-out reference."""
-    pipeline = manager.get(name, version)
+    pipeline = plane.model(name, version)
     if pipeline.drift is None:
         raise NoDriftReferenceError(f"model {name!r} has no drift reference (eca-serve calibrate-drift), or monitoring is off")
     scores = pipeline.drift.scores()

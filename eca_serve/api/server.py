@@ -63,6 +63,11 @@ class Server:
         self._exit: asyncio.Event | None = None
         self._hurry: asyncio.Event | None = None
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop both protocols and the data plane run on (None until `serve` runs)."""
+        return self._loop
+
     def run(self) -> None:
         """Serve until a signal (or `request_exit`) drains the server (blocking)."""
         # uvicorn's event loop (uvloop when installed), as uvicorn.run would pick it

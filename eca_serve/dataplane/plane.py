@@ -29,6 +29,7 @@ SHUTTING_DOWN = "server is shutting down"
 LOADING = "models are still loading"
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdecimal would take other scripts' digits
 DRAIN_POLL_S = 0.02
+UNREADY_SHOWN = 5
 
 
 class InflightLimitError(QueueFullError):
@@ -115,8 +116,16 @@ class DataPlane:
         if self.draining:
             return Readiness(False, SHUTTING_DOWN)
         if not self.manager.ready:
-            return Readiness(False, self.manager.loading_error or LOADING)
+            return Readiness(False, self.manager.loading_error or self._unready_reason())
         return Readiness(True)
+
+    def _unready_reason(self) -> str:
+        """The model versions that keep the server from being ready, and why (at most ``UNREADY_SHOWN``)."""
+        loaded = {(p.config.name, p.config.version): p for p in self.manager.loaded()}
+        why = [f"{n}/{v} ({loaded[(n, v)].unready_reason if (n, v) in loaded else 'loading'})"
+               for n, v in sorted(self.manager.expected) if (n, v) not in loaded or not loaded[(n, v)].ready]
+        more = f" and {len(why) - UNREADY_SHOWN} more" if len(why) > UNREADY_SHOWN else ""
+        return f"not ready: {', '.join(why[:UNREADY_SHOWN])}{more}" if why else LOADING
 
     def model_ready(self, name: str, version: str | int | None = None) -> Readiness:
         """Whether ``name`` (at ``version``) serves now.

@@ -176,15 +176,15 @@ class ModelManager:
         return bool(self.expected) and self.expected <= loaded
 
     def get(self, name: str, version: int | None = None) -> ModelPipeline:
-        """The pipeline of ``name`` (newest version unless ``version``); 404/503-style errors otherwise."""
+        """The pipeline of ``name`` at ``version``, else its newest ready version; 404/503-style errors otherwise."""
         check_name(name)
         versions = self.pipelines.get(name)
         if not versions:
             if any(n == name for n, _ in self.expected):
                 raise NotReadyError(f"model {name!r} is loading")
             raise UnknownModelError(f"unknown model {name!r}; available: {sorted(self.names())}")
-        if version is None:
-            version = max(versions)
+        if version is None:  # a crashed or stopping newest version leaves the older ones serving
+            version = max([v for v, p in versions.items() if p.ready] or versions)
         if version not in versions:
             raise UnknownModelError(f"model {name!r} has no version {version}; available: {sorted(versions)}")
         pipeline = versions[version]
