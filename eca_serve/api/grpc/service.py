@@ -28,7 +28,7 @@ from eca_serve.api.grpc.tensors import fill_model_infer_response, parse_model_in
 from eca_serve.api.v2_codec import InferRequest, ShapeCheck, request_timeout_s
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
-from eca_serve.dataplane import DataPlane, InflightLimitError
+from eca_serve.dataplane import DataPlane, InflightLimitError  # noqa: F401 - InflightLimitError re-exported (it lived here)
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.settings import Settings
 
