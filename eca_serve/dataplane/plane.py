@@ -87,6 +87,12 @@ class DataPlane:
         self._loading = asyncio.create_task(self.manager.load_all(), name="load-models")
         self._loading.add_done_callback(self._record_loading_failure)
 
+    async def loaded(self) -> None:
+        """Wait until `start`'s loading ends; raises its error, if any."""
+        if self._loading is None:
+            raise RuntimeError("the data plane was not started")
+        await asyncio.shield(self._loading)
+
     def _record_loading_failure(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
             self.manager.loading_error = str(task.exception())
