@@ -153,10 +153,10 @@ CASES = [
 ]
 
 
-def repository(root: Path) -> Path:
+def repository(root: Path, entries: tuple[tuple[str, int], ...] = ((CLS, 1), (CLS, 2), (CLS, 3), (SPARE, 1))) -> Path:
     """The shipped classifier as versions 1 to 3 and as model ``spare``; one batch of at most 2 rows in flight."""
     source = MODELS / CLS / "1"
-    for name, version in [(CLS, 1), (CLS, 2), (CLS, 3), (SPARE, 1)]:
+    for name, version in entries:
         entry = root / name / str(version)
         entry.mkdir(parents=True)
         for path in source.iterdir():
@@ -171,9 +171,12 @@ def repository(root: Path) -> Path:
 
 @dataclass
 class Running:
+    """A `Server` serving in a thread, its HTTP base URL and a gRPC channel to it."""
+
     server: Server
     base: str
     channel: grpc.Channel
+    thread: threading.Thread
 
     @property
     def plane(self) -> DataPlane:
@@ -197,28 +200,35 @@ class Running:
         return OK, json_format.MessageToDict(response, preserving_proto_field_name=True)
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+@contextlib.contextmanager
+def serving(models: Path, grace_s: float = 1) -> Iterator[Running]:
+    """A `Server` on ``models`` (HTTP and gRPC) in a thread, once every model is ready."""
     port, grpc_port = free_port(), free_port()
-    settings = Settings(model_repository=repository(tmp_path_factory.mktemp("models")), ui=False, port=port, grpc_port=grpc_port,
-                        max_inflight_requests=MAX_INFLIGHT, admin_enabled=True, admin_token=TOKEN, log_level="warning")
-    server = Server(create_app(settings), "127.0.0.1", port, grace_s=1, grpc_port=grpc_port)
+    settings = Settings(model_repository=models, ui=False, port=port, grpc_port=grpc_port, max_inflight_requests=MAX_INFLIGHT,
+                        admin_enabled=True, admin_token=TOKEN, log_level="warning")
+    server = Server(create_app(settings), "127.0.0.1", port, grace_s=grace_s, grpc_port=grpc_port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
     channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
     try:
         _wait(lambda: _status(f"{base}/healthz") == 200)
-        running = Running(server, base, channel)
-        unloaded = httpx.post(f"{base}/v2/repository/models/{SPARE}/unload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
-        assert unloaded.status_code == 200, unloaded.text
-        stopped = running.on_loop(lambda: running.plane.model(CLS, 3))
-        asyncio.run_coroutine_threadsafe(stopped.stop(0), server.loop).result(30)
-        yield running
+        yield Running(server, base, channel, thread)
     finally:
         channel.close()
         server.request_exit()
         thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with serving(repository(tmp_path_factory.mktemp("models"))) as running:
+        unloaded = httpx.post(f"{running.base}/v2/repository/models/{SPARE}/unload",
+                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+        assert unloaded.status_code == 200, unloaded.text
+        stopped = running.on_loop(lambda: running.plane.model(CLS, 3))
+        asyncio.run_coroutine_threadsafe(stopped.stop(0), running.server.loop).result(30)
+        yield running
 
 
 def _status(url: str) -> int:
@@ -259,6 +269,27 @@ def test_http_and_grpc_answer_each_case_from_the_same_code(running: Running, cas
         assert case.view(answer) == case.answer
     if case.status >= 400 and case.code != OK:
         assert response.json()["error"] == answer
+
+
+@pytest.mark.parametrize("ending", ["answered", "second signal"])
+def test_the_server_drains_both_protocols_then_stops_them_and_the_models(tmp_path: Path, ending: str) -> None:
+    with serving(repository(tmp_path, ((CLS, 1),)), grace_s=600) as running:
+        running.on_loop(running.plane.enter)  # a request still being answered
+        running.server.request_exit()
+        _wait(lambda: _status(f"{running.base}/v2/health/ready") == 503)
+        assert running.rpc("ServerReady", {}) == (OK, {})  # ready: false, proto3's default, is not written
+        refused = httpx.get(f"{running.base}{model_path(CLS, None)}", timeout=30)
+        assert (refused.status_code, refused.json()) == (503, {"error": "server is shutting down"})
+        assert running.rpc("ModelMetadata", {"name": CLS}) == (grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        assert running.thread.is_alive()  # the held request keeps both servers up (its grace is 600 s)
+        if ending == "answered":
+            running.on_loop(running.plane.leave)
+        else:
+            running.server.request_exit()
+        running.thread.join(timeout=60)
+        assert not running.thread.is_alive()
+        assert _status(f"{running.base}/healthz") == 0  # HTTP closed
+        assert not any(p.ready for p in running.plane.models())  # the models stopped after both fronts
 
 
 @pytest.mark.parametrize(("version", "number"), [(None, None), ("", None), ("1", 1), ("007", 7), (3, 3), ("1" * 18, int("1" * 18))])

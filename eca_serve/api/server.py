@@ -62,6 +62,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exit: asyncio.Event | None = None
         self._hurry: asyncio.Event | None = None
+        self._exit_asked = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -77,6 +78,8 @@ class Server:
     async def serve(self) -> None:
         """Start the data plane, then gRPC and HTTP; wait for the exit request; drain and stop in order."""
         self._loop, self._exit, self._hurry = asyncio.get_running_loop(), asyncio.Event(), asyncio.Event()
+        if self._exit_asked:  # a signal that came before the loop ran
+            self._on_exit()
         await self.plane.start()
         try:
             if self.grpc is not None and not await self._start_grpc():
@@ -119,8 +122,10 @@ class Server:
 
     def request_exit(self) -> None:
         """Start the drain (a second call hurries it); safe from any thread and from a signal handler."""
-        if self._loop is not None and self._exit is not None:
-            self._loop.call_soon_threadsafe(self._on_exit)
+        self._exit_asked = True
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server has stopped already
+                self._loop.call_soon_threadsafe(self._on_exit)
 
     def _on_exit(self) -> None:
         assert self._exit is not None and self._hurry is not None
