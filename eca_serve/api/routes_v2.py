@@ -108,7 +108,7 @@ async def infer(name: str, request: Request, plane: Plane, settings: AppSettings
     pipeline = plane.model(name, version)
     body = await _read_infer_body(request, settings)
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), shape_checker(pipeline.config, InferLimits.of(settings)))
-    outputs = await run_inference(pipeline, parsed)
+    outputs = await plane.infer(pipeline, parsed, run_inference)
     head = {"model_name": name, "model_version": str(pipeline.config.version)}
     if parsed.id is not None:
         head["id"] = parsed.id

@@ -13,16 +13,14 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 from eca_serve.batching.admission import Admission
 from eca_serve.errors import InferenceRequestError, NotReadyError, QueueFullError, ShuttingDownError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.manager import ModelManager
-
-if TYPE_CHECKING:
-    from eca_serve.pipelines.contract import Inputs, Result, RunParams, StageTimes
 
 log = logging.getLogger("eca_serve.dataplane")
 SHUTTING_DOWN = "server is shutting down"
@@ -30,6 +28,8 @@ LOADING = "models are still loading"
 _VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdecimal would take other scripts' digits
 DRAIN_POLL_S = 0.02
 UNREADY_SHOWN = 5
+R = TypeVar("R")
+T = TypeVar("T")
 
 
 class InflightLimitError(QueueFullError):
@@ -220,7 +220,10 @@ class DataPlane:
 
     # --- inference -------------------------------------------------------------------------------------
 
-    async def infer(self, pipeline: ModelPipeline, inputs: Inputs, params: RunParams,
-                    times: StageTimes | None = None) -> list[Result]:
-        """One `Result` per input, in order, through the pipeline's batcher."""
-        return await pipeline.run(inputs, params, times)
+    async def infer(self, pipeline: ModelPipeline, request: R, encoder: Callable[[ModelPipeline, R], Awaitable[T]]) -> T:
+        """Inference of ``request`` on ``pipeline``, the one dispatch point of every protocol.
+
+        ``encoder`` is the protocol's task mapping (v2's `run_inference`): it turns the request into the
+        pipeline's inputs and parameters, awaits `ModelPipeline.run` and turns the `Result`s into its answer.
+        """
+        return await encoder(pipeline, request)

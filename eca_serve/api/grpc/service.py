@@ -22,9 +22,9 @@ from google.protobuf.message import DecodeError, Message
 import eca_serve
 from eca_serve import errors
 from eca_serve.api.grpc.metrics import GrpcMetrics
-from eca_serve.api.metrics import ServerMetrics
 from eca_serve.api.grpc.protocol import SERVICE, messages, rpc_types
 from eca_serve.api.grpc.tensors import fill_model_infer_response, parse_model_infer
+from eca_serve.api.metrics import ServerMetrics
 from eca_serve.api.v2_codec import InferRequest, ShapeCheck, request_timeout_s
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
@@ -104,7 +104,7 @@ class InferenceService:
     async def ModelInfer(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
         pipeline = self.plane.model(request.model_name, request.model_version)
         parsed = parse_model_infer(request, self._checker(pipeline))
-        outputs = await run_inference(pipeline, with_deadline(parsed, context.time_remaining()))
+        outputs = await self.plane.infer(pipeline, with_deadline(parsed, context.time_remaining()), run_inference)
         response = messages().ModelInferResponse(model_name=request.model_name, model_version=str(pipeline.config.version),
                                                  id=request.id)
         fill_model_infer_response(response, outputs)
