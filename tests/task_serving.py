@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import onnx
-import uvicorn
 from onnx import helper
 
 from eca_serve.api import create_app
-from eca_serve.api.server import DrainingServer
+from eca_serve.api.server import Server
 from eca_serve.repository import sha256_file
 from eca_serve.settings import Settings
 from tests.serving_utils import _wait_ready, free_port
@@ -26,23 +24,21 @@ CLASSIFIER = ROOT / "models" / "shapes_classifier" / "1"
 
 @contextmanager
 def http_and_grpc(settings: Settings) -> Iterator[tuple[str, str, object]]:
-    """The app on loopback HTTP and gRPC ports in a thread of this process; yields (base URL, gRPC address, app)."""
-    settings = settings.model_copy(update={"port": free_port(), "host": "127.0.0.1"})
-    grpc_port = free_port()
-    app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, lifespan="on")
-    server = DrainingServer(config, app, 1.0, grpc_port)
+    """The app on loopback HTTP and gRPC ports in a thread of this process; yields (base URL, gRPC address, app).
+
+    gRPC starts before HTTP (`eca_serve.api.server.Server`), so HTTP answering means both are up.
+    """
+    port, grpc_port = free_port(), free_port()
+    app = create_app(settings.model_copy(update={"port": port, "grpc_port": grpc_port, "host": "127.0.0.1"}))
+    server = Server(app, "127.0.0.1", port, grace_s=1.0, grpc_port=grpc_port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://{settings.host}:{settings.port}"
+    base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, 120)
-        deadline = time.monotonic() + 30
-        while server.grpc is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         yield base, f"127.0.0.1:{grpc_port}", app
     finally:
-        server.should_exit = True
+        server.request_exit()
         thread.join(timeout=30)
 
 

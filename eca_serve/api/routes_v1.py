@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from eca_serve.api import convert, schemas
-from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.deps import AppSettings, Plane
 from eca_serve.api.errors import UnknownQueryParameterError
 from eca_serve.api.uploads import read_images
 from eca_serve.errors import InvalidParameterError, NoDriftReferenceError
@@ -74,9 +74,9 @@ def build_router() -> APIRouter:
 def _task_endpoint(task: Task) -> Callable[..., Any]:
     """``POST /v1/models/{name}/{task.action}``: ``task``'s answer for each uploaded image (multipart field
     ``file``, repeatable, or a raw image body)."""
-    async def endpoint(name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
+    async def endpoint(name: str, request: Request, plane: Plane, settings: AppSettings, version: Version = None,
                        params: RunParams = Depends(task_parameters(task))) -> Response:
-        pipeline = manager.get(name, version)
+        pipeline = plane.model(name, version)
         served = pipeline.task_for_action(task.action)  # refused before the upload is read
         times = StageTimes()
         results = await pipeline.run(await _images(request, settings), params, times)
@@ -104,24 +104,21 @@ def task_parameters(task: Task) -> Callable[..., RunParams]:
 
 
 @router.get("/models", response_model=schemas.ModelList)
-async def list_models(manager: Manager) -> schemas.ModelList:
+async def list_models(plane: Plane) -> schemas.ModelList:
     """Every served model version and whether it is ready."""
-    items = [convert.summary(p, sorted(manager.pipelines[c.name])) for c, _ in manager.configs()
-             for p in [manager.pipelines[c.name][c.version]]]
-    return schemas.ModelList(models=items)
+    return schemas.ModelList(models=[convert.summary(p, plane.versions(p.config.name)) for p in plane.models()])
 
 
 @router.get("/models/{name}", response_model=schemas.ModelDetail, responses=ERRORS)
-async def model_detail(name: str, manager: Manager, settings: AppSettings, version: Version = None) -> schemas.ModelDetail:
+async def model_detail(name: str, plane: Plane, settings: AppSettings, version: Version = None) -> schemas.ModelDetail:
     """Task, inputs, categories, attention layers and metrics of a model."""
-    pipeline = manager.get(name, version)
-    return convert.detail(pipeline, sorted(manager.pipelines[name]), settings.backend)
+    return convert.detail(plane.model(name, version), plane.versions(name), settings.backend)
 
 
 @router.get("/models/{name}/drift", response_model=schemas.DriftResponse, responses=ERRORS)
-async def drift(name: str, manager: Manager, version: Version = None) -> schemas.DriftResponse:
+async def drift(name: str, plane: Plane, version: Version = None) -> schemas.DriftResponse:
     """How far the attention of recent requests has moved from the model's held-out reference."""
-    pipeline = manager.get(name, version)
+    pipeline = plane.model(name, version)
     if pipeline.drift is None:
         raise NoDriftReferenceError(f"model {name!r} has no drift reference (eca-serve calibrate-drift), or monitoring is off")
     scores = pipeline.drift.scores()
@@ -144,13 +141,13 @@ async def _images(request: Request, settings: AppSettings) -> list:
     **ERRORS, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG plot with format=png"}},
     openapi_extra=IMAGE_BODY)
 async def attention(
-    name: str, request: Request, manager: Manager, settings: AppSettings, version: Version = None,
+    name: str, request: Request, plane: Plane, settings: AppSettings, version: Version = None,
     top_k: Annotated[int | None, Query(description="classifiers: classes to return (default: min(5, classes))")] = None,
     format: Literal["json", "png"] = "json",
     score_threshold: Annotated[float | None, Query(description="detectors: drop detections scoring below this")] = None,
 ) -> Response:
     """Per-layer channel attention of each image, with the entry's own task's answer of the same forward pass."""
-    pipeline = manager.get(name, version)
+    pipeline = plane.model(name, version)
     values = {"top_k": top_k, "score_threshold": score_threshold, "masks": "none", "attention": True}
     params = pipeline.params_type.parse(values)
     images = await _images(request, settings)
