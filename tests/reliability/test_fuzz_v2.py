@@ -23,7 +23,7 @@ from eca_serve.api.v2_codec import (BYTES, DTYPES, HEADER_LENGTH, InferRequest, 
                                     encode_infer_response, parse_infer_request, request_priority, request_timeout_s)
 from eca_serve.api.v2_infer import InferLimits, select_outputs, shape_checker
 from eca_serve.pipelines.tasks import tasks_for
-from eca_serve.errors import EcaServeError, InferenceRequestError
+from eca_serve.errors import EcaServeError
 from eca_serve.pipelines.contract import ClassifyParams, DetectParams
 from eca_serve.repository import read_config
 from tests.reliability.clients import error_problems
@@ -191,8 +191,8 @@ def downstream(request: InferRequest, configs: dict[str, Any]) -> None:
         typed(lambda: select_outputs(config, tasks_for(config), request))
     typed(lambda: request_priority(request.parameters))
     typed(lambda: request_timeout_s(request.parameters))
-    typed(lambda: DetectParams.parse(request.parameters, error=InferenceRequestError))
-    typed(lambda: ClassifyParams.parse(request.parameters, error=InferenceRequestError))
+    typed(lambda: DetectParams.parse(request.parameters))
+    typed(lambda: ClassifyParams.parse(request.parameters))
     head = {"model_name": "m", "model_version": "1", **({"id": request.id} if request.id is not None else {})}
     for binary in (False, True):
         typed(lambda: encode_infer_response(head, [(tensor, binary) for tensor in request.inputs]))
