@@ -89,6 +89,17 @@ def test_int8_entry_is_complete_and_its_report_matches_a_recomputation(repositor
     assert report.max_abs_attention_diff == pytest.approx(max(report.attention_diff_per_layer.values()))
 
 
+def test_int8_keeps_the_embedding_output_in_float(repository: Path, images) -> None:
+    parent, config = read_config(repository / NAME / "1"), read_config(repository / NAME / "2")
+    assert config.embedding == parent.embedding and parent.embedding is not None
+    assert config.outputs[-1].name == "embedding" and config.outputs[-1].shape == [-1, parent.embedding.dim]
+    x = preprocessed(config, sorted(images[1].rglob("*.png"))[:40])
+    fp32, int8 = (run(repository / NAME / v / "model.onnx", x)["embedding"] for v in ("1", "2"))
+    assert int8.dtype == np.float32 and int8.shape == fp32.shape == (40, parent.embedding.dim)
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert 0.9 < cosine.min() and not np.array_equal(fp32, int8)  # quantized, pointing the same way
+
+
 def test_the_quantization_command_shows_the_report(repository: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["quantization", f"{NAME}:2", "--model-repository", str(repository), "--json"]) == 0

@@ -81,9 +81,10 @@ def _run_export(args: argparse.Namespace, model: Any, out: Path, name: str, vers
 
 def _print_parity(report: dict, out: Path) -> None:
     rows = [(r["backend"], r["input_shape"], _fmt(r.get("max_abs_probabilities")), _fmt(r.get("max_abs_attention")),
-             json.dumps(r.get("detections")) if r.get("detections") else "", "ok" if r["passed"] else "FAIL")
+             _fmt(r.get("max_abs_embedding")), json.dumps(r.get("detections")) if r.get("detections") else "",
+             "ok" if r["passed"] else "FAIL")
             for r in report["rows"]]
-    print_table(f"parity vs eager -> {out}", ["backend", "input", "max|dprob|", "max|dattn|", "detections", ""], rows)
+    print_table(f"parity vs eager -> {out}", ["backend", "input", "max|dprob|", "max|dattn|", "max|demb|", "detections", ""], rows)
 
 
 def _fmt(value: float | None) -> str:
