@@ -164,9 +164,19 @@ def test_int8_entries_are_served_on_cpu_by_onnxruntime_or_openvino_only(reposito
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-def test_attention_nodes_are_each_gates_weights_between_its_pool_and_its_scaling_mul() -> None:
+def test_attention_nodes_are_each_gates_weights_between_its_pool_and_its_scaling_mul(tmp_path: Path) -> None:
+    import torch
+
+    from eca_serve.introspect import AttentionOutputs
+    from eca_serve.models import create_model
+
     config = read_config(ROOT / "models" / NAME / "1", verify=False)
-    model = onnx.load(str(ROOT / "models" / NAME / "1" / "model.onnx"))  # an older export: ReduceMean, Unsqueeze glue
+    # the graph as older exports wrote it (torch's own export, no gate rewrite): ReduceMean, Unsqueeze glue
+    net = create_model("eca_resnet18", weights=ROOT / "models" / NAME / "1" / "weights.safetensors")
+    names = ["logits", *[a.output for a in config.attention], "embedding"]
+    torch.onnx.export(AttentionOutputs(net), (torch.randn(1, 3, 64, 64),), str(tmp_path / "torch.onnx"), dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=names)
+    model = onnx.load(str(tmp_path / "torch.onnx"))
     names = attention_nodes(model, [a.output for a in config.attention])
     kinds = [n.op_type for n in model.graph.node if n.name in names]
     assert {k: kinds.count(k) for k in set(kinds)} == {"Unsqueeze": 24, "Conv": 8, "Sigmoid": 8, "Squeeze": 8}
