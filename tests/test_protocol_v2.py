@@ -80,13 +80,13 @@ def test_health_metadata_config_and_index(client, server) -> None:
 
 def test_ready_is_503_while_draining_and_live_stays_200(server) -> None:
     base, app, _ = server
-    app.state.draining = True
+    app.state.dataplane.draining = True
     try:
         ready = http.get(f"{base}/v2/health/ready")
         assert ready.status_code == 503 and set(ready.json()) == {"error"}
         assert http.get(f"{base}/v2/health/live").status_code == 200
     finally:
-        app.state.draining = False
+        app.state.dataplane.draining = False
     assert http.get(f"{base}/v2/health/ready").status_code == 200
 
 
@@ -215,7 +215,7 @@ ERROR_CASES = {
     "two inputs": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS)), {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
                    ZEROS, None, 400, "exactly one input"),
     "undecodable image": ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not an image"]}]}, b"", None, 400, ""),
-    "negative timeout": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))], "parameters": {"timeout": -1}}, ZEROS, None, 400, "timeout"),
+    "negative timeout": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))], "parameters": {"timeout": -1}}, ZEROS, None, 422, "timeout"),
     "too many images": ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": ["a"] * 5}]}, b"", None, 413, "at most 4"),
     "body too large": ({"inputs": []}, bytes(1_100_000), None, 413, "limit"),
 }

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from eca_serve.export.formats import readout_methods
-from eca_serve.repository import EMBEDDING_OUTPUT
-from eca_serve.runtime.base import BackendOptions, Outputs, attention_key
+from eca_serve.repository import EMBEDDING_OUTPUT, attention_output
+from eca_serve.runtime.base import BackendOptions, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class TorchClassifier(_TorchBase):
             else:
                 logits, attention = self.module.forward_with_attention(self._to_device(batch))
                 out = {"logits": _numpy(logits)}
-        out.update({attention_key(k): _numpy(v) for k, v in attention.items()})
+        out.update({attention_output(k): _numpy(v) for k, v in attention.items()})
         return out
 
 
@@ -81,7 +81,7 @@ class TorchDetector(_TorchBase):
         results = []
         for i, det in enumerate(detections):
             out = {k: _numpy(v) for k, v in det.items()}
-            out.update({attention_key(k): _numpy(v[i : i + 1]) for k, v in attention.items()})
+            out.update({attention_output(k): _numpy(v[i : i + 1]) for k, v in attention.items()})
             results.append(out)
         return results
 
