@@ -10,15 +10,19 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from eca_serve.errors import ConfigError
+from eca_serve.kinds import Device, DeviceKind, Engine, Precision, device_kind
 
 CONFIG_FILE = "config.json"
 SCHEMA_VERSION = 1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The batching rules, one name each in config.json's ``serving`` block, the ECA_SERVE_* settings and `BatchPolicy`.
+BATCHING_FIELDS = ("max_batch_size", "instances", "max_queue_delay_ms", "max_queue_size", "timeout_s", "max_inflight")
+ANY_SIZE_WARMUP = (320, 320)  # (H, W) of the warm-up image of an entry that takes any size and names none
 
 
 def check_safe_name(value: str, what: str = "name") -> str:
@@ -145,26 +149,44 @@ class ServingSpec(_Strict):
             max_queue_size + max_batch_size x instances.
     """
 
-    device: Literal["cpu", "cuda"] | None = None
+    device: Annotated[DeviceKind | None, BeforeValidator(lambda v: v if v is None else device_kind(v))] = None
     max_batch_size: int | None = Field(None, ge=1)
     instances: int | None = Field(None, ge=1)
     max_queue_delay_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_queue_size: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    engine: Literal["onnxruntime", "openvino", "auto"] | None = None
-    precision: Literal["fp32", "bf16", "int8"] | None = None
+    engine: Literal["auto", Engine] | None = None
+    precision: Precision | None = None
 
     max_inflight: int | None = Field(None, ge=1)
 
-    def applies_to(self, device: str) -> bool:
+    def applies_to(self, device: Device | str) -> bool:
         """True when this block was chosen for ``device``'s kind (or for every device)."""
-        return self.device is None or device.split(":", 1)[0].strip().lower() == self.device
+        return self.device is None or Device(device).kind == self.device
 
-    def fields_for(self, device: str) -> dict[str, Any]:
+    def fields_for(self, device: Device | str) -> dict[str, Any]:
         """The batching fields set in this block, as ``BatchPolicy`` keywords, if it applies to ``device``, else {}."""
         if not self.applies_to(device):
             return {}
-        return self.model_dump(exclude={"device", "engine", "precision"}, exclude_none=True)
+        return self.model_dump(include=set(BATCHING_FIELDS), exclude_none=True)
+
+
+class DetectionSpec(_Strict):
+    """A detector's sizes and thresholds (torchvision's ``GeneralizedRCNNTransform`` and box-head options).
+
+    The server resizes each image so that the model's own resize is the identity (`input_size`).
+    """
+
+    min_size: int = Field(ge=1, description="shorter side of the working size")
+    max_size: int = Field(ge=1, description="longest side allowed")
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = Field(100, ge=1)
+    warmup_size: tuple[int, int] | None = Field(None, description="(H, W) of the warm-up image; None = min_size square")
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) a ``width`` x ``height`` image is resized to before the model (see `model_input_size`)."""
+        return model_input_size(width, height, self.min_size, self.max_size)
 
 
 class QuantizationSpec(_Strict):
@@ -254,7 +276,7 @@ class EntryConfig(_Strict):
     outputs: list[OutputSpec]
     attention: list[AttentionSpec]
     artifacts: dict[str, ArtifactSpec]
-    detection: dict[str, Any] | None = None
+    detection: DetectionSpec | None = None
     parity: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
@@ -270,6 +292,14 @@ class EntryConfig(_Strict):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         return check_safe_name(value, "model name")
+
+    def warmup_size(self) -> tuple[int, int]:
+        """(H, W) of the image that warms the model up: its fixed input size, else the detector's warm-up size."""
+        if self.input.size is not None:
+            return self.input.size
+        if self.detection is not None:
+            return self.detection.warmup_size or (self.detection.min_size, self.detection.min_size)
+        return ANY_SIZE_WARMUP
 
 
 def sha256_file(path: Path) -> str:

@@ -24,6 +24,7 @@ from eca_serve.batching.admission import Admission
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
 from eca_serve.runtime import BackendOptions
+from eca_serve.runtime.engines import serving_device
 from eca_serve.settings import Settings, inflight_limit
 
 log = logging.getLogger("eca_serve.api")
@@ -34,15 +35,14 @@ def serving_options(settings: Settings) -> ServingOptions:
 
     The batching settings that are set become defaults under each entry's config.json ``serving``
     block (which wins); unset ones keep the per-device defaults (`eca_serve.pipelines.manager.policy_for`).
+    The device is the one the backend can reach here (`serving_device`: CUDA without a GPU runtime is CPU).
     """
-    defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                  "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
-                                  "instances": settings.instances, "max_inflight": settings.max_inflight}.items()
-                if v is not None}
-    BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
+    device = serving_device(settings.backend, settings.device)
+    defaults = settings.batching_defaults()
+    BatchPolicy.for_device(device, **defaults)  # validate at start-up, not on first request
     return ServingOptions(
         repository=settings.model_repository,
-        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads,
+        backend=BackendOptions(settings.backend, device, settings.fp16, settings.threads,
                                cache_dir=settings.openvino_cache_dir),
         policy_defaults=defaults,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
@@ -83,9 +83,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.draining = False
     app.state.inflight = 0
-    app.state.max_inflight = inflight_limit(settings)
+    options = serving_options(settings)
+    app.state.max_inflight = inflight_limit(settings, options.backend.device)
     app.state.metrics = metrics = ServerMetrics(inflight=lambda: app.state.inflight)
-    app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
+    app.state.manager = ModelManager(options, on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
     app.state.admission = Admission(app.state.manager.inflight_limit)
     metrics.watch(app.state.manager, app.state.admission)
     metrics.registry.register(DriftCollector(app.state.manager))
