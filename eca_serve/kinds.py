@@ -1,18 +1,20 @@
 """The closed vocabularies of configuration, each defined once: devices, backend kinds, engines, precisions.
 
-Settings, config.json (`eca_serve.repository`), the runtime and the CLI import these instead of
-spelling the lists again; `Device` is parsed once where a value enters (settings, config, options).
+Settings, config.json (`eca_serve.repository`), the batcher, the runtime and the CLI import these instead
+of spelling the lists again; `Device` is parsed once where a value enters (settings, config, options).
+Standard library only (pydantic just when it builds a schema), so that the batcher may import it.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, get_args
-
-from pydantic import GetCoreSchemaHandler
-from pydantic_core import core_schema
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from eca_serve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import CoreSchema
 
 BackendKind = Literal["onnxruntime", "openvino", "torchscript", "eager"]
 BackendChoice = Literal["auto", BackendKind]  # what a user may ask for: a kind, or the rule of runtime.engines
@@ -64,7 +66,9 @@ class Device(str):
         return int(self.split(":", 1)[1]) if ":" in self else 0
 
     @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        from pydantic_core import core_schema  # here: the batcher imports this module and only the stdlib
+
         return core_schema.no_info_after_validator_function(cls, core_schema.str_schema(),
                                                            serialization=core_schema.to_string_ser_schema())
 

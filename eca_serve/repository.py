@@ -16,6 +16,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from eca_serve.errors import ConfigError
 from eca_serve.kinds import Device, DeviceKind, Engine, Precision, device_kind
+from eca_serve.preprocessing import Preprocessing
 
 CONFIG_FILE = "config.json"
 SCHEMA_VERSION = 1
@@ -36,8 +37,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputSpec(_Strict):
-    """How clients' images become the model input.
+class InputSpec(Preprocessing):
+    """How clients' images become the model input: the model's `Preprocessing` record plus the tensor's form.
 
     Classifiers take ``[N, 3, H, W]`` normalised float32 (``layout="NCHW"``); detectors take one
     ``[3, H, W]`` RGB image in [0, 1] (``layout="CHW"``) and normalise inside the model. The server
@@ -49,12 +50,6 @@ class InputSpec(_Strict):
     layout: Literal["NCHW", "CHW"]
     dtype: Literal["float32"] = "float32"
     color: Literal["RGB"] = "RGB"
-    size: tuple[int, int] | None = Field(None, description="(H, W) fed to the model; None = any size")
-    resize: int | None = Field(None, description="shorter side before the center crop")
-    crop: bool = False
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     normalized_in_model: bool = False
     preprocessing: Literal["fast", "reference"] | None = Field(
         None, description="classifier preprocessing for this entry; None = the server's ECA_SERVE_PREPROCESSING")
