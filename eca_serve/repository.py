@@ -150,7 +150,7 @@ class ServingSpec(_Strict):
     max_queue_delay_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_queue_size: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    engine: Literal["auto", Engine] | None = None
+    engine: Literal[Engine, "auto"] | None = None
     precision: Precision | None = None
 
     max_inflight: int | None = Field(None, ge=1)
