@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,8 +30,8 @@ class Preprocessing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    size: tuple[int, int] | None = Field(None, description="(H, W) fed to the model; None = any size")
-    resize: int | None = Field(None, description="shorter side before the center crop")
+    size: tuple[PositiveInt, PositiveInt] | None = Field(None, description="(H, W) fed to the model; None = any size")
+    resize: PositiveInt | None = Field(None, description="shorter side before the center crop")
     crop: bool = False
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     mean: tuple[float, float, float]

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PositiveInt
 
 from eca_serve.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -18,9 +18,9 @@ class PreprocessConfig(Preprocessing):
     and into the weights' metadata, under ``input_size`` there (the name older weights carry).
     """
 
-    size: tuple[int, int] = Field((224, 224), validation_alias=AliasChoices("input_size", "size"),
+    size: tuple[PositiveInt, PositiveInt] = Field((224, 224), validation_alias=AliasChoices("input_size", "size"),
                                   serialization_alias="input_size", description="(H, W) the model sees")
-    resize: int | None = 256
+    resize: PositiveInt | None = 256
     crop: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
