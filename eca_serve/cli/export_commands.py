@@ -35,13 +35,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
                    help="architecture argument, e.g. --arg 'widths=[16,32,64,128]' (repeatable; default: none)")
     p.add_argument("--json", action="store_true", help="print the entry config as JSON")
-    pre = p.add_argument_group("preprocessing (classifiers; default: what the weights store, else the architecture's)")
-    pre.add_argument("--input-size", type=int, nargs="+", metavar="PX", help="model input: H W, or one side for a square")
-    pre.add_argument("--resize", type=int, help="shorter side before the center crop")
-    pre.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help="center crop after the resize")
-    pre.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"])
-    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel mean of [0, 1] RGB")
-    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="per-channel standard deviation")
+    pre = p.add_argument_group("preprocessing of a classifier (each default: what the weights store, else the "
+                               "architecture's)")
+    stored = "default: as stored"
+    pre.add_argument("--input-size", type=int, nargs="+", metavar="PX", help=f"model input: H W, or one side; {stored}")
+    pre.add_argument("--resize", type=int, help=f"shorter side before the center crop; {stored}")
+    pre.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=f"center crop after the resize; {stored}")
+    pre.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help=f"resize filter; {stored}")
+    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help=f"per-channel mean of [0, 1] RGB; {stored}")
+    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help=f"per-channel standard deviation; {stored}")
 
 
 def with_preprocessing(model: Any, args: argparse.Namespace) -> Any:
