@@ -115,19 +115,19 @@ def accuracy(runs: dict[str, Session], inputs: np.ndarray, labels: np.ndarray, a
     from eca_serve.quantize.report import compare
 
     reference = None
-    print(f"{'variant':30} {'top-1':>6} {'agree':>6} {'max|dp|':>7} {'att max':>7} {'att first':>9} {'att mean':>8}")
+    print(f"{'variant':33} {'top-1':>6} {'agree':>6} {'max|dp|':>7} {'att max':>7} {'att first':>9} {'att mean':>8}")
     for label, session in runs.items():
         result = outputs(session, inputs)
         reference = reference or result
         c = compare(reference, result, labels, attention)
         first = next(iter(c.attention_per_layer.values()))
-        print(f"{label:30} {c.top1_int8:6.2f} {c.agreement:6.2f} {c.max_abs_prob_diff:7.3f} "
+        print(f"{label:33} {c.top1_int8:6.2f} {c.agreement:6.2f} {c.max_abs_prob_diff:7.3f} "
               f"{c.max_abs_attention_diff:7.3f} {first:9.3f} {c.mean_abs_attention_diff:8.5f}", flush=True)
 
 
 def speed(runs: dict[str, Session], shape: tuple[int, int], batch_sizes: list[int], rounds: int, seconds: float) -> None:
     """Print img/s per variant and batch size, windows alternating, and per-round ratios to the first variant."""
-    print(f"{'variant':30} {'batch':>5} {'img/s':>8} {'vs ORT FP32':>11} {'min-max':>11}")
+    print(f"{'variant':33} {'batch':>5} {'img/s':>8} {'vs ORT FP32':>11} {'min-max':>11}")
     for size in batch_sizes:
         x = np.random.default_rng(0).standard_normal((size, 3, *shape), dtype=np.float32)
         calls = {label: _call(s, x) for label, s in runs.items()}
@@ -140,7 +140,7 @@ def speed(runs: dict[str, Session], shape: tuple[int, int], batch_sizes: list[in
         base = rates[next(iter(rates))]
         for label, got in rates.items():
             ratios = [r / b for r, b in zip(got, base)]
-            print(f"{label:30} {size:5d} {statistics.median(got):8.1f} {statistics.median(ratios):10.2f}x "
+            print(f"{label:33} {size:5d} {statistics.median(got):8.1f} {statistics.median(ratios):10.2f}x "
                   f"{min(ratios):5.2f}-{max(ratios):4.2f}", flush=True)
 
 
