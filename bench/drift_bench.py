@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 from bench.loadgen import multipart_request, run_load  # noqa: E402
 from eca_serve.pipelines.base import drift_monitor  # noqa: E402
 from eca_serve.repository import read_config  # noqa: E402
-from eca_serve.runtime import BackendOptions, attention_key, create_backend  # noqa: E402
+from eca_serve.repository import attention_output
+from eca_serve.runtime import BackendOptions, create_backend  # noqa: E402
 from eca_serve.settings import Settings  # noqa: E402
 from tests.serving_utils import running_server  # noqa: E402
 
@@ -46,7 +47,7 @@ def per_image_cost(name: str, repeats: int = 200) -> dict[str, float]:
     outputs = run()
     per_item = [{k: v[0] for k, v in outputs.items()}] if config.task == "classification" else [outputs]
     monitor = drift_monitor(config, folder, 512)
-    keys = [attention_key(a.name) for a in config.attention]
+    keys = [attention_output(a.name) for a in config.attention]
 
     def observe() -> None:  # what the batch worker does: ModelPipeline.attention_rows + observe_rows
         monitor.observe_rows(np.stack([np.concatenate([np.ravel(o[k]) for k in keys]) for o in per_item]))

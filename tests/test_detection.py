@@ -17,7 +17,8 @@ from eca_serve.errors import CheckpointError, ConfigError
 from eca_serve.layers import EcaModule
 from eca_serve.models import create_model, get_entry, list_models
 from eca_serve.models._categories import coco_categories
-from eca_serve.models.detection import detect_detector_architecture, load_backbone_from_classifier
+from eca_serve.models.arch_detect import detect_detector_architecture
+from eca_serve.models.detection import load_backbone_from_classifier
 from eca_serve.models.profile import measure
 from eca_serve.models.zoo import k_size_from_checkpoint
 

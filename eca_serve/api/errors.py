@@ -1,4 +1,4 @@
-"""Typed errors -> HTTP status codes and ``{"error": "..."}`` bodies (the only place that knows statuses)."""
+"""Typed errors -> HTTP statuses, gRPC status codes and ``{"error": "..."}`` bodies (the only place that knows statuses)."""
 
 from __future__ import annotations
 
@@ -44,28 +44,36 @@ class UnauthorizedError(errors.ClientError):
     """An admin endpoint was called without the right token."""
 
 
-# Most specific first: special statuses, then the groups of `eca_serve.errors`.
-STATUS: list[tuple[type[Exception], int]] = [
-    (errors.UnknownModelError, 404),
-    (errors.NoDriftReferenceError, 404),
-    (errors.TooLargeError, 413),
-    (BodyTimeoutError, 408),
-    (ClientGoneError, 499),  # nginx's "client closed request": counted apart from server errors
-    (errors.UnsupportedMediaTypeError, 415),
-    (UnauthorizedError, 401),
-    (AdminDisabledError, 403),
-    (errors.InferenceRequestError, 400),
-    (errors.InvalidParameterError, 422),
-    (errors.ClientError, 400),
-    (errors.UnavailableError, 503),
-    (errors.RequestTimeoutError, 504),
-    (errors.ServerFault, 500),
+# Most specific first: special statuses, then the groups of `eca_serve.errors`. The error's type alone decides
+# the status in every protocol: (type, HTTP status, gRPC status code name). HTTP 400 is a malformed request
+# (bytes, JSON, tensors, query names), 422 a well-formed one whose parameter values break a rule.
+STATUSES: list[tuple[type[Exception], int, str]] = [
+    (errors.UnknownModelError, 404, "NOT_FOUND"),
+    (errors.NoDriftReferenceError, 404, "NOT_FOUND"),
+    (errors.TooLargeError, 413, "RESOURCE_EXHAUSTED"),
+    (BodyTimeoutError, 408, "DEADLINE_EXCEEDED"),
+    (ClientGoneError, 499, "CANCELLED"),  # nginx's "client closed request": counted apart from server errors
+    (errors.UnsupportedMediaTypeError, 415, "INVALID_ARGUMENT"),
+    (UnauthorizedError, 401, "UNAUTHENTICATED"),
+    (AdminDisabledError, 403, "PERMISSION_DENIED"),
+    (errors.InferenceRequestError, 400, "INVALID_ARGUMENT"),
+    (errors.InvalidParameterError, 422, "INVALID_ARGUMENT"),
+    (errors.ClientError, 400, "INVALID_ARGUMENT"),
+    (errors.QueueFullError, 503, "RESOURCE_EXHAUSTED"),
+    (errors.UnavailableError, 503, "UNAVAILABLE"),
+    (errors.RequestTimeoutError, 504, "DEADLINE_EXCEEDED"),
+    (errors.ServerFault, 500, "INTERNAL"),
 ]
 
 
 def status_of(exc: Exception) -> int:
     """HTTP status of a typed error; 500 for a `ServerFault` and anything unexpected."""
-    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+    return next((status for cls, status, _ in STATUSES if isinstance(exc, cls)), 500)
+
+
+def grpc_code_name_of(exc: Exception) -> str:
+    """Name of the ``grpc.StatusCode`` of a typed error; ``INTERNAL`` for a `ServerFault` and anything unexpected."""
+    return next((code for cls, _, code in STATUSES if isinstance(exc, cls)), "INTERNAL")
 
 
 def error_response(status: int, message: str) -> JSONResponse:

@@ -1,7 +1,8 @@
 """Open Inference Protocol (KServe v2 / Triton HTTP) bodies <-> tensors, with the binary tensor extension.
 
-Pure parsing and encoding: no models, no HTTP framework. Every malformed request raises
-`InferenceRequestError` (HTTP 400) with a message meant for the client.
+Pure parsing and encoding: no models, no HTTP framework. A malformed request raises
+`InferenceRequestError` (HTTP 400), a parameter value that breaks its rule (priority, timeout, classification
+count) `InvalidParameterError` (HTTP 422), each with a message meant for the client.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eca_serve.errors import InferenceRequestError
+from eca_serve.errors import InferenceRequestError, InvalidParameterError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BYTES = "BYTES"
@@ -168,7 +169,7 @@ def parse_outputs(value: object) -> list[OutputRequest] | None:
         binary = params.get("binary_data")
         count = params.get("classification", 0)
         if not _is_int(count) or count < 0:
-            raise InferenceRequestError(f"output {name!r}: classification must be an integer >= 0, got {count!r}")
+            raise InvalidParameterError(f"output {name!r}: classification must be an integer >= 0, got {count!r}")
         outputs.append(OutputRequest(name, None if binary is None else _bool(binary, f"output {name!r} binary_data"), count))
     names = [o.name for o in outputs]
     if len(set(names)) != len(names):
@@ -292,7 +293,7 @@ def request_priority(parameters: dict[str, Any]) -> int:
     """``parameters.priority``: an integer, higher runs first (0 = default)."""
     value = parameters.get("priority", 0)
     if not _is_int(value):
-        raise InferenceRequestError(f"parameters.priority must be an integer, got {value!r}")
+        raise InvalidParameterError(f"parameters.priority must be an integer, got {value!r}")
     return value
 
 
@@ -300,7 +301,7 @@ def request_timeout_s(parameters: dict[str, Any]) -> float | None:
     """``parameters.timeout`` (microseconds) in seconds; None (the server default) when absent or 0."""
     value = parameters.get("timeout", 0)
     if not _is_int(value) or not 0 <= value <= MAX_TIMEOUT_US:
-        raise InferenceRequestError(f"parameters.timeout must be an integer number of microseconds in [0, 2**64), got {value!r}")
+        raise InvalidParameterError(f"parameters.timeout must be an integer number of microseconds in [0, 2**64), got {value!r}")
     return value / 1e6 if value else None
 
 

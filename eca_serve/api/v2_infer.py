@@ -13,7 +13,7 @@ import numpy as np
 
 from eca_serve.api.v2_codec import InferRequest, OutputRequest, ShapeCheck, Tensor, request_priority, request_timeout_s
 from eca_serve.api.v2_models import IMAGE, INPUT, LOGITS, MASKS, PROBABILITIES, TensorSpec, input_specs, is_classifier, output_specs
-from eca_serve.errors import ImageTooLargeError, InferenceRequestError, TooManyImagesError
+from eca_serve.errors import ImageTooLargeError, InferenceRequestError, InvalidParameterError, TooManyImagesError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.contract import Classification, DetectionResult, ImageInput, Result
 from eca_serve.repository import EntryConfig
@@ -104,7 +104,7 @@ def _check_classification(config: EntryConfig, output: OutputRequest) -> None:
     if output.name not in (LOGITS, PROBABILITIES) or not is_classifier(config):
         raise InferenceRequestError(f"classification applies to a classifier's {LOGITS!r} or {PROBABILITIES!r}, not {output.name!r}")
     if output.classification > config.num_classes:
-        raise InferenceRequestError(f"classification must be between 1 and {config.num_classes}, got {output.classification}")
+        raise InvalidParameterError(f"classification must be between 1 and {config.num_classes}, got {output.classification}")
 
 
 async def run_inference(pipeline: ModelPipeline, request: InferRequest) -> list[tuple[Tensor, bool]]:
@@ -112,7 +112,7 @@ async def run_inference(pipeline: ModelPipeline, request: InferRequest) -> list[
     selected = select_outputs(pipeline.config, request)
     if len(request.inputs) != 1:
         raise InferenceRequestError(f"send exactly one input, {INPUT!r} or {IMAGE!r}; got {[t.name for t in request.inputs]}")
-    params = pipeline.params_type.parse(_task_parameters(pipeline.config, request, selected), error=InferenceRequestError)
+    params = pipeline.params_type.parse(_task_parameters(pipeline.config, request, selected))
     results = await pipeline.run(_inputs(request.inputs[0]), params)
     if is_classifier(pipeline.config):
         return classifier_outputs(pipeline.config, results, selected)

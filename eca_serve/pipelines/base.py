@@ -19,8 +19,7 @@ from eca_serve.pipelines.drift import DEFAULT_BUDGET, DEFAULT_WINDOW, DriftMonit
 from eca_serve.pipelines.images import DecodedImage, DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target
 from eca_serve.pipelines.preprocess_fast import check_mode
-from eca_serve.repository import EntryConfig
-from eca_serve.runtime import attention_key
+from eca_serve.repository import EntryConfig, attention_output
 
 __all__ = ["ImageInput", "LayerWeights", "ModelPipeline", "Prepared", "Ran", "StageTimes"]
 
@@ -277,12 +276,12 @@ class ModelPipeline:
 
     def attention_rows(self, outputs: list[dict[str, np.ndarray]]) -> np.ndarray:
         """A batch's attention as rows [N, sum of C]: each item's layers concatenated in config order."""
-        keys = [attention_key(a.name) for a in self.config.attention]
+        keys = [attention_output(a.name) for a in self.config.attention]
         return np.stack([np.concatenate([np.ravel(o[k]) for k in keys]) for o in outputs]).astype(np.float32, copy=False)
 
     def layer_weights(self, outputs: dict[str, np.ndarray]) -> list[LayerWeights]:
         """One image's attention, one entry per layer of the config (weights [C])."""
-        return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_key(a.name)]).reshape(-1), a.shape)
+        return [LayerWeights(a.name, a.kind, a.channels, a.k_size, np.asarray(outputs[attention_output(a.name)]).reshape(-1), a.shape)
                 for a in self.config.attention]
 
 

@@ -51,18 +51,18 @@ class RunParams(BaseModel):
     timeout_s: float | None = Field(None, gt=0, description="queue + inference limit (default: the model's)")
 
     @classmethod
-    def parse(cls: type[P], values: Mapping[str, Any], error: type[InvalidParameterError] = InvalidParameterError) -> P:
+    def parse(cls: type[P], values: Mapping[str, Any]) -> P:
         """Parameters from a mapping that may hold other keys (query strings, v2 ``parameters``).
 
         Raises:
-            InvalidParameterError (or ``error``): a known parameter of the wrong type or out of range.
+            InvalidParameterError: a known parameter of the wrong type or out of range (HTTP 422 in v1 and v2).
         """
         known = {k: v for k, v in values.items() if k in cls.model_fields and v is not None}
         try:
             return cls.model_validate(known)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise error(f"invalid parameters: {problems}") from None
+            raise InvalidParameterError(f"invalid parameters: {problems}") from None
 
 
 class ClassifyParams(RunParams):

@@ -6,8 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from eca_serve.errors import ConfigError
-
 log = logging.getLogger(__name__)
 
 
@@ -29,13 +27,6 @@ def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") ->
     if not device.startswith("cpu"):
         return f"{config.name}:{config.version} is INT8, served on CPU only, not on {device}{serve_instead}"
     return None
-
-
-def check_servable(config: Any, device: str, backend: str = "onnxruntime") -> None:
-    """Raise `ConfigError` with `unservable_reason` when ``config`` cannot be served there."""
-    reason = unservable_reason(config, device, backend)
-    if reason is not None:
-        raise ConfigError(reason)
 
 
 def servable_entries(entries: list[tuple[str, int, Path]], device: str, backend: str,

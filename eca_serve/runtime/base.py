@@ -7,8 +7,6 @@ from typing import Protocol
 
 import numpy as np
 
-from eca_serve.repository import attention_output as attention_key  # noqa: F401  (the runtime's name for it)
-
 # Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C]}.
 # Detector outputs per image: {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W],
 # "attention/<layer>": [1, C]}.

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eca_serve.runtime.base import BackendOptions, Outputs, attention_key
+from eca_serve.repository import attention_output
+from eca_serve.runtime.base import BackendOptions, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class TorchClassifier(_TorchBase):
         with torch.inference_mode():
             logits, attention = self.module.forward_with_attention(self._to_device(batch))
         out = {"logits": _numpy(logits)}
-        out.update({attention_key(k): _numpy(v) for k, v in attention.items()})
+        out.update({attention_output(k): _numpy(v) for k, v in attention.items()})
         return out
 
 
@@ -70,7 +71,7 @@ class TorchDetector(_TorchBase):
         results = []
         for i, det in enumerate(detections):
             out = {k: _numpy(v) for k, v in det.items()}
-            out.update({attention_key(k): _numpy(v[i : i + 1]) for k, v in attention.items()})
+            out.update({attention_output(k): _numpy(v[i : i + 1]) for k, v in attention.items()})
             results.append(out)
         return results
 

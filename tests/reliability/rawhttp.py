@@ -26,6 +26,7 @@ class RawResponse:
     body: bytes
     seconds: float = 0.0
     raw: bytes = dataclasses.field(default=b"", repr=False)
+    body_sent: int | None = None  # body bytes the client had sent when the answer came (`trickle`)
 
     def json(self) -> object:
         return json.loads(self.body)
@@ -109,9 +110,13 @@ def send_and_vanish(base: str, path: str, headers: dict[str, str], body: bytes) 
 
 def trickle(base: str, path: str, content_type: str, body: bytes, chunk: int, interval_s: float,
             give_up_s: float) -> RawResponse | None:
-    """Send ``body`` ``chunk`` bytes every ``interval_s`` (a slow client); stop at the server's answer or after ``give_up_s``."""
+    """Send ``body`` ``chunk`` bytes every ``interval_s`` (a slow client); stop at the server's answer or after ``give_up_s``.
+
+    The answer's ``body_sent`` tells how much of ``body`` had gone out when it came.
+    """
     sock = connect(base)
     start = time.monotonic()
+    sent = 0
     try:
         sock.sendall(head("POST", path, {"Content-Type": content_type, "Content-Length": str(len(body))}))
         for offset in range(0, len(body), chunk):
@@ -121,12 +126,17 @@ def trickle(base: str, path: str, content_type: str, body: bytes, chunk: int, in
                 sock.sendall(body[offset: offset + chunk])
             except OSError:  # the server answered and closed: read what it said
                 break
+            sent = min(len(body), offset + chunk)
             answer = read_response(sock, interval_s) if select.select([sock], [], [], interval_s)[0] else None
             if answer is not None:
-                return timed_from(answer, start)
-        return timed_from(read_response(sock, max(0.0, give_up_s - (time.monotonic() - start))), start)
+                return _sent(timed_from(answer, start), sent)
+        return _sent(timed_from(read_response(sock, max(0.0, give_up_s - (time.monotonic() - start))), start), sent)
     finally:
         sock.close()
+
+
+def _sent(answer: RawResponse | None, sent: int) -> RawResponse | None:
+    return None if answer is None else dataclasses.replace(answer, body_sent=sent)
 
 
 def stall(base: str, path: str, headers: dict[str, str], prefix: bytes = b"", wait_s: float = 10.0) -> RawResponse | None:

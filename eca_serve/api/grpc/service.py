@@ -1,8 +1,8 @@
 """The RPCs of ``inference.GRPCInferenceService``, answering what the HTTP v2 endpoints answer.
 
 Shares the HTTP app's state: its model manager, settings, in-flight counter (``app.state.inflight`` and
-``max_inflight``), per-model admission (``app.state.admission``), draining flag and metrics registry. Errors map to status codes by the groups of
-`eca_serve.errors`, in one place (`status_of`).
+``max_inflight``), per-model admission (``app.state.admission``), draining flag and metrics registry. Errors map to status codes by their type, in
+the table HTTP uses too (`eca_serve.api.errors.STATUSES`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 
 import eca_serve
 from eca_serve import errors
+from eca_serve.api.errors import grpc_code_name_of
 from eca_serve.api.grpc.metrics import GrpcMetrics
 from eca_serve.api.grpc.protocol import SERVICE, messages, rpc_types
 from eca_serve.api.grpc.tensors import fill_model_infer_response, parse_model_infer
@@ -36,15 +37,6 @@ log = logging.getLogger("eca_serve.api.grpc")
 EXTENSIONS = ["classification", "statistics", "model_repository"]
 UNTRACKED = ("ServerLive", "ServerReady")  # probes: never refused, not in-flight work
 INTERNAL_MESSAGE = "internal error (see the server log)"
-# Most specific first; anything else is INTERNAL.
-CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
-    (errors.UnknownModelError, grpc.StatusCode.NOT_FOUND),
-    (errors.QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.TooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.UnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (errors.RequestTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.ClientError, grpc.StatusCode.INVALID_ARGUMENT),
-]
 INFER = "ModelInfer"
 # A call ended this close to its deadline ended by it: the client's own deadline timer cancels the call a
 # transit time before the server's copy expires, and `with_deadline` made the request timeout that deadline.
@@ -57,8 +49,8 @@ class InflightLimitError(errors.QueueFullError):
 
 
 def status_of(exc: Exception) -> grpc.StatusCode:
-    """gRPC status code of a typed error; INTERNAL for anything unexpected."""
-    return next((code for cls, code in CODES if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    """gRPC status code of a typed error (`eca_serve.api.errors.STATUSES`); INTERNAL for anything unexpected."""
+    return grpc.StatusCode[grpc_code_name_of(exc)]
 
 
 class InferenceService:

@@ -10,7 +10,6 @@ from eca_serve.models.detection.builders import (
     detection_categories,
     load_backbone_from_classifier,
 )
-from eca_serve.models.detection.detect_arch import detect_detector_architecture
 from eca_serve.models.detection.models import EcaFasterRCNN, EcaMaskRCNN, EcaRetinaNet
 
 __all__ = [
@@ -20,7 +19,6 @@ __all__ = [
     "EcaRetinaNet",
     "build_detector",
     "default_kernel_sizes",
-    "detect_detector_architecture",
     "detection_categories",
     "eca_resnet_fpn_backbone",
     "load_backbone_from_classifier",
