@@ -1,7 +1,8 @@
 """INT8 for OpenVINO, two paths side by side: the QDQ entry as it is (A) or NNCF post-training quantization (B).
 
 Run: ``nice python bench/int8_paths_bench.py [--entry shapes_classifier] [--zoo eca_resnet50] [--rounds 5]
-[--seconds 1] [--batch-sizes 1,8] [--threads 2] [--presets performance,mixed]``.
+[--seconds 1] [--batch-sizes 1,8] [--threads 2] [--presets performance,mixed]``. Needs ``nncf`` besides the dev
+install (``pip install nncf``): no extra carries it, since no shipped path uses it (docs/performance.md says why).
 
 - **A**: the entry's QDQ INT8 graph (``eca-serve quantize``: ONNX Runtime static QDQ, minmax, weights int8 per
   channel, activations uint8 per tensor, the attention weights' nodes float), run by ONNX Runtime and by
