@@ -104,6 +104,20 @@ def sessions(paths: dict[str, tuple[str, Path, str]], threads: int) -> dict[str,
     return out
 
 
+def runtime_graph(runs: dict[str, Session]) -> None:
+    """Print, per OpenVINO variant, its runtime graph's convolutions and reorders by executed precision."""
+    from collections import Counter
+
+    for label, session in runs.items():
+        if not hasattr(session, "compiled"):
+            continue
+        kinds = Counter((str(info["layerType"].astype(str)), str(info["runtimePrecision"].astype(str)))
+                        for info in (op.get_rt_info() for op in session.compiled.get_runtime_model().get_ops()))
+        shown = {f"{kind} {precision}": n for (kind, precision), n in sorted(kinds.items())
+                 if kind in ("Convolution", "Reorder", "Reduce")}
+        print(f"{label:33} runtime graph: {shown}")
+
+
 def outputs(session: Session, inputs: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
     """Every output of ``session`` on ``inputs`` [N, 3, H, W]: name -> [N, ...]."""
     names, feed = [o.name for o in session.get_outputs()], session.get_inputs()[0].name
@@ -179,6 +193,7 @@ def run_entry(folder: Path, int8_folder: Path, calibration: np.ndarray, eval_set
         graphs[preset] = nncf_quantize(fp32, scratch / f"{config.name}_{preset}.xml", calibration, attention, preset)
         print(f"NNCF {preset}: {time.perf_counter() - start:.1f} s on {len(calibration)} calibration images", flush=True)
     runs = sessions(variants(fp32, qdq, graphs), args.threads)
+    runtime_graph(runs)
     if eval_set is not None:
         print(f"\naccuracy, {len(eval_set[0])} held-out images, against ORT FP32:")
         accuracy(runs, *eval_set, attention)
