@@ -184,12 +184,28 @@ class DetectionSpec(_Strict):
         return model_input_size(width, height, self.min_size, self.max_size)
 
 
+class EngineAccuracy(_Strict):
+    """The INT8 graph's accuracy against FP32 when another engine runs it (fields as in `QuantizationSpec`)."""
+
+    engine: Literal["openvino"]
+    version: str
+    top1_int8: float | None
+    top1_drop: float
+    agreement: float
+    max_abs_prob_diff: float
+    max_abs_attention_diff: float | None
+    mean_abs_attention_diff: float | None
+    attention_diff_per_layer: dict[str, float] = {}
+
+
 class QuantizationSpec(_Strict):
     """How an INT8 entry was made from its FP32 parent and what it costs in accuracy.
 
     Accuracy fields compare the two graphs on the same ``eval_images``, preprocessed as the server
-    does. Top-1 fields are None when the eval images carry no labels; the bound then applies to
-    the disagreement (100 - ``agreement``), which bounds any top-1 drop from above.
+    does, the INT8 graph run by ONNX Runtime. Top-1 fields are None when the eval images carry no
+    labels; the bound then applies to the disagreement (100 - ``agreement``), which bounds any top-1
+    drop from above. ``openvino``: the same graph compiled by OpenVINO, the other engine that serves
+    it (measured where openvino is installed); ``accepted`` then needs both drops within ``max_drop``.
     """
 
     parent_version: int = Field(ge=1)
@@ -214,6 +230,7 @@ class QuantizationSpec(_Strict):
     attention_diff_per_layer: dict[str, float] = {}
     accepted: bool
     onnxruntime: str
+    openvino: EngineAccuracy | None = None
 
 
 class _Latest(_Strict):
