@@ -100,6 +100,29 @@ def test_int8_keeps_the_embedding_output_in_float(repository: Path, images) -> N
     assert 0.9 < cosine.min() and not np.array_equal(fp32, int8)  # quantized, pointing the same way
 
 
+def test_the_report_measures_the_same_int8_graph_on_openvino(repository: Path, images) -> None:
+    ov = pytest.importorskip("openvino")
+    config = read_config(repository / NAME / "2")
+    report, on_openvino = config.quantization, config.quantization.openvino
+    assert on_openvino is not None and on_openvino.engine == "openvino" and on_openvino.version == ov.__version__
+    files = sorted(images[1].rglob("*.png"))
+    labels = np.array([int(f.parent.name[:2]) for f in files])
+    x = preprocessed(config, files)
+    fp32 = run(repository / NAME / "1" / "model.onnx", x)
+    compiled = ov.Core().compile_model(str(repository / NAME / "2" / "model.onnx"), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    parts = [compiled(x[i:i + 32]) for i in range(0, len(x), 32)]
+    int8 = {name: np.concatenate([p[compiled.output(name)] for p in parts]) for name in fp32}
+    top1 = 100.0 * np.mean(int8["logits"].argmax(1) == labels)
+    assert on_openvino.top1_int8 == pytest.approx(top1) and on_openvino.top1_drop == pytest.approx(report.top1_fp32 - top1)
+    assert on_openvino.agreement == pytest.approx(100.0 * np.mean(fp32["logits"].argmax(1) == int8["logits"].argmax(1)))
+    for layer in config.attention:
+        diff = np.abs(int8[layer.output] - fp32[layer.output]).max()
+        assert on_openvino.attention_diff_per_layer[layer.output] == pytest.approx(diff, abs=1e-5)
+    assert on_openvino.max_abs_attention_diff > 0  # OpenVINO ran it as INT8, not as the FP32 parent
+    assert report.accepted == (max(report.top1_drop, on_openvino.top1_drop) <= report.max_drop)
+
+
 def test_the_quantization_command_shows_the_report(repository: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["quantization", f"{NAME}:2", "--model-repository", str(repository), "--json"]) == 0

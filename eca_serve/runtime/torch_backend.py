@@ -94,4 +94,4 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _is_cuda(options: BackendOptions) -> bool:
-    return options.device.startswith("cuda")
+    return options.device.is_cuda
