@@ -48,9 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN: ours are local (api/docs.py)
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
+    options = serving_options(settings)
     metrics = ServerMetrics(inflight=lambda: plane.inflight)
-    manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
-    app.state.dataplane = plane = DataPlane(manager, inflight_limit(settings))
+    manager = ModelManager(options, on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
+    app.state.dataplane = plane = DataPlane(manager, inflight_limit(settings, options.backend.device))
     app.state.metrics = metrics
     app.state.manager, app.state.admission = manager, plane.admission  # the plane's own, for tests and tools
     metrics.watch(manager, plane.admission)

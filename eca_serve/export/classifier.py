@@ -53,10 +53,8 @@ def _parity(model: nn.Module, backends: dict[str, Any], inputs: list[Tensor], to
 
 
 def input_spec(model: nn.Module) -> InputSpec:
-    """Input description of a classifier from its preprocessing config."""
-    pre = model.config.preprocess
-    return InputSpec(layout="NCHW", size=tuple(pre.input_size), resize=pre.resize, crop=pre.crop,
-                     interpolation=pre.interpolation, mean=pre.mean, std=pre.std)
+    """Input description of a classifier: its preprocessing record as it is, as a [N, 3, H, W] tensor."""
+    return InputSpec(layout="NCHW", **model.config.preprocess.record())
 
 
 def embedding_spec(model: nn.Module, example: Tensor) -> EmbeddingSpec:

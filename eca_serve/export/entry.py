@@ -18,7 +18,8 @@ import eca_serve
 from eca_serve.errors import EcaServeError
 from eca_serve.export import formats, parity
 from eca_serve.repository import (
-    ArtifactSpec, AttentionSpec, EmbeddingSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, write_config,
+    ArtifactSpec, AttentionSpec, DetectionSpec, EmbeddingSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec,
+    attention_output, write_config,
 )
 from eca_serve.introspect import attention_layers
 
@@ -121,7 +122,7 @@ def write_parity(out_dir: Path, report: parity.ParityReport) -> None:
 
 def finish_entry(
     model: nn.Module, out_dir: Path, options: ExportOptions, report: parity.ParityReport,
-    input_spec: InputSpec, outputs: list[OutputSpec], artifacts: dict[str, Any], detection: dict | None = None,
+    input_spec: InputSpec, outputs: list[OutputSpec], artifacts: dict[str, Any], detection: DetectionSpec | None = None,
     embedding: EmbeddingSpec | None = None,
 ) -> EntryConfig:
     """Write the parity report, then (only if it passed) ``config.json``."""

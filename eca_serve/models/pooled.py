@@ -6,8 +6,6 @@ logits. `PooledClassifier` writes ``forward_with_embedding`` and ``forward_with_
 of two family methods, so the families differ only where their networks differ.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import Tensor
 
@@ -21,6 +19,10 @@ class PooledClassifier:
             [B, 3, H, W]; appends each attention layer's weights to ``weights``.
         ``classify(embedding) -> [B, K]``: dropout (identity in eval) and the final layer.
     """
+
+    # NOTE: a real annotation (no `from __future__ import annotations` here): TorchScript reads it to type
+    # the empty list of a network without attention
+    attention_layers: list[str]
 
     def pool(self, x: Tensor) -> Tensor:
         """Embedding [B, C] of a feature map [B, C, h, w] through the family's ``avgpool``, flattened."""

@@ -11,24 +11,25 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from eca_serve.errors import ConfigError
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.contract import Detection, DetectionResult, DetectParams
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.masks import encode_mask
 from eca_serve.pipelines.preprocess import preprocess_detection
 from eca_serve.pipelines.task import Column, OutputAsk, Ran, Task, TensorSpec, with_attention
-from eca_serve.repository import EntryConfig, model_input_size
+from eca_serve.repository import DetectionSpec, EntryConfig, InputSpec
 
 MASKS = "masks"
 
 
-def detector_input(image: Image.Image, spec: Any, detection: dict[str, Any]) -> np.ndarray:
+def detector_input(image: Image.Image, spec: InputSpec, detection: DetectionSpec) -> np.ndarray:
     """RGB image -> float32 [3, H, W] already at the model's working size.
 
     NOTE: resizing here (Pillow, antialiased) instead of inside the model keeps TorchScript and ONNX
     Runtime identical (their internal upsampling rounds sizes differently) and makes large photos cheap.
     """
-    size = model_input_size(*image.size, detection["min_size"], detection["max_size"])
+    size = detection.input_size(*image.size)
     if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     return preprocess_detection(image, spec)
@@ -38,11 +39,17 @@ class DetectionPipeline(ModelPipeline):
     """Decode -> resize to the model's working size -> batch (same size only) -> detector graph."""
 
     def decode_target(self) -> tuple[int, int] | None:
-        side = self.config.detection["min_size"]
+        side = self._detection.min_size
         return (side, side)
 
     def preprocess(self, decoded: DecodedImage) -> np.ndarray:
-        return detector_input(decoded.image, self.config.input, self.config.detection)
+        return detector_input(decoded.image, self.config.input, self._detection)
+
+    @property
+    def _detection(self) -> DetectionSpec:
+        if self.config.detection is None:  # export writes it for every detector; a hand-made config may not
+            raise ConfigError(f"{self.config.name}/{self.config.version}: a detector's config.json needs a detection block")
+        return self.config.detection
 
 
 class DetectionItem(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
+from eca_serve.kinds import Device
 from eca_serve.repository import EntryConfig, check_safe_name, list_entries, parse_config, verify_artifacts
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.control import ModelControl, Mode
@@ -22,7 +23,7 @@ from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.servable import servable_entries
 from eca_serve.pipelines.tasks import pipeline_class, tasks_for
 from eca_serve.runtime import BackendOptions, create_backend, warm_up
-from eca_serve.runtime.engines import entry_options
+from eca_serve.runtime.engines import entry_options, serving_device
 from eca_serve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,15 +56,14 @@ def serving_options(settings: Settings) -> ServingOptions:
 
     The batching settings that are set become defaults under each entry's config.json ``serving``
     block (which wins); unset ones keep the per-device defaults (`eca_serve.pipelines.manager.policy_for`).
+    The device is the one the backend can reach here (`serving_device`: CUDA without a GPU runtime is CPU).
     """
-    defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                  "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
-                                  "instances": settings.instances, "max_inflight": settings.max_inflight}.items()
-                if v is not None}
-    BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
+    device = serving_device(settings.backend, settings.device)
+    defaults = settings.batching_defaults()
+    BatchPolicy.for_device(device, **defaults)  # validate at start-up, not on first request
     return ServingOptions(
         repository=settings.model_repository,
-        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads,
+        backend=BackendOptions(settings.backend, device, settings.fp16, settings.threads,
                                cache_dir=settings.openvino_cache_dir),
         policy_defaults=defaults,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
@@ -73,7 +73,7 @@ def serving_options(settings: Settings) -> ServingOptions:
     )
 
 
-def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
+def policy_for(config: EntryConfig, device: Device | str, defaults: dict[str, Any]) -> BatchPolicy:
     """The batching policy of one entry, decided field by field, first match wins.
 
     1. the entry's ``serving`` block in config.json (if it applies to ``device``), as Triton's
@@ -106,7 +106,7 @@ def backend_options_for(options: BackendOptions, policy: BatchPolicy) -> Backend
     together use every core once instead of oversubscribing them; a batch running alone gets every
     core (``solo_threads``, honoured by the ONNX Runtime backend).
     """
-    if options.threads > 0 or not options.device.startswith("cpu"):
+    if options.threads > 0 or options.device.is_cuda:
         return options
     cores = available_cores()
     return dataclasses.replace(options, threads=max(1, cores // policy.instances), solo_threads=cores)

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from eca_serve.kinds import BackendChoice, Device, Precision
+
 # One input's outputs, per item of a call: classifiers {"logits": [K], "attention/<layer>": [C], "embedding"?: [D]}
 # ("embedding" from entries exported with it);
 # detectors {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W], "attention/<layer>": [1, C]}.
@@ -18,8 +20,9 @@ class BackendOptions:
     """How to run a model.
 
     Attributes:
-        kind: ``onnxruntime``, ``openvino``, ``torchscript`` or ``eager``.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        kind: ``onnxruntime``, ``openvino``, ``torchscript`` or ``eager`` (``auto`` until
+            `eca_serve.runtime.engines.entry_options` resolves it for an entry).
+        device: ``cpu``, ``cuda`` or ``cuda:N``; a plain string is parsed into a `Device`.
         fp16: Half precision on CUDA (torch backends; ignored on CPU).
         threads: Intra-op threads of one run (0 = library default).
         solo_threads: CPU, ONNX Runtime only: when greater than ``threads``, a second session with
@@ -31,13 +34,16 @@ class BackendOptions:
         cache_dir: OpenVINO's compiled-blob cache folder (a sub-folder per entry); "" = no cache.
     """
 
-    kind: str = "onnxruntime"
-    device: str = "cpu"
+    kind: BackendChoice = "onnxruntime"
+    device: Device = Device("cpu")
     fp16: bool = False
     threads: int = 0
     solo_threads: int = 0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", Device(self.device))
 
 
 class Backend(Protocol):

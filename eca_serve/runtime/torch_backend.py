@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eca_serve.export.formats import readout_methods
 from eca_serve.repository import EMBEDDING_OUTPUT, attention_output
 from eca_serve.runtime.base import BackendOptions, Outputs, split_batch
 
@@ -23,8 +24,7 @@ def load_torchscript(path: Path, options: BackendOptions) -> Any:
     module = torch.jit.load(str(path), map_location=options.device).eval()
     if options.fp16 and _is_cuda(options):
         module = module.half()
-    readouts = [m for m in ("forward_with_attention", "forward_with_embedding") if hasattr(module, m)]
-    return torch.jit.freeze(module, preserved_attrs=readouts)
+    return torch.jit.freeze(module, preserved_attrs=readout_methods(module))
 
 
 def load_eager(config: Any, folder: Path, options: BackendOptions) -> nn.Module:
@@ -96,4 +96,4 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _is_cuda(options: BackendOptions) -> bool:
-    return options.device.startswith("cuda")
+    return options.device.is_cuda

@@ -37,19 +37,22 @@ class _Tracer(fx.Tracer):
     the branch would be frozen at trace time.
     """
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, head: str | None = None) -> None:
         super().__init__()
         self._with_conv = {id(m) for m in root.modules() if any(isinstance(c, nn.Conv2d) for c in m.modules())}
+        self._head = head
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self._head is not None and self._head.startswith(f"{module_qualified_name}."):
+            return False  # traced into down to ``head`` (e.g. ``classifier`` to reach ``classifier.1``)
         if isinstance(m, (EcaModule, SEModule)) or id(m) not in self._with_conv:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def _trace(module: nn.Module) -> fx.Graph:
+def _trace(module: nn.Module, head: str | None = None) -> fx.Graph:
     try:
-        return _Tracer(module).trace(module)
+        return _Tracer(module, head).trace(module)
     except Exception as exc:  # torch.fx raises many kinds (TraceError, TypeError, ...) on dynamic code
         raise ConfigError(f"cannot trace {type(module).__name__} for surgery: {exc}") from exc
 
@@ -131,9 +134,9 @@ def _install_method(gm: fx.GraphModule, name: str, src: str, globals_: dict[str,
 
 
 def _return_embedding(graph: fx.Graph, head: str) -> None:
-    """Make a collecting graph return ``(output, embedding [B, D], weights)``: the embedding is the input of
-    the call of ``head`` (or of the leaf module holding it, e.g. ``classifier`` for ``classifier.1``), flattened."""
-    calls = [n for n in graph.nodes if n.op == "call_module" and (head == n.target or head.startswith(f"{n.target}."))]
+    """Make a collecting graph (traced down to ``head``) return ``(output, embedding [B, D], weights)``: the
+    embedding is the input of the call of ``head``, flattened."""
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == head]
     if len(calls) != 1:
         raise ConfigError(f"classification layer {head!r} is called {len(calls)} times in the forward, not once")
     output = next(n for n in graph.nodes if n.op == "output")
@@ -162,7 +165,7 @@ def rewrite(module: nn.Module, gates: list[str], head: str | None = None) -> fx.
     code = collecting.python_code(root_module="self")
     _install_method(gm, "forward_with_attention", code.src, code.globals)
     if head is not None:
-        embedding = _trace(module)
+        embedding = _trace(module, head)
         _rewrite(embedding, module, gates, collect=True)
         _return_embedding(embedding, head)
         code = embedding.python_code(root_module="self")
