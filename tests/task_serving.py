@@ -42,21 +42,29 @@ def http_and_grpc(settings: Settings) -> Iterator[tuple[str, str, object]]:
         thread.join(timeout=30)
 
 
-def classifier_with_embedding(repository: Path, name: str = "shapes_embed") -> Path:
-    """The shipped FP32 classifier as entry ``name``, its ONNX graph also returning the input of the
-    classifier head, ``embedding`` [N, D] (the pooled features), as an extra output; ONNX only."""
+def classifier_with_embedding(repository: Path, name: str = "shapes_embed", embedding: bool = True) -> Path:
+    """The shipped FP32 classifier as entry ``name`` (ONNX only), its graph returning the input of the
+    classifier head, ``embedding`` [N, D] (the pooled features), or, with ``embedding`` False, not."""
     folder = repository / name / "1"
     folder.mkdir(parents=True)
     model = onnx.load(str(CLASSIFIER / "model.onnx"))
+    config = json.loads((CLASSIFIER / "config.json").read_text())
     head = next(n for n in model.graph.node if "logits" in n.output)
     width = next(i for i in model.graph.initializer if i.name == head.input[1]).dims[1]
-    model.graph.node.append(helper.make_node("Identity", [head.input[0]], ["embedding"]))
-    model.graph.output.append(helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["batch", width]))
+    has = any(o.name == "embedding" for o in model.graph.output)
+    if embedding and not has:
+        model.graph.node.append(helper.make_node("Identity", [head.input[0]], ["embedding"]))
+        model.graph.output.append(helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["batch", width]))
+        config["outputs"].append({"name": "embedding", "shape": [-1, width], "dtype": "float32"})
+    if not embedding and has:
+        model.graph.output.remove(next(o for o in model.graph.output if o.name == "embedding"))
+        config["outputs"] = [o for o in config["outputs"] if o["name"] != "embedding"]
     onnx.save(model, str(folder / "model.onnx"))
-    config = json.loads((CLASSIFIER / "config.json").read_text())
     config["name"] = name
-    config["outputs"].append({"name": "embedding", "shape": [-1, width], "dtype": "float32"})
-    config["embedding"] = {"output": "embedding", "dim": width}
+    if embedding:
+        config["embedding"] = {"output": "embedding", "dim": width}
+    else:
+        config.pop("embedding", None)
     onnx_artifact = {**config["artifacts"]["onnx"], "sha256": sha256_file(folder / "model.onnx"),
                      "bytes": (folder / "model.onnx").stat().st_size}
     config["artifacts"] = {"onnx": onnx_artifact}

@@ -4,7 +4,6 @@ protocol and in ``eca-serve predict``, from the same forward pass as its classif
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import tritonclient.http as th
 from onnx import numpy_helper
 
 from eca_serve.settings import Settings
-from tests.task_serving import CLASSIFIER, ROOT, classifier_with_embedding, http_and_grpc
+from tests.task_serving import ROOT, classifier_with_embedding, http_and_grpc
 
 NAME = "shapes_embed"
 IMAGES = {f: (ROOT / "examples" / f).read_bytes() for f in ("star.png", "cross.png", "pentagon.png")}
@@ -30,7 +29,7 @@ IMAGES = {f: (ROOT / "examples" / f).read_bytes() for f in ("star.png", "cross.p
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("embed_models")
     classifier_with_embedding(root, NAME)
-    shutil.copytree(CLASSIFIER, root / "shapes_classifier" / "1")  # no embedding output
+    classifier_with_embedding(root, "shapes_classifier", embedding=False)
     return root
 
 
