@@ -46,6 +46,8 @@ class Run:
     left: int = 0  # requests the leavers sent and walked away from
     inferred: float = 0.0  # images the server inferred during the run
     cancelled: float = 0.0  # requests the server counted as cancelled by disconnect
+    server_cpu: float = 0.0  # CPU seconds (user + system) of the server process during the run
+    client_cpu: float = 0.0  # CPU seconds of this load generator during the run
 
     def count(self, status: int | None, seconds: float, steady: bool) -> None:
         if status is None:
@@ -102,16 +104,23 @@ async def leaver(base: str, request: bytes, run: Run, stop_at: float) -> None:
         run.left += 1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def counters(base: str, model: str) -> tuple[float, float]:
     text = httpx.get(f"{base}/metrics", timeout=30).text
     return (metric(text, "eca_serve_inference_count_total", model=model),
             metric(text, "eca_serve_requests_cancelled_total", model=model, reason="disconnect"))
 
 
-async def one_run(base: str, model: str, request: bytes, seconds: float, concurrency: int, *, flood: tuple[int, float] | None = None,
-                  leavers: int = 0) -> Run:
-    run = Run(seconds)
+async def one_run(server: ServerProcess, model: str, request: bytes, seconds: float, concurrency: int, *,
+                  flood: tuple[int, float] | None = None, leavers: int = 0) -> Run:
+    run, base = Run(seconds), server.base
     before = counters(base, model)
+    cpu_before = cpu_seconds(server.pid), time.process_time()
     stop_at = time.perf_counter() + seconds
     tasks = [steady(base, request, run, stop_at) for _ in range(concurrency)]
     if flood:
@@ -119,6 +128,7 @@ async def one_run(base: str, model: str, request: bytes, seconds: float, concurr
     tasks += [leaver(base, request, run, stop_at) for _ in range(leavers)]
     await asyncio.gather(*tasks)
     await asyncio.sleep(1.0)  # the last leavers' requests finish or are cancelled
+    run.server_cpu, run.client_cpu = cpu_seconds(server.pid) - cpu_before[0], time.process_time() - cpu_before[1]
     after = counters(base, model)
     run.inferred, run.cancelled = after[0] - before[0], after[1] - before[1]
     return run
@@ -132,6 +142,8 @@ def flood_lines(pairs: list[tuple[Run, Run]], size: int) -> list[str]:
                      f"p99 {ms(loud.accepted, .99):7.1f} ms (n={len(loud.accepted)}), 503 p50 {ms(loud.rejected, .5):7.1f} "
                      f"p99 {ms(loud.rejected, .99):7.1f} ms (n={len(loud.rejected)}), lost {quiet.lost + loud.lost}, "
                      f"5xx {quiet.server_errors + loud.server_errors}, statuses {dict(sorted(loud.statuses.items()))}")
+        flooded = sum(loud.statuses.values()) - len(loud.accepted)
+        lines.append(f"    {cpu_line(quiet, loud, flooded, 'flood request')}")
     ratios = [ms(loud.accepted, .99) / ms(quiet.accepted, .99) for quiet, loud in pairs]
     rejected = [s for _, loud in pairs for s in loud.rejected]
     lines.append(f"all rounds: 503 p50 {ms(rejected, .5):.1f} ms p99 {ms(rejected, .99):.1f} ms (n={len(rejected)}); "
@@ -148,8 +160,22 @@ def disconnect_lines(pairs: list[tuple[Run, Run]]) -> list[str]:
                      f"{len(loud.accepted) / loud.seconds:6.1f} req/s ({len(loud.accepted) / max(1, len(quiet.accepted)):.3f}x); "
                      f"leavers sent {loud.left}, inferred for them {spent:.0f} ({100 * spent / max(1, loud.left):.1f}%), "
                      f"cancelled by disconnect {loud.cancelled:.0f}, lost {quiet.lost + loud.lost}, 5xx "
-                     f"{quiet.server_errors + loud.server_errors}")
+                     f"{quiet.server_errors + loud.server_errors}, steady statuses {dict(sorted(loud.statuses.items()))}")
+        lines.append(f"    {cpu_line(quiet, loud, loud.left, 'leaver request')}")
     return lines
+
+
+def cpu_line(quiet: Run, loud: Run, extra: int, what: str) -> str:
+    """Server and client CPU of both runs, and the server's CPU per ``extra`` request beyond the steady load.
+
+    The steady load's share of the "with" run is the "without" run's CPU per accepted request times the
+    "with" run's accepted requests.
+    """
+    per_steady = quiet.server_cpu / max(1, len(quiet.accepted))
+    beyond = loud.server_cpu - per_steady * len(loud.accepted)
+    return (f"CPU s server/client: without {quiet.server_cpu:.2f}/{quiet.client_cpu:.2f}, with {loud.server_cpu:.2f}/"
+            f"{loud.client_cpu:.2f}; server {1000 * per_steady:.2f} ms per steady answer, "
+            f"{1000 * beyond / max(1, extra):.2f} ms per {what} (n={extra})")
 
 
 def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: int, concurrency: int, flood_size: int,
@@ -161,13 +187,13 @@ def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: 
           f"{seconds:g} s with), client and server on the same {os.cpu_count()} cores", flush=True)
     pairs: list[tuple[Run, Run]] = []
     try:
-        asyncio.run(one_run(server.base, model, request, 3.0, concurrency))  # warm-up
+        asyncio.run(one_run(server, model, request, 3.0, concurrency))  # warm-up
         for _ in range(rounds):
-            quiet = asyncio.run(one_run(server.base, model, request, seconds, concurrency))
+            quiet = asyncio.run(one_run(server, model, request, seconds, concurrency))
             if phase == "flood":
-                loud = asyncio.run(one_run(server.base, model, request, seconds, concurrency, flood=(flood_size, flood_every)))
+                loud = asyncio.run(one_run(server, model, request, seconds, concurrency, flood=(flood_size, flood_every)))
             else:
-                loud = asyncio.run(one_run(server.base, model, request, seconds, concurrency, leavers=leavers))
+                loud = asyncio.run(one_run(server, model, request, seconds, concurrency, leavers=leavers))
             pairs.append((quiet, loud))
         lines = flood_lines(pairs, flood_size) if phase == "flood" else disconnect_lines(pairs)
         alive = server.alive()
