@@ -14,6 +14,11 @@ disconnect: the same steady clients; in the "with" runs, ``--leavers`` clients t
 and close the connection 10 ms later, over and over. Prints the images the server inferred for them
 (``eca_serve_inference_count`` minus the steady clients' answers) as a share of the images they sent,
 the server's count of cancelled requests, and the steady clients' throughput with vs without them.
+Each round also runs the same leavers sending ``GET /healthz`` instead (no body, no model work): what
+their connections alone cost the steady clients, the floor under any handling of the leavers' requests.
+
+Both phases print the server's and this client's CPU seconds per run (they share the cores) and the
+server's CPU per extra request (a flood's or a leaver's) beyond what the steady answers cost alone.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from tests.reliability.serverproc import ServerProcess, start_server
 
 REJECTED = 503
 LEAVE_AFTER_S = 0.010
+PROBE = b"GET /healthz HTTP/1.1\r\nHost: reliability\r\n\r\n"  # the control leavers' request: no model work
 
 
 @dataclass
@@ -117,7 +123,7 @@ def counters(base: str, model: str) -> tuple[float, float]:
 
 
 async def one_run(server: ServerProcess, model: str, request: bytes, seconds: float, concurrency: int, *,
-                  flood: tuple[int, float] | None = None, leavers: int = 0) -> Run:
+                  flood: tuple[int, float] | None = None, leavers: int = 0, leave_with: bytes | None = None) -> Run:
     run, base = Run(seconds), server.base
     before = counters(base, model)
     cpu_before = cpu_seconds(server.pid), time.process_time()
@@ -125,7 +131,7 @@ async def one_run(server: ServerProcess, model: str, request: bytes, seconds: fl
     tasks = [steady(base, request, run, stop_at) for _ in range(concurrency)]
     if flood:
         tasks.append(floods(base, request, run, stop_at, *flood))
-    tasks += [leaver(base, request, run, stop_at) for _ in range(leavers)]
+    tasks += [leaver(base, leave_with or request, run, stop_at) for _ in range(leavers)]
     await asyncio.gather(*tasks)
     await asyncio.sleep(1.0)  # the last leavers' requests finish or are cancelled
     run.server_cpu, run.client_cpu = cpu_seconds(server.pid) - cpu_before[0], time.process_time() - cpu_before[1]
@@ -152,9 +158,9 @@ def flood_lines(pairs: list[tuple[Run, Run]], size: int) -> list[str]:
     return lines
 
 
-def disconnect_lines(pairs: list[tuple[Run, Run]]) -> list[str]:
+def disconnect_lines(pairs: list[tuple[Run, Run]], controls: list[Run]) -> list[str]:
     lines = []
-    for i, (quiet, loud) in enumerate(pairs):
+    for i, ((quiet, loud), probe) in enumerate(zip(pairs, controls)):
         spent = max(0.0, loud.inferred - len(loud.accepted))
         lines.append(f"round {i}: steady alone {len(quiet.accepted) / quiet.seconds:6.1f} req/s | with leavers "
                      f"{len(loud.accepted) / loud.seconds:6.1f} req/s ({len(loud.accepted) / max(1, len(quiet.accepted)):.3f}x); "
@@ -162,6 +168,9 @@ def disconnect_lines(pairs: list[tuple[Run, Run]]) -> list[str]:
                      f"cancelled by disconnect {loud.cancelled:.0f}, lost {quiet.lost + loud.lost}, 5xx "
                      f"{quiet.server_errors + loud.server_errors}, steady statuses {dict(sorted(loud.statuses.items()))}")
         lines.append(f"    {cpu_line(quiet, loud, loud.left, 'leaver request')}")
+        lines.append(f"    control, leavers sending GET /healthz: steady {len(probe.accepted) / probe.seconds:6.1f} req/s "
+                     f"({len(probe.accepted) / max(1, len(quiet.accepted)):.3f}x), leavers sent {probe.left}; "
+                     f"{cpu_line(quiet, probe, probe.left, 'probe leaver')}")
     return lines
 
 
@@ -186,6 +195,7 @@ def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: 
     print(f"eca-serve reliability, phase {phase}: {model}, {concurrency} steady clients, {rounds} x ({seconds:g} s without + "
           f"{seconds:g} s with), client and server on the same {os.cpu_count()} cores", flush=True)
     pairs: list[tuple[Run, Run]] = []
+    controls: list[Run] = []
     try:
         asyncio.run(one_run(server, model, request, 3.0, concurrency))  # warm-up
         for _ in range(rounds):
@@ -194,8 +204,10 @@ def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: 
                 loud = asyncio.run(one_run(server, model, request, seconds, concurrency, flood=(flood_size, flood_every)))
             else:
                 loud = asyncio.run(one_run(server, model, request, seconds, concurrency, leavers=leavers))
+                controls.append(asyncio.run(one_run(server, model, request, seconds, concurrency, leavers=leavers,
+                                                    leave_with=PROBE)))
             pairs.append((quiet, loud))
-        lines = flood_lines(pairs, flood_size) if phase == "flood" else disconnect_lines(pairs)
+        lines = flood_lines(pairs, flood_size) if phase == "flood" else disconnect_lines(pairs, controls)
         alive = server.alive()
     finally:
         server.stop()
