@@ -49,7 +49,7 @@ direct_ms = 1e3 * (time.process_time() - cpu) / n
 async def main():
     app = create_app(Settings(model_repository=repository, models=["shapes_classifier"], log_level="warning", grpc_port=0, drift_window=0))
     async with app.router.lifespan_context(app):
-        await app.state.loading
+        await app.state.dataplane.loaded()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             url = "/v1/models/shapes_classifier/classify"
             for _ in range(30):

@@ -19,12 +19,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
-import uvicorn
 from tritonclient.utils import InferenceServerException
 
 from eca_serve.api import create_app
 from eca_serve.api.grpc.service import peek_model_name
-from eca_serve.api.server import DrainingServer
+from eca_serve.api.server import Server
 from eca_serve.batching import BatchPolicy
 from eca_serve.batching.admission import Admission
 from eca_serve.settings import Settings
@@ -85,8 +84,7 @@ def serve(models: Path, **settings: Any) -> Iterator[Served]:
     """The app on ``models`` over HTTP and gRPC, in a thread."""
     port, grpc_port = _free_port(), _free_port()
     app = create_app(Settings(model_repository=models, ui=False, port=port, grpc_port=grpc_port, **settings))
-    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None), app, grace_s=1,
-                            grpc_port=grpc_port)
+    server = Server(app, "127.0.0.1", port, grace_s=1, grpc_port=grpc_port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -96,7 +94,7 @@ def serve(models: Path, **settings: Any) -> Iterator[Served]:
         yield served
         served.gate.set()
     finally:
-        server.should_exit = True
+        server.request_exit()
         thread.join(timeout=30)
 
 

@@ -80,13 +80,13 @@ def test_health_metadata_config_and_index(client, server) -> None:
 
 def test_ready_is_503_while_draining_and_live_stays_200(server) -> None:
     base, app, _ = server
-    app.state.draining = True
+    app.state.dataplane.draining = True
     try:
         ready = http.get(f"{base}/v2/health/ready")
         assert ready.status_code == 503 and set(ready.json()) == {"error"}
         assert http.get(f"{base}/v2/health/live").status_code == 200
     finally:
-        app.state.draining = False
+        app.state.dataplane.draining = False
     assert http.get(f"{base}/v2/health/ready").status_code == 200
 
 

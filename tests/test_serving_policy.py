@@ -17,6 +17,7 @@ from eca_serve.api.metrics import ServerMetrics
 from eca_serve.api.v2_models import repository_index
 from eca_serve.cli import main
 from eca_serve.cli.profile_entry import Cell, recommend, write_serving
+from eca_serve.dataplane import DataPlane
 from eca_serve.errors import ConfigError, NotReadyError
 from eca_serve.pipelines.contract import ClassifyParams
 from eca_serve.pipelines.images import DecodeLimits
@@ -163,7 +164,7 @@ def test_a_model_whose_worker_crashed_is_not_ready_answers_503_and_recovers(entr
             assert live_value(metrics, "eca_serve_model_ready") == 0.0
             assert live_value(metrics, "eca_serve_worker_crashes_total") == 1.0
             with pytest.raises(NotReadyError) as refused:
-                await routes_v2.model_ready("shapes_small", manager)
+                await routes_v2.model_ready("shapes_small", DataPlane(manager, max_inflight=8))
             assert status_of(refused.value) == 503
             with pytest.raises(NotReadyError):
                 await pipeline.run([image], ClassifyParams())  # a caller holding the pipeline is refused too
@@ -171,7 +172,7 @@ def test_a_model_whose_worker_crashed_is_not_ready_answers_503_and_recovers(entr
             for _ in range(10):
                 await asyncio.sleep(0)
             assert pipeline.ready and manager.ready
-            assert (await routes_v2.model_ready("shapes_small", manager))["ready"] is True
+            assert (await routes_v2.model_ready("shapes_small", DataPlane(manager, max_inflight=8)))["ready"] is True
             assert len((await pipeline.run([image], ClassifyParams()))[0].logits) == 8
             assert pipeline.batcher.stats().worker_crash_count == 1
             assert live_value(metrics, "eca_serve_model_ready") == 1.0

@@ -16,7 +16,6 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -24,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from eca_serve import tracing
 from eca_serve.api import create_app
 from eca_serve.api.grpc.protocol import SERVICE, messages
-from eca_serve.api.server import DrainingServer
+from eca_serve.api.server import Server
 from eca_serve.settings import Settings
 from tests.serving_utils import free_port
 
@@ -48,7 +47,7 @@ def traced_server(monkeypatch: pytest.MonkeyPatch, **otel: str) -> Iterator[tupl
     app = create_app(settings)
     exporter = InMemorySpanExporter()
     app.state.tracing.provider.add_span_processor(SimpleSpanProcessor(exporter))
-    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None), app, 1.0, grpc_port)
+    server = Server(app, "127.0.0.1", port, 1.0, grpc_port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -57,7 +56,7 @@ def traced_server(monkeypatch: pytest.MonkeyPatch, **otel: str) -> Iterator[tupl
         exporter.clear()
         yield base, f"127.0.0.1:{grpc_port}", exporter
     finally:
-        server.should_exit = True
+        server.request_exit()
         thread.join(timeout=30)
         tracing.install(None)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -20,7 +19,7 @@ from eca_serve.api.tracing import install_tracing
 from eca_serve.api.tracking import RequestTracking
 from eca_serve.api.ui import install_ui
 from eca_serve.batching import BatchPolicy
-from eca_serve.batching.admission import Admission
+from eca_serve.dataplane import DataPlane
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
 from eca_serve.runtime import BackendOptions
@@ -54,23 +53,16 @@ def serving_options(settings: Settings) -> ServingOptions:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    manager: ModelManager = app.state.manager
-    loading = asyncio.create_task(manager.load_all())
-    loading.add_done_callback(lambda t: _record_loading_failure(manager, t))
-    app.state.loading = loading
+    """Start and stop the data plane, unless a `eca_serve.api.server.Server` (its owner) already started it."""
+    plane: DataPlane = app.state.dataplane
+    owned = not plane.started
+    if owned:
+        await plane.start()
     try:
         yield
     finally:
-        app.state.draining = True
-        if not loading.done():
-            loading.cancel()
-        await manager.stop()
-
-
-def _record_loading_failure(manager: ModelManager, task: asyncio.Task) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        manager.loading_error = str(task.exception())
-        log.error("loading the model repository failed: %s", task.exception())
+        if owned:
+            await plane.stop()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,14 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
-    app.state.draining = False
-    app.state.inflight = 0
-    app.state.max_inflight = inflight_limit(settings)
-    app.state.metrics = metrics = ServerMetrics(inflight=lambda: app.state.inflight)
-    app.state.manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
-    app.state.admission = Admission(app.state.manager.inflight_limit)
-    metrics.watch(app.state.manager, app.state.admission)
-    metrics.registry.register(DriftCollector(app.state.manager))
+    metrics = ServerMetrics(inflight=lambda: plane.inflight)
+    manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
+    app.state.dataplane = plane = DataPlane(manager, inflight_limit(settings))
+    app.state.metrics = metrics
+    app.state.manager, app.state.admission = manager, plane.admission  # the plane's own, for tests and tools
+    metrics.watch(manager, plane.admission)
+    metrics.registry.register(DriftCollector(manager))
     install_error_handlers(app)
     install_tracing(app, settings.tracing)  # before RequestTracking: runs inside it, the request id set
     app.add_middleware(RequestTracking)
@@ -108,9 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def healthz(request: Request) -> JSONResponse:
     """Liveness plus whether every model is ready (Kubernetes probes should use /v2/health/*)."""
-    manager: ModelManager = request.app.state.manager
-    ready = manager.ready and not request.app.state.draining
-    body = {"live": True, "ready": ready, "draining": request.app.state.draining, "error": manager.loading_error}
+    plane: DataPlane = request.app.state.dataplane
+    ready = plane.server_ready().ready
+    body = {"live": True, "ready": ready, "draining": plane.draining, "error": plane.manager.loading_error}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from eca_serve.dataplane import DataPlane
 from eca_serve.pipelines.manager import ModelManager
 from eca_serve.settings import Settings
 
@@ -16,9 +17,14 @@ async def get_manager(request: Request) -> ModelManager:
     return request.app.state.manager
 
 
+async def get_dataplane(request: Request) -> DataPlane:
+    return request.app.state.dataplane
+
+
 async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 Manager = Annotated[ModelManager, Depends(get_manager)]
+Plane = Annotated[DataPlane, Depends(get_dataplane)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]

@@ -22,15 +22,14 @@ class DriftCollector(Collector):
         model = GaugeMetricFamily("eca_serve_attention_drift_model_score", "Mean attention drift score over a model's layers",
                                   labels=["model", "version"])
         window = GaugeMetricFamily("eca_serve_attention_drift_images", "Images in the drift window", labels=["model", "version"])
-        for name, versions in sorted(self.manager.pipelines.items()):
-            for version, pipeline in sorted(versions.items()):
-                if pipeline.drift is None:
-                    continue
-                scores = pipeline.drift.scores()
-                window.add_metric([name, str(version)], scores.images)
-                if scores.score is None:  # too few images yet: no score rather than noise
-                    continue
-                model.add_metric([name, str(version)], scores.score)
-                for layer_name, score in scores.layers:
-                    layer.add_metric([name, str(version), layer_name], score)
+        for pipeline in self.manager.loaded():
+            if pipeline.drift is None:
+                continue
+            labels, scores = [pipeline.config.name, str(pipeline.config.version)], pipeline.drift.scores()
+            window.add_metric(labels, scores.images)
+            if scores.score is None:  # too few images yet: no score rather than noise
+                continue
+            model.add_metric(labels, scores.score)
+            for layer_name, score in scores.layers:
+                layer.add_metric([*labels, layer_name], score)
         yield from (layer, model, window)

@@ -107,18 +107,17 @@ class _LiveCollector(Collector):
                                   "(stopping, or a crashed batch worker awaits its restart)", labels=["model", "version"])
         crashes = CounterMetricFamily("eca_serve_worker_crashes", "Batch worker crashes (each one restarted with backoff)",
                                       labels=["model", "version"])
-        for name, versions in sorted(self.manager.pipelines.items()):
-            for version, pipeline in sorted(versions.items()):
-                stats, labels = pipeline.batcher.stats(), [name, str(version)]
-                depth.add_metric(labels, stats.queue_depth)
-                busy.add_metric(labels, stats.in_flight)
-                ready.add_metric(labels, 1.0 if pipeline.ready else 0.0)
-                crashes.add_metric(labels, stats.worker_crash_count)
+        for pipeline in self.manager.loaded():
+            stats, labels = pipeline.batcher.stats(), [pipeline.config.name, str(pipeline.config.version)]
+            depth.add_metric(labels, stats.queue_depth)
+            busy.add_metric(labels, stats.in_flight)
+            ready.add_metric(labels, 1.0 if pipeline.ready else 0.0)
+            crashes.add_metric(labels, stats.worker_crash_count)
         yield from (depth, busy, ready, crashes)
         if self.admission is not None:
             admitted = GaugeMetricFamily("eca_serve_admitted_requests", "Requests of the model held now (decoding, queued "
                                          "or running), against its in-flight limit", labels=["model"])
-            for name in sorted(self.manager.pipelines):
+            for name in sorted({p.config.name for p in self.manager.loaded()}):
                 admitted.add_metric([name], self.admission.admitted(name))
             yield admitted
         load = GaugeMetricFamily("eca_serve_model_load_seconds", "Load + warm-up time", labels=["model", "version"])

@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from eca_serve.api import convert, schemas
-from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.deps import AppSettings, Manager, Plane
 from eca_serve.api.errors import UnknownQueryParameterError
 from eca_serve.api.uploads import read_images
 from eca_serve.errors import InvalidParameterError, NoDriftReferenceError, WrongTaskError
@@ -55,24 +55,21 @@ MaskFormat = Literal["rle", "polygon", "none"]
 
 
 @router.get("/models", response_model=schemas.ModelList)
-async def list_models(manager: Manager) -> schemas.ModelList:
+async def list_models(plane: Plane) -> schemas.ModelList:
     """Every served model version and whether it is ready."""
-    items = [convert.summary(p, sorted(manager.pipelines[c.name])) for c, _ in manager.configs()
-             for p in [manager.pipelines[c.name][c.version]]]
-    return schemas.ModelList(models=items)
+    return schemas.ModelList(models=[convert.summary(p, plane.versions(p.config.name)) for p in plane.models()])
 
 
 @router.get("/models/{name}", response_model=schemas.ModelDetail, responses=ERRORS)
-async def model_detail(name: str, manager: Manager, settings: AppSettings, version: Version = None) -> schemas.ModelDetail:
+async def model_detail(name: str, plane: Plane, settings: AppSettings, version: Version = None) -> schemas.ModelDetail:
     """Task, inputs, categories, attention layers and metrics of a model."""
-    pipeline = manager.get(name, version)
-    return convert.detail(pipeline, sorted(manager.pipelines[name]), settings.backend)
+    return convert.detail(plane.model(name, version), plane.versions(name), settings.backend)
 
 
 @router.get("/models/{name}/drift", response_model=schemas.DriftResponse, responses=ERRORS)
-async def drift(name: str, manager: Manager, version: Version = None) -> schemas.DriftResponse:
+async def drift(name: str, plane: Plane, version: Version = None) -> schemas.DriftResponse:
     """How far the attention of recent requests has moved from the model's held-out reference."""
-    pipeline = manager.get(name, version)
+    pipeline = plane.model(name, version)
     if pipeline.drift is None:
         raise NoDriftReferenceError(f"model {name!r} has no drift reference (eca-serve calibrate-drift), or monitoring is off")
     scores = pipeline.drift.scores()

@@ -13,16 +13,14 @@ from fastapi.responses import JSONResponse, Response
 
 import eca_serve
 from eca_serve.api import v2_schemas
-from eca_serve.api.deps import AppSettings, Manager
+from eca_serve.api.deps import AppSettings, Plane
 from eca_serve.api.schemas import ErrorBody
 from eca_serve.api.errors import BodyTooLargeError, error_response
 from eca_serve.api.uploads import read_body
-from eca_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, parse_decimal, parse_infer_request
+from eca_serve.api.v2_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request
 from eca_serve.api.v2_infer import InferLimits, run_inference, shape_checker
 from eca_serve.api.v2_models import model_config, model_metadata, model_stats, repository_index
-from eca_serve.errors import InferenceRequestError, UnsupportedMediaTypeError
-from eca_serve.pipelines.base import ModelPipeline
-from eca_serve.pipelines.manager import ModelManager
+from eca_serve.errors import InferenceRequestError, NotReadyError, UnsupportedMediaTypeError
 from eca_serve.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -53,69 +51,64 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready", responses=ERRORS)
-async def ready(request: Request, manager: Manager) -> Response:
+async def ready(plane: Plane) -> Response:
     """200 once every model is loaded and warmed up; 503 while loading or draining."""
-    if request.app.state.draining:
-        return error_response(503, "server is shutting down")
-    if not manager.ready:
-        return error_response(503, manager.loading_error or "models are still loading")
-    return JSONResponse({"ready": True})
+    readiness = plane.server_ready()
+    return JSONResponse({"ready": True}) if readiness.ready else error_response(503, readiness.reason)
 
 
 @router.get("/repository/index")
 @router.post("/repository/index")
-async def index(manager: Manager) -> list[dict[str, str]]:
+async def index(plane: Plane) -> list[dict[str, str]]:
     """Every model version of the repository and its state (READY, LOADING, UNLOADING, UNAVAILABLE + reason)."""
-    return repository_index(manager)
+    return repository_index(plane.manager)
 
 
 @router.get("/models/stats", responses=ERRORS)
-async def all_stats(manager: Manager) -> dict[str, Any]:
+async def all_stats(plane: Plane) -> dict[str, Any]:
     """Statistics of every loaded model version."""
-    return {"model_stats": [model_stats(manager.pipelines[c.name][c.version]) for c, _ in manager.configs()]}
+    return {"model_stats": [model_stats(p) for p in plane.statistics()]}
 
 
 @router.get("/models/{name}", responses={**ERRORS, 200: {"model": v2_schemas.ModelMetadata}})
 @router.get("/models/{name}/versions/{version}", responses={**ERRORS, 200: {"model": v2_schemas.ModelMetadata}})
-async def metadata(name: str, manager: Manager, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
+async def metadata(name: str, plane: Plane, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
     """Name, versions, platform, inputs and outputs (-1 = variable dimension)."""
-    pipeline = _pipeline(manager, name, version)
-    return model_metadata(pipeline, sorted(manager.pipelines[name]), settings.backend)
+    return model_metadata(plane.model(name, version), plane.versions(name), settings.backend)
 
 
 @router.get("/models/{name}/ready", responses={**ERRORS, 200: {"model": v2_schemas.ModelReady}})
 @router.get("/models/{name}/versions/{version}/ready", responses={**ERRORS, 200: {"model": v2_schemas.ModelReady}})
-async def model_ready(name: str, manager: Manager, version: str | None = None) -> dict[str, Any]:
+async def model_ready(name: str, plane: Plane, version: str | None = None) -> dict[str, Any]:
     """200 when the model version is loaded and serving; 404 unknown, 503 loading."""
-    pipeline = _pipeline(manager, name, version)
-    return {"name": name, "ready": pipeline.ready}
+    readiness = plane.model_ready(name, version)
+    if not readiness.ready:
+        raise NotReadyError(readiness.reason)
+    return {"name": name, "ready": True}
 
 
 @router.get("/models/{name}/config", responses=ERRORS)
 @router.get("/models/{name}/versions/{version}/config", responses=ERRORS)
-async def config(name: str, manager: Manager, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
+async def config(name: str, plane: Plane, settings: AppSettings, version: str | None = None) -> dict[str, Any]:
     """The model's configuration in Triton's shape (batching policy included)."""
-    return model_config(_pipeline(manager, name, version), settings.backend)
+    return model_config(plane.model(name, version), settings.backend)
 
 
 @router.get("/models/{name}/stats", responses=ERRORS)
 @router.get("/models/{name}/versions/{version}/stats", responses=ERRORS)
-async def stats(name: str, manager: Manager, version: str | None = None) -> dict[str, Any]:
+async def stats(name: str, plane: Plane, version: str | None = None) -> dict[str, Any]:
     """Statistics of one version, or of every version of the model when none is named."""
-    if version is not None:
-        return {"model_stats": [model_stats(_pipeline(manager, name, version))]}
-    _pipeline(manager, name, None)
-    return {"model_stats": [model_stats(p) for _, p in sorted(manager.pipelines[name].items())]}
+    return {"model_stats": [model_stats(p) for p in plane.statistics(name, version)]}
 
 
 @router.post("/models/{name}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
 @router.post("/models/{name}/versions/{version}/infer", responses=INFER_RESPONSES, openapi_extra=INFER_BODY)
-async def infer(name: str, request: Request, manager: Manager, settings: AppSettings, version: str | None = None) -> Response:
+async def infer(name: str, request: Request, plane: Plane, settings: AppSettings, version: str | None = None) -> Response:
     """Inference on ``input`` (FP32 [N, 3, H, W]) or ``image`` (BYTES [N]); JSON or binary tensors."""
-    pipeline = _pipeline(manager, name, version)
+    pipeline = plane.model(name, version)
     body = await _read_infer_body(request, settings)
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), shape_checker(pipeline.config, InferLimits.of(settings)))
-    outputs = await run_inference(pipeline, parsed)
+    outputs = await plane.infer(pipeline, parsed, run_inference)
     head = {"model_name": name, "model_version": str(pipeline.config.version)}
     if parsed.id is not None:
         head["id"] = parsed.id
@@ -147,13 +140,3 @@ def _decompress(body: bytes, wbits: int, limit: int) -> bytes:
     if not decoder.eof:
         raise InferenceRequestError("compressed request body is truncated")
     return data
-
-
-def _pipeline(manager: ModelManager, name: str, version: str | None) -> ModelPipeline:
-    """The served pipeline; versions are strings in v2 paths."""
-    if version is None:
-        return manager.get(name, None)
-    number = parse_decimal(version)
-    if number is None or number < 1:
-        raise InferenceRequestError(f"model version must be an integer >= 1, got {version[:40]!r}")
-    return manager.get(name, number)

@@ -1,7 +1,8 @@
 """Pure ASGI middleware: request ids, admission, refusal while draining, client disconnects, metrics, a log line.
 
-Admission happens here, before the route reads or decodes anything: the server-wide in-flight limit and,
-for the inference routes (whose model name is in the URL), the model's own limit (`Admission`). A client
+Admission happens here, before the route reads or decodes anything, in the data plane that gRPC shares
+(`eca_serve.dataplane.DataPlane.enter` and, for the inference routes, whose model name is in the URL,
+``admit``). A client
 that disconnects while its request waits cancels the request (its rows leave the batch queue) and is
 counted and logged as 499.
 
@@ -24,9 +25,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from eca_serve.api.disconnect import DisconnectWatch
-from eca_serve.api.errors import error_response, server_fault
+from eca_serve.api.errors import error_response, server_fault, status_of
 from eca_serve.api.metrics import REFUSED, UNMATCHED
-from eca_serve.batching.admission import Admission
+from eca_serve.dataplane import DataPlane, InflightLimitError
+from eca_serve.errors import ShuttingDownError
 
 log = logging.getLogger("eca_serve.api")
 # The routes that queue work for a model: v1 classify/detect/attention, v2 infer (optionally versioned).
@@ -35,7 +37,7 @@ UNTRACKED = ("/metrics", "/healthz", "/v2/health/live", "/v2/health/ready")  # p
 
 
 class RequestTracking:
-    """Wraps the app; reads and updates ``scope["app"].state`` (``draining``, ``inflight``, ``metrics``)."""
+    """Wraps the app; holds each request in the app's data plane (``state.dataplane``) and counts it in ``state.metrics``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -46,19 +48,19 @@ class RequestTracking:
             return
         start = time.perf_counter()
         state = scope["app"].state
+        plane: DataPlane = state.dataplane
         request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id  # what Starlette's request.state reads
         model = _model_of(scope)
-        refusal = _refusal(state)
-        admitted = False
-        if refusal is None and model is not None:
-            refusal, admitted = _admit(state.admission, model)
-        if refusal:
-            response = error_response(503, refusal)
+        try:
+            admitted = _enter(plane, model)
+        except (ShuttingDownError, InflightLimitError) as refused:
+            status = status_of(refused)
+            response = error_response(status, str(refused))
             response.headers["X-Request-ID"] = request_id
             await response(scope, receive, send)
-            state.metrics.observe_request(model or "", REFUSED, 503, time.perf_counter() - start)
-            _log(scope, request_id, 503)
+            state.metrics.observe_request(model or "", REFUSED, status, time.perf_counter() - start)
+            _log(scope, request_id, status)
             return
         status = 0
         tag = (b"x-request-id", request_id.encode("latin-1"))
@@ -72,7 +74,6 @@ class RequestTracking:
                 message["headers"] = [*message.get("headers", []), tag]
             await send(message)
 
-        state.inflight += 1
         served = asyncio.ensure_future(self.app(scope, watch.receive, send_with_id))
         try:
             await served
@@ -87,9 +88,9 @@ class RequestTracking:
             await server_fault(exc, request_id, scope["path"])(scope, receive, send_with_id)
         finally:
             watch.close()
-            state.inflight -= 1
+            plane.leave()
             if admitted:
-                state.admission.release(model)
+                plane.release(model)
             status = status or 500  # an app that sent nothing: uvicorn answers 500
             _observe(scope, state, status, time.perf_counter() - start)
             _log(scope, request_id, status)
@@ -108,22 +109,14 @@ def _model_of(scope: Scope) -> str | None:
     return None if match is None else match.group(1) or match.group(2)
 
 
-def _admit(admission: Admission, model: str) -> tuple[str | None, bool]:
-    """(why refused or None, whether counted): a model that is not served is not counted (it gets 404)."""
-    admitted = admission.try_admit(model)
-    if admitted is False:
-        return admission.refusal(model), False
-    return None, bool(admitted)
-
-
-def _refusal(state: Any) -> str | None:
-    """Why a request is turned away before its body is read, if it is."""
-    if state.draining:
-        return "server is shutting down"
-    if state.inflight >= state.max_inflight:
-        # Refusing before the body is read keeps a flood from buying decode work and memory.
-        return f"server is at its limit of {state.max_inflight} requests in flight; retry later"
-    return None
+def _enter(plane: DataPlane, model: str | None) -> bool:
+    """Hold the request in the data plane (and count it against ``model``'s limit): whether the model counted it."""
+    plane.enter()
+    try:
+        return model is not None and plane.admit(model)
+    except InflightLimitError:
+        plane.leave()
+        raise
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -71,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from eca_serve.errors import ConfigError
 
     if args.workers != 1:
-        # uvicorn's multiprocess supervisor runs plain uvicorn servers, not `DrainingServer`: on SIGTERM they
+        # uvicorn's multiprocess supervisor runs plain uvicorn servers, not our `Server`: on SIGTERM they
         # would stop without answering the requests in flight.
         raise ConfigError(f"--workers {args.workers}: only 1 worker per process is supported (the SIGTERM drain "
                           "covers one server); run more processes or containers behind a load balancer")

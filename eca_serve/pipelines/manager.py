@@ -176,15 +176,15 @@ class ModelManager:
         return bool(self.expected) and self.expected <= loaded
 
     def get(self, name: str, version: int | None = None) -> ModelPipeline:
-        """The pipeline of ``name`` (newest version unless ``version``); 404/503-style errors otherwise."""
+        """The pipeline of ``name`` at ``version``, else its newest ready version; 404/503-style errors otherwise."""
         check_name(name)
         versions = self.pipelines.get(name)
         if not versions:
             if any(n == name for n, _ in self.expected):
                 raise NotReadyError(f"model {name!r} is loading")
             raise UnknownModelError(f"unknown model {name!r}; available: {sorted(self.names())}")
-        if version is None:
-            version = max(versions)
+        if version is None:  # a crashed or stopping newest version leaves the older ones serving
+            version = max([v for v, p in versions.items() if p.ready] or versions)
         if version not in versions:
             raise UnknownModelError(f"model {name!r} has no version {version}; available: {sorted(versions)}")
         pipeline = versions[version]
@@ -200,9 +200,18 @@ class ModelManager:
     def names(self) -> set[str]:
         return {n for n, _ in self.expected} | set(self.pipelines)
 
+    def loaded(self, name: str | None = None) -> list[ModelPipeline]:
+        """Every loaded version (of ``name`` only, when given), ready or not, sorted by name and version."""
+        names = sorted(self.pipelines) if name is None else [name] if name in self.pipelines else []
+        return [p for n in names for _, p in sorted(self.pipelines[n].items())]
+
+    def versions(self, name: str) -> list[int]:
+        """The loaded versions of ``name``, oldest first (empty when none is loaded)."""
+        return sorted(self.pipelines.get(name, {}))
+
     def configs(self) -> list[tuple[EntryConfig, bool]]:
         """(config, ready) of every loaded version, sorted by name and version."""
-        return [(p.config, p.ready) for name in sorted(self.pipelines) for _, p in sorted(self.pipelines[name].items())]
+        return [(p.config, p.ready) for p in self.loaded()]
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain every pipeline within the grace period, then release the decode threads."""

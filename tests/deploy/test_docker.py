@@ -194,9 +194,9 @@ def test_healthcheck_command_against_the_server(server, runtime) -> None:
     run = lambda: subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, timeout=30)  # noqa: E731
     result = run()
     assert result.returncode == 0, result.stderr
-    app.state.draining = True  # as after SIGTERM: readiness 503, so the healthcheck fails
+    app.state.dataplane.draining = True  # as after SIGTERM: readiness 503, so the healthcheck fails
     try:
         result = run()
     finally:
-        app.state.draining = False
+        app.state.dataplane.draining = False
     assert result.returncode != 0 and b"503" in result.stderr

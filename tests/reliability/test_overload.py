@@ -70,7 +70,7 @@ class Peaks:
     a /metrics scrape would itself wait behind the flood and see only a few moments of it."""
 
     def __init__(self, served: Served) -> None:
-        self.state = served.app.state
+        self.plane = served.app.state.dataplane
         self.inflight = self.queue_depth = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -85,8 +85,8 @@ class Peaks:
 
     def _run(self) -> None:
         while not self._stop.wait(0.002):
-            self.inflight = max(self.inflight, self.state.inflight)
-            batchers = [p.batcher for versions in self.state.manager.pipelines.values() for p in versions.values()]
+            self.inflight = max(self.inflight, self.plane.inflight)
+            batchers = [p.batcher for p in self.plane.models()]
             self.queue_depth = max(self.queue_depth, *(b.stats().queue_depth for b in batchers))
 
 

@@ -1,7 +1,7 @@
 """The grpc.aio server: ``inference.GRPCInferenceService`` and ``grpc.health.v1.Health`` on one port.
 
-It runs on the event loop of the HTTP server (uvicorn), so both share one model manager, batchers,
-in-flight counter and metrics without locks or threads.
+A peer of the HTTP server (`eca_serve.api.server.Server` starts both on one event loop): both answer from
+one data plane (models, batchers, in-flight counts) and one metrics registry, without locks or threads.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from grpc_health.v1.health import aio as health_aio
 from eca_serve.api.grpc.metrics import GrpcMetrics
 from eca_serve.api.grpc.protocol import SERVICE, rpc_types
 from eca_serve.api.grpc.service import InferenceService
-from eca_serve.api.tracing import trace_grpc
+from eca_serve.api.metrics import ServerMetrics
+from eca_serve.api.tracing import OtelTracing, trace_grpc
+from eca_serve.dataplane import DataPlane
+from eca_serve.settings import Settings
 
 log = logging.getLogger("eca_serve.api.grpc")
 HEALTH_POLL_S = 0.25
@@ -28,8 +31,7 @@ class _Routes(grpc.GenericRpcHandler):
     """Our RPCs on raw bytes (parsed by the service, so malformed protobuf is INVALID_ARGUMENT, not INTERNAL);
     the service's other RPCs (streaming, shared memory, load/unload, trace, log) answer UNIMPLEMENTED."""
 
-    def __init__(self, service: InferenceService, metrics: GrpcMetrics) -> None:
-        hooks = getattr(service.state, "tracing", None)
+    def __init__(self, service: InferenceService, metrics: GrpcMetrics, hooks: OtelTracing | None) -> None:
         self.handlers = {f"/{SERVICE}/{name}": grpc.unary_unary_rpc_method_handler(trace_grpc(hooks, name, service.rpc_handler(name)))
                          for name in rpc_types()}
         self.metrics = metrics
@@ -50,16 +52,20 @@ class _Routes(grpc.GenericRpcHandler):
 
 
 class GrpcServer:
-    """gRPC next to an HTTP app: start after the app's lifespan started, drain with it, stop before it stops.
+    """gRPC over a data plane: drains with it, stops before the plane stops the models.
 
     Args:
-        state: The FastAPI app's ``state`` (manager, settings, inflight, draining, metrics).
+        plane: The data plane HTTP shares.
+        settings: The server's settings (the request size limit is gRPC's message limit).
+        metrics: The server's metrics registry.
         address: ``host:port`` to listen on.
+        tracing: Span hooks, when tracing is on.
     """
 
-    def __init__(self, state: Any, address: str) -> None:
-        self.state, self.address = state, address
-        self.metrics = GrpcMetrics(state.metrics)
+    def __init__(self, plane: DataPlane, settings: Settings, metrics: ServerMetrics, address: str,
+                 tracing: OtelTracing | None = None) -> None:
+        self.plane, self.settings, self.address, self.tracing = plane, settings, address, tracing
+        self.service = InferenceService(plane, settings, metrics)
         self.health = health_aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self._health_task: asyncio.Task | None = None
@@ -70,11 +76,11 @@ class GrpcServer:
         Raises:
             RuntimeError: The port cannot be bound (in use: SO_REUSEPORT is off so two servers never share it).
         """
-        options = [("grpc.max_receive_message_length", self.state.settings.max_body_bytes),
+        options = [("grpc.max_receive_message_length", self.settings.max_body_bytes),
                    ("grpc.max_send_message_length", -1),  # answers are bounded by the request limits
                    ("grpc.so_reuseport", 0)]
         server = grpc.aio.server(options=options)
-        server.add_generic_rpc_handlers([_Routes(InferenceService(self.state, self.metrics), self.metrics)])
+        server.add_generic_rpc_handlers([_Routes(self.service, self.service.metrics, self.tracing)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         server.add_insecure_port(self.address)
         await server.start()
@@ -86,7 +92,7 @@ class GrpcServer:
         """Health says SERVING while every model is ready and the server is not draining."""
         last = None
         while True:
-            ready = self.state.manager.ready and not self.state.draining
+            ready = self.plane.server_ready().ready
             status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
             if status != last:
                 for service in ("", SERVICE):
@@ -95,7 +101,7 @@ class GrpcServer:
             await asyncio.sleep(HEALTH_POLL_S)
 
     async def drain(self) -> None:
-        """Health turns NOT_SERVING for good; new RPCs are refused by the service (``state.draining``)."""
+        """Health turns NOT_SERVING for good; new RPCs are refused by the data plane (``plane.draining``)."""
         await self.health.enter_graceful_shutdown()
 
     async def stop(self, grace_s: float) -> None:
