@@ -8,7 +8,10 @@ more client CPU than the server does, and client and server share the machine's 
 
 flood: ``--concurrency`` steady closed-loop clients; in the "with" runs, ``--flood-size`` requests at
 once every ``--flood-every`` seconds. Prints the latency of 503 rejections (p50/p99), the steady
-clients' accepted p99 with vs without floods, lost requests and 5xx (503 rejections excluded).
+clients' accepted p99 with vs without floods, lost requests and 5xx (503 rejections excluded). Then one
+flood alone on two more servers, for the cost of a refusal itself: eca-serve with an in-flight limit of 1
+(all but one request refused) and bench/peers/refusing_server.py (uvicorn answering 503 with no framework):
+the server's CPU per request, this client's, and the 503 latency. The latter is the floor of the figure.
 
 disconnect: the same steady clients; in the "with" runs, ``--leavers`` clients that send a whole request
 and close the connection 10 ms later, over and over. Prints the images the server inferred for them
@@ -17,14 +20,16 @@ the server's count of cancelled requests, and the steady clients' throughput wit
 Each round also runs the same leavers sending ``GET /healthz`` instead (no body, no model work): what
 their connections alone cost the steady clients, the floor under any handling of the leavers' requests.
 
-Both phases print the server's and this client's CPU seconds per run (they share the cores) and the
-server's CPU per extra request (a flood's or a leaver's) beyond what the steady answers cost alone.
+Both phases print the server's and this client's CPU seconds per run (they share the cores); the
+disconnect phase also the server's CPU per leaver beyond what the steady answers cost alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,7 @@ import httpx
 from tests.reliability import rawhttp
 from tests.reliability.clients import metric
 from tests.reliability.serverproc import ServerProcess, start_server
+from tests.serving_utils import free_port
 
 REJECTED = 503
 LEAVE_AFTER_S = 0.010
@@ -148,8 +154,8 @@ def flood_lines(pairs: list[tuple[Run, Run]], size: int) -> list[str]:
                      f"p99 {ms(loud.accepted, .99):7.1f} ms (n={len(loud.accepted)}), 503 p50 {ms(loud.rejected, .5):7.1f} "
                      f"p99 {ms(loud.rejected, .99):7.1f} ms (n={len(loud.rejected)}), lost {quiet.lost + loud.lost}, "
                      f"5xx {quiet.server_errors + loud.server_errors}, statuses {dict(sorted(loud.statuses.items()))}")
-        flooded = sum(loud.statuses.values()) - len(loud.accepted)
-        lines.append(f"    {cpu_line(quiet, loud, flooded, 'flood request')}")
+        lines.append(f"    CPU s server/client: without {quiet.server_cpu:.2f}/{quiet.client_cpu:.2f}, with "
+                     f"{loud.server_cpu:.2f}/{loud.client_cpu:.2f}")
     ratios = [ms(loud.accepted, .99) / ms(quiet.accepted, .99) for quiet, loud in pairs]
     rejected = [s for _, loud in pairs for s in loud.rejected]
     lines.append(f"all rounds: 503 p50 {ms(rejected, .5):.1f} ms p99 {ms(rejected, .99):.1f} ms (n={len(rejected)}); "
@@ -187,6 +193,54 @@ def cpu_line(quiet: Run, loud: Run, extra: int, what: str) -> str:
             f"{1000 * beyond / max(1, extra):.2f} ms per {what} (n={extra})")
 
 
+def refusal_cost(repository: Path, model: str, request: bytes, size: int) -> list[str]:
+    """One flood of ``size`` alone on eca-serve refusing all but one request, then on the bare refusing server."""
+    lines = []
+    eca = start_server(repository, env={"ECA_SERVE_MODELS": f'["{model}"]', "ECA_SERVE_MAX_INFLIGHT": "1"})
+    try:
+        lines.append(flood_alone(eca, request, size, "eca-serve, in-flight limit 1"))
+    finally:
+        eca.stop()
+    bare = start_refusing_server()
+    try:
+        lines.append(flood_alone(bare, request, size, "bare uvicorn 503 (bench/peers)"))
+    finally:
+        bare.stop()
+    return lines
+
+
+def start_refusing_server(ready_timeout_s: float = 30.0) -> ServerProcess:
+    port = free_port()
+    script = Path(__file__).resolve().parent / "peers" / "refusing_server.py"
+    process = subprocess.Popen([sys.executable, str(script), "--port", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.STDOUT)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", Path(os.devnull))
+    deadline = time.monotonic() + ready_timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(server.base, timeout=2)
+            return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.stop(timeout_s=5)
+    raise RuntimeError(f"the refusing server did not answer within {ready_timeout_s} s")
+
+
+async def burst(base: str, request: bytes, size: int) -> list[tuple[rawhttp.RawResponse | None, str]]:
+    return await asyncio.gather(*(rawhttp.exchange(base, request, timeout_s=120) for _ in range(size)))
+
+
+def flood_alone(server: ServerProcess, request: bytes, size: int, name: str) -> str:
+    cpu_before, client_before = cpu_seconds(server.pid), time.process_time()
+    answers = asyncio.run(burst(server.base, request, size))
+    client = time.process_time() - client_before
+    time.sleep(0.3)  # the server's last sends
+    cpu = cpu_seconds(server.pid) - cpu_before
+    refused = [answer.seconds for answer, _ in answers if answer is not None and answer.status == REJECTED]
+    return (f"flood of {size} alone, {name}: server CPU {1000 * cpu / size:.2f} ms per request, client CPU "
+            f"{1000 * client / size:.2f} ms; 503 p50 {ms(refused, .5):.0f} ms p99 {ms(refused, .99):.0f} ms (n={len(refused)})")
+
+
 def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: int, concurrency: int, flood_size: int,
               flood_every: float, leavers: int) -> int:
     image = (Path(__file__).resolve().parents[1] / "examples" / "star.png").read_bytes()
@@ -211,6 +265,8 @@ def run_phase(phase: str, repository: Path, model: str, seconds: float, rounds: 
         alive = server.alive()
     finally:
         server.stop()
+    if phase == "flood":
+        lines += refusal_cost(repository, model, request, flood_size)
     print("\n".join([*lines, f"server {'alive' if alive else 'DIED'}"]))
     failed = not alive or any(q.lost + l.lost + q.server_errors + l.server_errors for q, l in pairs)
     return 1 if failed else 0
