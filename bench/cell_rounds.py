@@ -27,21 +27,31 @@ class RawProbe:
 
     Args:
         best: The best key of ``serve_bench.raw_backend`` (``"batch N"`` or ``"N instances"``).
+        version: The version folder to build.
+        engine: ``onnxruntime``, ``openvino`` or ``auto`` (the version's serving block, else the rule),
+            resolved with its precision as the server resolves them (`entry_options`).
     """
 
-    def __init__(self, root: Path, name: str, device: str, best: str) -> None:
+    def __init__(self, root: Path, name: str, device: str, best: str, version: int = 1, engine: str = "onnxruntime") -> None:
         from eca_serve.batching import BatchPolicy
         from eca_serve.pipelines.manager import backend_options_for
         from eca_serve.repository import read_config
         from eca_serve.runtime import BackendOptions, create_backend, warm_up
+        from eca_serve.runtime.engines import entry_options
 
-        self.config = read_config(root / name / "1")
+        folder = root / name / str(version)
+        self.config = read_config(folder)
         policy = BatchPolicy.for_device(device)
-        self.backend = create_backend(root / name / "1", self.config, backend_options_for(BackendOptions("onnxruntime", device), policy))
+        options = entry_options(backend_options_for(BackendOptions(engine, device), policy), self.config)
+        self.backend = create_backend(folder, self.config, options)
         warm_up(self.backend, self.config)
+        self.setting(best)
+        self.cpu_ms: list[float] = []  # CPU milliseconds per image of each `rate` call
+
+    def setting(self, best: str) -> None:
+        """Measure ``best`` (``"batch N"``: one caller, batches of N; ``"N instances"``: N callers, batches of 1) from now on."""
         count, kind = best.split(" ")[::-1] if best.startswith("batch") else best.split(" ")
         self.callers, self.batch = (int(count), 1) if kind == "instances" else (1, int(count))
-        self.cpu_ms: list[float] = []  # CPU milliseconds per image of each `rate` call
 
     def rate(self, seconds: float) -> float:
         """Images/s of ``callers`` threads each running batches of ``batch`` back to back for ``seconds``;

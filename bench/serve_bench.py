@@ -20,6 +20,8 @@ window, "server ms" the server process's CPU per answered request, and "cpu rati
 per image over the CPU a request costs server and client together (the served/raw of a machine busy
 with nothing else).
 
+Engine x precision columns, raw and served in the same rounds: ``--engines`` (``bench/engine_cells.py``).
+
 Interleaved comparison at one concurrency: ``python bench/serve_bench.py --models eca_mobilenet_v2
 --only eca_mobilenet_v2 --endpoints classify --concurrency 16 --rounds 3 --seconds 4``.
 """
@@ -46,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import engine_cells  # noqa: E402
 import grpc_cells  # noqa: E402
 import int8_cells  # noqa: E402
 from inprocess_limit import inprocess_limit  # noqa: E402
@@ -183,10 +186,14 @@ def main() -> None:
     parser.add_argument("--footprint", action="store_true", help="only the shipped models' footprint: RSS, start to ready, PNG latency")
     parser.add_argument("--requests", type=int, default=2000, help="mixed requests of --footprint between the two RSS readings")
     int8_cells.add_arguments(parser)
+    engine_cells.add_arguments(parser)
     args = parser.parse_args()
     images = photos()
     if args.int8:
         int8_cells.main(args, images)
+        return
+    if args.engines:
+        engine_cells.main(args, images)
         return
     if args.footprint:
         print_footprint(footprint(images, args.requests))

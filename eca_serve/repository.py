@@ -10,15 +10,20 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from eca_serve.errors import ConfigError
+from eca_serve.kinds import Device, DeviceKind, Engine, Precision, device_kind
+from eca_serve.preprocessing import Preprocessing
 
 CONFIG_FILE = "config.json"
 SCHEMA_VERSION = 1
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The batching rules, one name each in config.json's ``serving`` block, the ECA_SERVE_* settings and `BatchPolicy`.
+BATCHING_FIELDS = ("max_batch_size", "instances", "max_queue_delay_ms", "max_queue_size", "timeout_s", "max_inflight")
+ANY_SIZE_WARMUP = (320, 320)  # (H, W) of the warm-up image of an entry that takes any size and names none
 
 
 def check_safe_name(value: str, what: str = "name") -> str:
@@ -32,8 +37,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class InputSpec(_Strict):
-    """How clients' images become the model input.
+class InputSpec(Preprocessing):
+    """How clients' images become the model input: the model's `Preprocessing` record plus the tensor's form.
 
     Classifiers take ``[N, 3, H, W]`` normalised float32 (``layout="NCHW"``); detectors take one
     ``[3, H, W]`` RGB image in [0, 1] (``layout="CHW"``) and normalise inside the model. The server
@@ -45,12 +50,6 @@ class InputSpec(_Strict):
     layout: Literal["NCHW", "CHW"]
     dtype: Literal["float32"] = "float32"
     color: Literal["RGB"] = "RGB"
-    size: tuple[int, int] | None = Field(None, description="(H, W) fed to the model; None = any size")
-    resize: int | None = Field(None, description="shorter side before the center crop")
-    crop: bool = False
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     normalized_in_model: bool = False
     preprocessing: Literal["fast", "reference"] | None = Field(
         None, description="classifier preprocessing for this entry; None = the server's ECA_SERVE_PREPROCESSING")
@@ -70,6 +69,19 @@ def attention_output(layer: str) -> str:
     The same name keys the ONNX graph output, the TorchScript/eager backends' outputs and ``AttentionSpec.output``.
     """
     return f"attention/{layer}"
+
+
+EMBEDDING_OUTPUT = "embedding"
+
+
+class EmbeddingSpec(_Strict):
+    """A classifier's pooled features [N, dim]: the input of its final layer, not normalised.
+
+    The same name keys the ONNX graph output and the TorchScript/eager backends' outputs.
+    """
+
+    output: str = EMBEDDING_OUTPUT
+    dim: int = Field(ge=1)
 
 
 class AttentionSpec(_Strict):
@@ -145,34 +157,68 @@ class ServingSpec(_Strict):
             max_queue_size + max_batch_size x instances.
     """
 
-    device: Literal["cpu", "cuda"] | None = None
+    device: Annotated[DeviceKind | None, BeforeValidator(lambda v: v if v is None else device_kind(v))] = None
     max_batch_size: int | None = Field(None, ge=1)
     instances: int | None = Field(None, ge=1)
     max_queue_delay_ms: float | None = Field(None, ge=0, allow_inf_nan=False)
     max_queue_size: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    engine: Literal["onnxruntime", "openvino", "auto"] | None = None
-    precision: Literal["fp32", "bf16", "int8"] | None = None
+    engine: Literal[Engine, "auto"] | None = None
+    precision: Precision | None = None
 
     max_inflight: int | None = Field(None, ge=1)
 
-    def applies_to(self, device: str) -> bool:
+    def applies_to(self, device: Device | str) -> bool:
         """True when this block was chosen for ``device``'s kind (or for every device)."""
-        return self.device is None or device.split(":", 1)[0].strip().lower() == self.device
+        return self.device is None or Device(device).kind == self.device
 
-    def fields_for(self, device: str) -> dict[str, Any]:
+    def fields_for(self, device: Device | str) -> dict[str, Any]:
         """The batching fields set in this block, as ``BatchPolicy`` keywords, if it applies to ``device``, else {}."""
         if not self.applies_to(device):
             return {}
-        return self.model_dump(exclude={"device", "engine", "precision"}, exclude_none=True)
+        return self.model_dump(include=set(BATCHING_FIELDS), exclude_none=True)
+
+
+class DetectionSpec(_Strict):
+    """A detector's sizes and thresholds (torchvision's ``GeneralizedRCNNTransform`` and box-head options).
+
+    The server resizes each image so that the model's own resize is the identity (`input_size`).
+    """
+
+    min_size: int = Field(ge=1, description="shorter side of the working size")
+    max_size: int = Field(ge=1, description="longest side allowed")
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = Field(100, ge=1)
+    warmup_size: tuple[int, int] | None = Field(None, description="(H, W) of the warm-up image; None = min_size square")
+
+    def input_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) a ``width`` x ``height`` image is resized to before the model (see `model_input_size`)."""
+        return model_input_size(width, height, self.min_size, self.max_size)
+
+
+class EngineAccuracy(_Strict):
+    """The INT8 graph's accuracy against FP32 when another engine runs it (fields as in `QuantizationSpec`)."""
+
+    engine: Literal["openvino"]
+    version: str
+    top1_int8: float | None
+    top1_drop: float
+    agreement: float
+    max_abs_prob_diff: float
+    max_abs_attention_diff: float | None
+    mean_abs_attention_diff: float | None
+    attention_diff_per_layer: dict[str, float] = {}
 
 
 class QuantizationSpec(_Strict):
     """How an INT8 entry was made from its FP32 parent and what it costs in accuracy.
 
     Accuracy fields compare the two graphs on the same ``eval_images``, preprocessed as the server
-    does. Top-1 fields are None when the eval images carry no labels; the bound then applies to
-    the disagreement (100 - ``agreement``), which bounds any top-1 drop from above.
+    does, the INT8 graph run by ONNX Runtime. Top-1 fields are None when the eval images carry no
+    labels; the bound then applies to the disagreement (100 - ``agreement``), which bounds any top-1
+    drop from above. ``openvino``: the same graph compiled by OpenVINO, the other engine that serves
+    it (measured where openvino is installed); ``accepted`` then needs both drops within ``max_drop``.
     """
 
     parent_version: int = Field(ge=1)
@@ -197,6 +243,7 @@ class QuantizationSpec(_Strict):
     attention_diff_per_layer: dict[str, float] = {}
     accepted: bool
     onnxruntime: str
+    openvino: EngineAccuracy | None = None
 
 
 class _Latest(_Strict):
@@ -253,8 +300,10 @@ class EntryConfig(_Strict):
     input: InputSpec
     outputs: list[OutputSpec]
     attention: list[AttentionSpec]
+    # classifiers exported with their pooled features as an extra output; None: entries made before that, detectors
+    embedding: EmbeddingSpec | None = None
     artifacts: dict[str, ArtifactSpec]
-    detection: dict[str, Any] | None = None
+    detection: DetectionSpec | None = None
     parity: dict[str, Any] | None = None
     metrics: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
@@ -270,6 +319,14 @@ class EntryConfig(_Strict):
     @classmethod
     def _plain_name(cls, value: str) -> str:
         return check_safe_name(value, "model name")
+
+    def warmup_size(self) -> tuple[int, int]:
+        """(H, W) of the image that warms the model up: its fixed input size, else the detector's warm-up size."""
+        if self.input.size is not None:
+            return self.input.size
+        if self.detection is not None:
+            return self.detection.warmup_size or (self.detection.min_size, self.detection.min_size)
+        return ANY_SIZE_WARMUP
 
 
 def sha256_file(path: Path) -> str:
@@ -290,8 +347,9 @@ def write_config(folder: Path, config: EntryConfig) -> Path:
     """Write ``config.json`` into ``folder``."""
     path = folder / CONFIG_FILE
     data = config.model_dump(mode="json", by_alias=True)
-    if data.get("version_policy") is None:  # unset: configs written before policies existed stay byte-identical
-        data.pop("version_policy", None)
+    for optional in ("version_policy", "embedding"):  # unset: configs written before these existed stay byte-identical
+        if data.get(optional) is None:
+            data.pop(optional, None)
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import re
-
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eca_serve.kinds import BackendChoice, Device
+from eca_serve.repository import BATCHING_FIELDS
+
+log = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
     """Every knob of ``eca-serve serve``; each field is also ``ECA_SERVE_<FIELD>`` in the environment.
 
-    The batching fields (``max_batch_size``, ``max_queue_delay_ms``, ``max_queue_size``, ``instances``,
-    ``request_timeout_s``) are defaults for the entries whose config.json ``serving`` block omits
+    The batching fields (`eca_serve.repository.BATCHING_FIELDS`: ``max_batch_size``, ``max_queue_delay_ms``,
+    ``max_queue_size``, ``instances``, ``timeout_s``, ``max_inflight``, named as in config.json's ``serving``
+    block and in `BatchPolicy`) are defaults for the entries whose config.json ``serving`` block omits
     them: per model, that block > these settings > the per-device defaults of `BatchPolicy.for_device`
     (CPU: no queue delay, batches of at most 4, two instances; CUDA: batches of 32, 2 ms delay).
     With ``threads`` unset on CPU, each instance gets ``cores // instances`` intra-op threads.
@@ -27,8 +32,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="Open Inference Protocol over gRPC (0 = off; 8001 as Triton)")
-    device: str = Field("cpu", description="cpu | cuda | cuda:N (any case; stored lower-case)")
-    backend: Literal["auto", "onnxruntime", "openvino", "torchscript", "eager"] = Field(
+    device: Device = Field(Device("cpu"), description="cpu | cuda | cuda:N (any case; stored lower-case)")
+    backend: BackendChoice = Field(
         "auto", description="auto: each entry's serving.engine, else the rule of eca_serve.runtime.engines")
     openvino_cache_dir: str = Field("", description="OpenVINO compiled-model cache (a folder per entry; empty = off)")
     fp16: bool = False
@@ -42,7 +47,9 @@ class Settings(BaseSettings):
     max_queue_size: int | None = Field(None, ge=1, description="default for entries without serving.max_queue_size")
     instances: int | None = Field(None, ge=1, description="batches of one model running at once (CPU default 2); "
                                   "default for entries without serving.instances")
-    request_timeout_s: float = Field(30.0, gt=0, description="default for entries without serving.timeout_s")
+    timeout_s: float = Field(30.0, gt=0, description="queue + inference limit per request (504), "
+                             "default for entries without serving.timeout_s")
+    request_timeout_s: float | None = Field(None, gt=0, exclude=True, description="deprecated name of timeout_s")
     max_inflight: int | None = Field(None, ge=1, description="requests of one model held at once before 503, "
                                      "default for entries without serving.max_inflight (else queue + batch x instances)")
     body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this (else 408)")
@@ -69,29 +76,22 @@ class Settings(BaseSettings):
     admin_enabled: bool = False
     admin_token: str | None = None
 
-    @field_validator("device")
-    @classmethod
-    def _canonical_device(cls, value: str) -> str:
-        return canonical_device(value)
+    @model_validator(mode="after")
+    def _deprecated_names(self) -> Settings:
+        if self.request_timeout_s is not None:
+            log.warning("ECA_SERVE_REQUEST_TIMEOUT_S / request_timeout_s is deprecated: use ECA_SERVE_TIMEOUT_S / timeout_s "
+                        "(the name config.json's serving block uses)")
+            if "timeout_s" not in self.model_fields_set:
+                self.timeout_s = self.request_timeout_s
+        return self
+
+    def batching_defaults(self) -> dict[str, Any]:
+        """The batching fields that are set, as `BatchPolicy` keywords (defaults under each entry's ``serving``)."""
+        return {k: getattr(self, k) for k in BATCHING_FIELDS if getattr(self, k) is not None}
 
 
-_DEVICE = re.compile(r"cpu|cuda(:\d+)?")
-
-
-def canonical_device(value: str) -> str:
-    """``value`` as ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; anything else is refused with the accepted forms.
-
-    Every later check compares against these lower-case forms, so ``"CPU"`` or ``" cuda "`` must not
-    reach them as given (``"CPU"`` was refused for INT8 entries "served on CPU only").
-    """
-    device = value.strip().lower()
-    if not _DEVICE.fullmatch(device):
-        raise ValueError(f"device must be cpu, cuda or cuda:N, got {value!r}")
-    return device
-
-
-def inflight_limit(settings: Settings) -> int:
-    """``max_inflight_requests``, or the device's default when unset.
+def inflight_limit(settings: Settings, device: Device | None = None) -> int:
+    """``max_inflight_requests``, or the default of ``device`` (the served one; default: the setting) when unset.
 
     CPU: 128, twice what the default queues (64 per model) can take, so a flood beyond that is refused
     before its bodies are read (measured in a 90 s flood run: 503 median 0.49 -> 0.28 s, accepted
@@ -100,4 +100,4 @@ def inflight_limit(settings: Settings) -> int:
     """
     if settings.max_inflight_requests is not None:
         return settings.max_inflight_requests
-    return 1024 if settings.device.startswith("cuda") else 128
+    return 1024 if (device or settings.device).is_cuda else 128

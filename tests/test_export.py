@@ -121,10 +121,11 @@ def test_import_official_matches_eager(tmp_path: Path, capsys: pytest.CaptureFix
     x = torch.randn(2, 3, 224, 224)
     outputs = session.run(None, {"input": x.numpy()})
     with torch.no_grad():
-        logits, attn = eager.forward_with_attention(x)
+        logits, embedding, attn = eager.forward_with_embedding(x)
     np.testing.assert_allclose(outputs[0], logits.numpy(), atol=1e-4)
-    assert len(outputs) == 1 + 17
+    assert len(outputs) == 1 + 17 + 1 and outputs[18].shape == (2, 1280)
     np.testing.assert_allclose(outputs[17], attn["features.17.conv.4"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(outputs[18], embedding.numpy(), atol=1e-4)
 
 
 def test_export_cli_requires_name_version_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

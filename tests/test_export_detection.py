@@ -36,7 +36,8 @@ def test_detector_entry_config(exported: Path) -> None:
     assert config.task == "instance_segmentation" and config.architecture == "maskrcnn_eca_resnet18_fpn"
     assert config.input.layout == "CHW" and config.input.size is None and config.input.normalized_in_model
     assert [o.name for o in config.outputs][:4] == ["boxes", "labels", "scores", "masks"]
-    assert config.detection["min_size"] == 160 and config.detection["warmup_size"] == [160, 160]
+    assert config.detection is not None
+    assert config.detection.min_size == 160 and config.detection.warmup_size == (160, 160)
     assert config.categories[0] == "__background__" and len(config.attention) == 8
 
 

@@ -35,7 +35,7 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     name, root = request.param, tmp_path_factory.mktemp(request.param)
     model = small_model(name)
     export_model(model, root / "1", ExportOptions(name=name, formats=("onnx",), check_inputs=[(1, 64, 64), (2, 96, 96)]))
-    outputs = ["logits"] + [f"attention/{n}" for n in model.attention_layers]
+    outputs = ["logits"] + [f"attention/{n}" for n in model.attention_layers] + ["embedding"]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(AttentionOutputs(model), (torch.randn(1, 3, 64, 64),), str(root / "torch.onnx"), dynamo=False,

@@ -38,3 +38,23 @@ def test_reexport_of_shipped_weights_classifies_as_the_shipped_entry(tmp_path: P
     assert [p["label"] for p in answers[0]] == [p["label"] for p in answers[1]]
     assert answers[0][0]["label"] == "star"
     assert answers[0][0]["score"] == pytest.approx(answers[1][0]["score"], abs=1e-4)
+
+
+def test_export_flags_override_the_stored_preprocessing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "models" / "shapes_classifier" / "1"
+    assert main(["export", "eca_resnet18", "--weights", str(SHIPPED / "weights.safetensors"), "--out", str(out),
+                 "--formats", "onnx", "--json", "--input-size", "72", "--resize", "80", "--interpolation", "bicubic"]) == 0
+    capsys.readouterr()
+    again, shipped = read_config(out).input, read_config(SHIPPED).input
+    assert (tuple(again.size), again.resize, again.interpolation) == ((72, 72), 80, "bicubic")
+    assert (again.crop, again.mean, again.std) == (shipped.crop, shipped.mean, shipped.std)  # the rest as stored
+
+
+def test_a_bad_preprocessing_flag_is_a_config_error_before_any_export(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "models" / "shapes_classifier" / "1"
+    assert main(["export", "eca_resnet18", "--weights", str(SHIPPED / "weights.safetensors"), "--out", str(out),
+                 "--formats", "onnx", "--resize", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "preprocessing flags" in err and "resize" in err
+    assert not out.exists()

@@ -89,6 +89,40 @@ def test_int8_entry_is_complete_and_its_report_matches_a_recomputation(repositor
     assert report.max_abs_attention_diff == pytest.approx(max(report.attention_diff_per_layer.values()))
 
 
+def test_int8_keeps_the_embedding_output_in_float(repository: Path, images) -> None:
+    parent, config = read_config(repository / NAME / "1"), read_config(repository / NAME / "2")
+    assert config.embedding == parent.embedding and parent.embedding is not None
+    assert config.outputs[-1].name == "embedding" and config.outputs[-1].shape == [-1, parent.embedding.dim]
+    x = preprocessed(config, sorted(images[1].rglob("*.png"))[:40])
+    fp32, int8 = (run(repository / NAME / v / "model.onnx", x)["embedding"] for v in ("1", "2"))
+    assert int8.dtype == np.float32 and int8.shape == fp32.shape == (40, parent.embedding.dim)
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert 0.9 < cosine.min() and not np.array_equal(fp32, int8)  # quantized, pointing the same way
+
+
+def test_the_report_measures_the_same_int8_graph_on_openvino(repository: Path, images) -> None:
+    ov = pytest.importorskip("openvino")
+    config = read_config(repository / NAME / "2")
+    report, on_openvino = config.quantization, config.quantization.openvino
+    assert on_openvino is not None and on_openvino.engine == "openvino" and on_openvino.version == ov.__version__
+    files = sorted(images[1].rglob("*.png"))
+    labels = np.array([int(f.parent.name[:2]) for f in files])
+    x = preprocessed(config, files)
+    fp32 = run(repository / NAME / "1" / "model.onnx", x)
+    compiled = ov.Core().compile_model(str(repository / NAME / "2" / "model.onnx"), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"})
+    parts = [compiled(x[i:i + 32]) for i in range(0, len(x), 32)]
+    int8 = {name: np.concatenate([p[compiled.output(name)] for p in parts]) for name in fp32}
+    top1 = 100.0 * np.mean(int8["logits"].argmax(1) == labels)
+    assert on_openvino.top1_int8 == pytest.approx(top1) and on_openvino.top1_drop == pytest.approx(report.top1_fp32 - top1)
+    assert on_openvino.agreement == pytest.approx(100.0 * np.mean(fp32["logits"].argmax(1) == int8["logits"].argmax(1)))
+    for layer in config.attention:
+        diff = np.abs(int8[layer.output] - fp32[layer.output]).max()
+        assert on_openvino.attention_diff_per_layer[layer.output] == pytest.approx(diff, abs=1e-5)
+    assert on_openvino.max_abs_attention_diff > 0  # OpenVINO ran it as INT8, not as the FP32 parent
+    assert report.accepted == (max(report.top1_drop, on_openvino.top1_drop) <= report.max_drop)
+
+
 def test_the_quantization_command_shows_the_report(repository: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["quantization", f"{NAME}:2", "--model-repository", str(repository), "--json"]) == 0
@@ -151,9 +185,19 @@ def test_int8_entries_are_served_on_cpu_by_onnxruntime_or_openvino_only(reposito
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
-def test_attention_nodes_are_each_gates_weights_between_its_pool_and_its_scaling_mul() -> None:
+def test_attention_nodes_are_each_gates_weights_between_its_pool_and_its_scaling_mul(tmp_path: Path) -> None:
+    import torch
+
+    from eca_serve.introspect import AttentionOutputs
+    from eca_serve.models import create_model
+
     config = read_config(ROOT / "models" / NAME / "1", verify=False)
-    model = onnx.load(str(ROOT / "models" / NAME / "1" / "model.onnx"))  # an older export: ReduceMean, Unsqueeze glue
+    # the graph as older exports wrote it (torch's own export, no gate rewrite): ReduceMean, Unsqueeze glue
+    net = create_model("eca_resnet18", weights=ROOT / "models" / NAME / "1" / "weights.safetensors")
+    names = ["logits", *[a.output for a in config.attention], "embedding"]
+    torch.onnx.export(AttentionOutputs(net), (torch.randn(1, 3, 64, 64),), str(tmp_path / "torch.onnx"), dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=names)
+    model = onnx.load(str(tmp_path / "torch.onnx"))
     names = attention_nodes(model, [a.output for a in config.attention])
     kinds = [n.op_type for n in model.graph.node if n.name in names]
     assert {k: kinds.count(k) for k in set(kinds)} == {"Unsqueeze": 24, "Conv": 8, "Sigmoid": 8, "Squeeze": 8}

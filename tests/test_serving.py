@@ -12,9 +12,9 @@ import torch
 
 from eca_serve.pipelines.images import DecodeLimits, decode_image
 from eca_serve.pipelines.preprocess import decode_target, preprocess_classification
-from eca_serve.repository import read_config
+from eca_serve.repository import DetectionSpec, model_input_size, read_config
 from eca_serve.export.parity import match_detections
-from eca_serve.pipelines.detection import detector_input, model_input_size, to_original_pixels
+from eca_serve.pipelines.detection import detector_input, to_original_pixels
 from eca_serve.pipelines.masks import to_original_size
 from eca_serve.settings import Settings
 from tests.hostile_images import corpus, jpeg_bytes, png_bytes
@@ -234,7 +234,7 @@ def preprocess_for_detector(data: bytes) -> np.ndarray:
     from eca_serve.repository import InputSpec
 
     spec = InputSpec(layout="CHW", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), normalized_in_model=True)
-    return detector_input(decode_image(data, limits=DecodeLimits()).image, spec, {"min_size": 128, "max_size": 192})
+    return detector_input(decode_image(data, limits=DecodeLimits()).image, spec, DetectionSpec(min_size=128, max_size=192))
 
 
 @pytest.mark.parametrize("size, expected", [((150, 110), (175, 128)), ((110, 150), (128, 175)), ((1000, 100), (192, 19)),

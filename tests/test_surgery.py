@@ -202,7 +202,7 @@ def test_onnx_has_every_attention_output(arch: str, kind: str, tmp_path: Path) -
         if isinstance(m, (SurgicalEca, SurgicalSE)):
             nn.init.normal_(m.conv.weight if isinstance(m, SurgicalEca) else m.fc2.weight, std=0.5)
     names = export_classifier_onnx(model, tmp_path / "m.onnx", torch.randn(1, 3, 64, 64))
-    assert names == ["logits"] + [f"attention/{p}" for p in model.attention_layers]
+    assert names == ["logits"] + [f"attention/{p}" for p in model.attention_layers] + ["embedding"]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randn(2, 3, 80, 72)
     outputs = session.run(names, {"input": x.numpy()})

@@ -75,9 +75,11 @@ def test_attention_outputs_wrapper_orders_tensors_by_name() -> None:
     with torch.no_grad():
         outs = wrapped(x)
         logits, weights = model.forward_with_attention(x)
-    assert len(outs) == 1 + 8
+        embedding = torch.flatten(model.avgpool(model.forward_features(x)), 1)
+    assert len(outs) == 1 + 8 + 1
     assert torch.equal(outs[0], logits)
-    assert all(torch.equal(o, weights[n]) for o, n in zip(outs[1:], wrapped.names))
+    assert all(torch.equal(o, weights[n]) for o, n in zip(outs[1:-1], wrapped.names))
+    assert outs[-1].shape == (1, 512) and torch.equal(outs[-1], embedding)
 
 
 def test_config_carries_preprocessing_and_imagenet_names() -> None:

@@ -23,6 +23,7 @@ from eca_serve.dataplane import DataPlane
 from eca_serve.pipelines.images import DecodeLimits
 from eca_serve.pipelines.manager import ModelManager, ServingOptions
 from eca_serve.runtime import BackendOptions
+from eca_serve.runtime.engines import serving_device
 from eca_serve.settings import Settings, inflight_limit
 
 log = logging.getLogger("eca_serve.api")
@@ -33,15 +34,14 @@ def serving_options(settings: Settings) -> ServingOptions:
 
     The batching settings that are set become defaults under each entry's config.json ``serving``
     block (which wins); unset ones keep the per-device defaults (`eca_serve.pipelines.manager.policy_for`).
+    The device is the one the backend can reach here (`serving_device`: CUDA without a GPU runtime is CPU).
     """
-    defaults = {k: v for k, v in {"max_batch_size": settings.max_batch_size, "max_queue_delay_ms": settings.max_queue_delay_ms,
-                                  "max_queue_size": settings.max_queue_size, "timeout_s": settings.request_timeout_s,
-                                  "instances": settings.instances, "max_inflight": settings.max_inflight}.items()
-                if v is not None}
-    BatchPolicy.for_device(settings.device, **defaults)  # validate at start-up, not on first request
+    device = serving_device(settings.backend, settings.device)
+    defaults = settings.batching_defaults()
+    BatchPolicy.for_device(device, **defaults)  # validate at start-up, not on first request
     return ServingOptions(
         repository=settings.model_repository,
-        backend=BackendOptions(settings.backend, settings.device, settings.fp16, settings.threads,
+        backend=BackendOptions(settings.backend, device, settings.fp16, settings.threads,
                                cache_dir=settings.openvino_cache_dir),
         policy_defaults=defaults,
         limits=DecodeLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels),
@@ -76,9 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
+    options = serving_options(settings)
     metrics = ServerMetrics(inflight=lambda: plane.inflight)
-    manager = ModelManager(serving_options(settings), on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
-    app.state.dataplane = plane = DataPlane(manager, inflight_limit(settings))
+    manager = ModelManager(options, on_stage=metrics.observe_stage, on_batch_for=metrics.batch_observer)
+    app.state.dataplane = plane = DataPlane(manager, inflight_limit(settings, options.backend.device))
     app.state.metrics = metrics
     app.state.manager, app.state.admission = manager, plane.admission  # the plane's own, for tests and tools
     metrics.watch(manager, plane.admission)

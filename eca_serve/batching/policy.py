@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eca_serve.errors import ConfigError
+from eca_serve.kinds import Device
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class BatchPolicy:
     most until the request due next has been queued for ``max_queue_delay_ms`` (time it spent
     queued behind a running batch counts); with a delay of 0 it never waits and runs whatever is
     already queued.
+
+    Every field but ``claim_idle`` has the same name in config.json's ``serving`` block and in the
+    ``ECA_SERVE_*`` settings (`eca_serve.repository.BATCHING_FIELDS`).
 
     Attributes:
         max_batch_size: Most items handed to the handler in one call (>= 1).
@@ -76,7 +80,7 @@ class BatchPolicy:
         return self.max_queue_delay_ms / 1000.0
 
     @classmethod
-    def for_device(cls, device: str, **overrides: Any) -> BatchPolicy:
+    def for_device(cls, device: Device | str, **overrides: Any) -> BatchPolicy:
         """Default policy for a device kind, with optional field overrides.
 
         ``"cpu"``: ``max_batch_size=4, max_queue_delay_ms=0, max_queue_size=64, instances=2``. On
@@ -100,7 +104,7 @@ class BatchPolicy:
         batches, and a second would only contend for it.
 
         Args:
-            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (any spelling, see `Device`).
             **overrides: Fields replacing the device defaults, e.g. ``timeout_s=5.0``.
 
         Returns:
@@ -109,11 +113,7 @@ class BatchPolicy:
         Raises:
             ConfigError: For an unknown device kind or an override that breaks a rule.
         """
-        kind = device.split(":", 1)[0].strip().lower()
-        if kind not in _DEVICE_DEFAULTS:
-            raise ConfigError(
-                f"device must be one of {sorted(_DEVICE_DEFAULTS)} (optionally 'cuda:N'), got {device!r}"
-            )
+        kind = Device(device).kind
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ConfigError(f"unknown BatchPolicy fields: {sorted(unknown)}")

@@ -35,13 +35,39 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arg", action="append", default=[], metavar="KEY=JSON",
                    help="architecture argument, e.g. --arg 'widths=[16,32,64,128]' (repeatable; default: none)")
     p.add_argument("--json", action="store_true", help="print the entry config as JSON")
+    pre = p.add_argument_group("preprocessing of a classifier (each default: what the weights store, else the "
+                               "architecture's)")
+    stored = "default: as stored"
+    pre.add_argument("--input-size", type=int, nargs="+", metavar="PX", help=f"model input: H W, or one side; {stored}")
+    pre.add_argument("--resize", type=int, help=f"shorter side before the center crop; {stored}")
+    pre.add_argument("--crop", action=argparse.BooleanOptionalAction, default=None, help=f"center crop after the resize; {stored}")
+    pre.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"], help=f"resize filter; {stored}")
+    pre.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help=f"per-channel mean of [0, 1] RGB; {stored}")
+    pre.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help=f"per-channel standard deviation; {stored}")
+
+
+def with_preprocessing(model: Any, args: argparse.Namespace) -> Any:
+    """``model`` with the preprocessing flags that were given replacing fields of its record (validated)."""
+    size = args.input_size
+    if size is not None and len(size) not in (1, 2):
+        raise ConfigError(f"--input-size takes H W or one side, got {size}")
+    given = {"size": None if size is None else (size[0], size[-1]), "resize": args.resize, "crop": args.crop,
+             "interpolation": args.interpolation, "mean": args.mean, "std": args.std}
+    changes = {k: v for k, v in given.items() if v is not None}
+    if changes:
+        record = model.config.preprocess
+        try:
+            model.config = model.config.replace(preprocess=type(record).model_validate({**record.record(), **changes}))
+        except ValueError as exc:
+            raise ConfigError(f"preprocessing flags: {exc}") from None
+    return model
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from eca_serve.models import create_model
 
     name, version = _entry_name(args.out)
-    model = create_model(args.name, weights=args.weights, **_parse_args(args.arg))
+    model = with_preprocessing(create_model(args.name, weights=args.weights, **_parse_args(args.arg)), args)
     provenance = {"weights": args.weights.name, "command": "export"}
     return _run_export(args, model, args.out, name, version, provenance)
 
@@ -54,7 +80,7 @@ def cmd_import_official(args: argparse.Namespace) -> int:
     check_safe_name(args.name, "model name")
     ckpt = read_checkpoint(args.checkpoint)
     arch, kwargs = detect_architecture(ckpt.state_dict)
-    model = create_model(arch, weights=args.checkpoint, **kwargs, **_parse_args(args.arg))
+    model = with_preprocessing(create_model(arch, weights=args.checkpoint, **kwargs, **_parse_args(args.arg)), args)
     provenance = {"weights": args.checkpoint.name, "sha256": sha256_file(args.checkpoint),
                   "command": "import-official", "arch_field_in_file": str(ckpt.meta.get("arch")),
                   "epoch": _plain(ckpt.meta.get("epoch")), "best_prec1": _plain(ckpt.meta.get("best_prec1"))}
@@ -81,9 +107,10 @@ def _run_export(args: argparse.Namespace, model: Any, out: Path, name: str, vers
 
 def _print_parity(report: dict, out: Path) -> None:
     rows = [(r["backend"], r["input_shape"], _fmt(r.get("max_abs_probabilities")), _fmt(r.get("max_abs_attention")),
-             json.dumps(r.get("detections")) if r.get("detections") else "", "ok" if r["passed"] else "FAIL")
+             _fmt(r.get("max_abs_embedding")), json.dumps(r.get("detections")) if r.get("detections") else "",
+             "ok" if r["passed"] else "FAIL")
             for r in report["rows"]]
-    print_table(f"parity vs eager -> {out}", ["backend", "input", "max|dprob|", "max|dattn|", "detections", ""], rows)
+    print_table(f"parity vs eager -> {out}", ["backend", "input", "max|dprob|", "max|dattn|", "max|demb|", "detections", ""], rows)
 
 
 def _fmt(value: float | None) -> str:

@@ -27,9 +27,10 @@ def engine_variants(config: Any, device: str, engines: str = "auto") -> list[tup
     ``engines``: ``auto`` (every engine installed here; BF16 only where the CPU computes it) or a
     comma-separated list of ``onnxruntime``/``openvino``.
     """
-    from eca_serve.runtime.engines import ENGINES, cpu_flags, has_bf16, openvino_installed
+    from eca_serve.kinds import ENGINES, Device
+    from eca_serve.runtime.engines import cpu_flags, has_bf16, openvino_installed
 
-    if device.startswith("cuda"):
+    if Device(device).is_cuda:
         return [("onnxruntime", config.precision)]
     names = [n.strip() for n in engines.split(",")] if engines != "auto" else list(ENGINES)
     unknown = [n for n in names if n not in ENGINES]

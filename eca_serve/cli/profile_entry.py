@@ -22,6 +22,7 @@ import numpy as np
 
 from eca_serve.cli._output import print_json, print_table
 from eca_serve.errors import ConfigError, UnknownModelError
+from eca_serve.kinds import Device
 from eca_serve.repository import CONFIG_FILE, EntryConfig, ServingSpec, list_entries, read_config
 
 MODEL_BOUND_S = 0.020  # a single run slower than this: batching on CPU only widens latency ...
@@ -52,7 +53,7 @@ class Cell:
     precision: str = "fp32"
 
 
-def recommend(cells: list[Cell], device: str) -> ServingSpec:
+def recommend(cells: list[Cell], device: Device | str) -> ServingSpec:
     """The serving block for measured ``cells``.
 
     Rule: the smallest batch size whose throughput is within `WITHIN` (5%) of the best measured,
@@ -71,7 +72,7 @@ def recommend(cells: list[Cell], device: str) -> ServingSpec:
         raise ConfigError("nothing was measured")
     engine, precision = best_variant(cells)
     cells = [c for c in cells if (c.engine, c.precision) == (engine, precision)]
-    kind = device.split(":", 1)[0].strip().lower()
+    kind = Device(device).kind
     best = max(c.images_per_s for c in cells)
     good = [c for c in cells if c.images_per_s >= (1 - WITHIN) * best]
     single = [c.latency_ms / 1e3 for c in cells if c.batch_size == 1]
@@ -136,7 +137,7 @@ def _median_cell(runs: list[Cell]) -> Cell:
 
 def _measure_cell(backend: Any, config: EntryConfig, instances: int, batch_size: int, seconds: float) -> Cell:
     """``instances`` threads call the backend on batches of ``batch_size`` for ``seconds`` (at least twice each)."""
-    h, w = config.input.size or tuple((config.detection or {}).get("warmup_size", (320, 320)))
+    h, w = config.warmup_size()
     batch = np.random.default_rng(0).random((batch_size, 3, h, w), dtype=np.float32)
     inputs: Any = batch if config.task == "classification" else list(batch)
     start = threading.Barrier(instances)

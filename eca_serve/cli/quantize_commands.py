@@ -65,7 +65,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = {"folder": str(result.folder), **result.report.model_dump(mode="json")}
     _print(args, f"quantize {args.model} -> {result.folder}", report)
     if not result.accepted:
-        print(f"refused: top-1 drop {result.report.top1_drop} points > --max-drop {args.max_drop}; "
+        drops = {"onnxruntime": result.report.top1_drop, **({"openvino": result.report.openvino.top1_drop} if result.report.openvino else {})}
+        print(f"refused: top-1 drop {', '.join(f'{d} points on {e}' for e, d in drops.items())} > --max-drop {args.max_drop}; "
               f"no entry written, report in {result.folder / 'quantization.json'}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from eca_serve.kinds import BACKEND_CHOICES, Device
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``serve`` and ``predict``."""
@@ -15,8 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help=f"address to listen on; {_env_default('host')}")
     p.add_argument("--port", type=int, help=f"HTTP port; {_env_default('port')}")
     p.add_argument("--grpc-port", type=int, help=f"gRPC (Open Inference Protocol) port, 0 = off; {_env_default('grpc_port')}")
-    p.add_argument("--device", help=f"cpu | cuda | cuda:N; {_env_default('device')}")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "openvino", "torchscript", "eager"], help=_env_default("backend"))
+    p.add_argument("--device", type=Device, help=f"cpu | cuda | cuda:N; {_env_default('device')}")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help=_env_default("backend"))
     p.add_argument("--workers", type=int, default=1, help="only 1: uvicorn's worker processes would skip the drain on "
                    "SIGTERM (in-flight requests cut off); scale with more containers or processes behind a load balancer")
     p.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable; default: all)")
@@ -34,9 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="an image file (JPEG, PNG, WebP, BMP, GIF, TIFF)")
     p.add_argument("--model", required=True, help="a model name in the repository")
     p.add_argument("--model-repository", type=Path, default=Path("models"), help="the model repository")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "torchscript", "eager"],
+    p.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                    help="inference backend (auto: the entry's serving.engine, else the rule of eca_serve.runtime.engines)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", type=Device, default=Device("cpu"), help="cpu | cuda | cuda:N")
     p.add_argument("--top-k", type=int, default=None, help="classifiers: classes to print (default: min(5, classes))")
     p.add_argument("--score-threshold", type=float, default=0.5, help="detectors: lowest score kept")
     p.add_argument("--masks", default="rle", choices=["rle", "polygon", "none"], help="detectors: mask format")

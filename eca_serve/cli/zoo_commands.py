@@ -16,6 +16,7 @@ from typing import Any
 from eca_serve.cli._output import print_json, print_table
 from eca_serve.cli.surgery_commands import add_surgery_arguments, inserted_attention, print_inserted
 from eca_serve.errors import ConfigError
+from eca_serve.kinds import Device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, default=224, help="architecture mode: square input side")
     p.add_argument("--batch-size", type=int, default=1, help="architecture mode")
     p.add_argument("--iters", type=int, default=10, help="architecture mode: timed forward passes")
-    p.add_argument("--device", default="cpu", help="architecture mode: cpu | cuda | cuda:N")
+    p.add_argument("--device", type=Device, default=Device("cpu"), help="cpu | cuda | cuda:N")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--recommend", action="store_true", help="measure the repository entry NAME[:VERSION] per engine "
                    "and precision as served (img/s, latency per batch size and instance count) and recommend its serving block")

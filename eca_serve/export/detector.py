@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from eca_serve.export import formats, parity
 from eca_serve.export.entry import ExportOptions, Progress, finish_entry, write_artifacts
 from eca_serve.introspect import attention_layers
-from eca_serve.repository import EntryConfig, InputSpec, OutputSpec, attention_output, model_input_size
+from eca_serve.repository import DetectionSpec, EntryConfig, InputSpec, OutputSpec, attention_output, model_input_size
 
 DetectorRun = tuple[dict[str, np.ndarray], dict[str, np.ndarray]]  # (detections of one image, attention)
 
@@ -70,8 +70,9 @@ def export_detector(model: nn.Module, out_dir: Path, options: ExportOptions, pro
         reference = _run_torch(model.forward_with_attention, x)
         rows += [parity.compare_detector(name, list(x.shape), reference, run(x), options.tolerance) for name, run in backends.items()]
     report = parity.ParityReport(rows, options.tolerance)
-    detection = {k: model.config.extra[k] for k in ("min_size", "max_size", "score_thresh", "nms_thresh", "detections_per_img")}
-    detection["warmup_size"] = list(model.config.preprocess.input_size)
+    detection = DetectionSpec(**{k: model.config.extra[k] for k in ("min_size", "max_size", "score_thresh", "nms_thresh",
+                                                                     "detections_per_img")},
+                              warmup_size=model.config.preprocess.input_size)
     return finish_entry(model, out_dir, options, report, input_spec(model), output_specs(model), artifacts, detection)
 
 

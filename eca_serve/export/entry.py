@@ -18,7 +18,8 @@ import eca_serve
 from eca_serve.errors import EcaServeError
 from eca_serve.export import formats, parity
 from eca_serve.repository import (
-    ArtifactSpec, AttentionSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec, attention_output, write_config,
+    ArtifactSpec, AttentionSpec, DetectionSpec, EmbeddingSpec, EntryConfig, InputSpec, OutputSpec, artifact_spec,
+    attention_output, write_config,
 )
 from eca_serve.introspect import attention_layers
 
@@ -72,12 +73,13 @@ def save_weights(model: nn.Module, out_dir: Path) -> ArtifactSpec:
 def write_artifacts(model: nn.Module, out_dir: Path, options: ExportOptions, progress: Progress,
                     onnx: Callable[[Path], Callable[..., Any]],
                     wrap: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda method: method,
-                    ) -> tuple[dict[str, Any], dict[str, Callable[..., Any]]]:
+                    method: str = "forward_with_attention") -> tuple[dict[str, Any], dict[str, Callable[..., Any]]]:
     """Weights, then TorchScript and ONNX as ``options.formats`` asks.
 
     Args:
         onnx: Writes the ONNX graph to the path it is given; returns a runner of the written graph.
         wrap: Turns a TorchScript method into a runner comparable with the ONNX one.
+        method: The TorchScript method the parity check runs.
 
     Returns:
         The artifact specs by kind, and a runner per backend for the parity check.
@@ -87,7 +89,8 @@ def write_artifacts(model: nn.Module, out_dir: Path, options: ExportOptions, pro
     backends: dict[str, Callable[..., Any]] = {}
     if "torchscript" in options.formats:
         progress("torchscript")
-        backends.update({name: wrap(method) for name, method in formats.torchscript_variants(model, out_dir / "model.pt").items()})
+        variants = formats.torchscript_variants(model, out_dir / "model.pt", method)
+        backends.update({name: wrap(run) for name, run in variants.items()})
         artifacts["torchscript"] = artifact_spec(out_dir / "model.pt", "torchscript")
     if "onnx" in options.formats:
         progress("onnx")
@@ -119,7 +122,8 @@ def write_parity(out_dir: Path, report: parity.ParityReport) -> None:
 
 def finish_entry(
     model: nn.Module, out_dir: Path, options: ExportOptions, report: parity.ParityReport,
-    input_spec: InputSpec, outputs: list[OutputSpec], artifacts: dict[str, Any], detection: dict | None = None,
+    input_spec: InputSpec, outputs: list[OutputSpec], artifacts: dict[str, Any], detection: DetectionSpec | None = None,
+    embedding: EmbeddingSpec | None = None,
 ) -> EntryConfig:
     """Write the parity report, then (only if it passed) ``config.json``."""
     write_parity(out_dir, report)
@@ -130,7 +134,7 @@ def finish_entry(
     config = EntryConfig(
         name=options.name, version=options.version, task=cfg.task, architecture=cfg.name,
         build_kwargs=build_kwargs(model), num_classes=cfg.num_classes, categories=list(cfg.categories),
-        input=input_spec, outputs=outputs, attention=attention_specs(model), artifacts=artifacts,
+        input=input_spec, outputs=outputs, attention=attention_specs(model), embedding=embedding, artifacts=artifacts,
         detection=detection, parity=report.to_dict(), metrics=options.metrics,
         provenance={**options.provenance, "eca_serve": eca_serve.__version__, "torch": torch.__version__},
     )

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from eca_serve.export.gates import rewrite_gates_file
 from eca_serve.introspect import AttentionOutputs
-from eca_serve.repository import attention_output
+from eca_serve.repository import EMBEDDING_OUTPUT, attention_output
 
 ONNX_OPSET = 17
 INPUT_NAME = "input"
@@ -28,7 +28,7 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def export_torchscript(model: nn.Module, path: Path) -> torch.jit.ScriptModule:
-    """Script ``model`` (``forward`` and ``forward_with_attention``) and save it to ``path``.
+    """Script ``model`` (``forward``, ``forward_with_attention``, a classifier's ``forward_with_embedding``) and save it.
 
     The saved module is not frozen: a frozen module bakes its weights in as constants on the export
     device, so the runtime freezes it after loading it onto the serving device instead.
@@ -40,32 +40,38 @@ def export_torchscript(model: nn.Module, path: Path) -> torch.jit.ScriptModule:
 
 
 def freeze_torchscript(scripted: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    """Frozen copy (BN folded into convolutions, attributes inlined) keeping the attention method."""
+    """Frozen copy (BN folded into convolutions, attributes inlined) keeping the read-out methods it has."""
     with _quiet_jit():
-        return torch.jit.freeze(scripted.eval(), preserved_attrs=["forward_with_attention"])
+        return torch.jit.freeze(scripted.eval(), preserved_attrs=readout_methods(scripted))
 
 
-def torchscript_variants(model: nn.Module, path: Path) -> dict[str, Any]:
-    """Write ``model.pt`` and return ``forward_with_attention`` of every TorchScript form the parity
-    check compares: as scripted, reloaded from disk, and frozen as the runtime serves it."""
+def readout_methods(scripted: torch.jit.ScriptModule) -> list[str]:
+    """``forward_with_attention``, and ``forward_with_embedding`` where the module has it (classifiers
+    exported with their pooled features)."""
+    return [m for m in ("forward_with_attention", "forward_with_embedding") if hasattr(scripted, m)]
+
+
+def torchscript_variants(model: nn.Module, path: Path, method: str = "forward_with_attention") -> dict[str, Any]:
+    """Write ``model.pt`` and return ``method`` of every TorchScript form the parity check compares: as
+    scripted, reloaded from disk, and frozen as the runtime serves it."""
     scripted = export_torchscript(model, path)
     with _quiet_jit():
         reloaded = torch.jit.load(str(path), map_location="cpu")
         frozen = freeze_torchscript(torch.jit.load(str(path), map_location="cpu"))
     return {
-        "torchscript": scripted.forward_with_attention,
-        "torchscript_reloaded": reloaded.forward_with_attention,
-        "torchscript_frozen": frozen.forward_with_attention,
+        "torchscript": getattr(scripted, method),
+        "torchscript_reloaded": getattr(reloaded, method),
+        "torchscript_frozen": getattr(frozen, method),
     }
 
 
 def classifier_output_names(model: nn.Module) -> list[str]:
-    """``logits`` then one attention output per layer, in ``model.attention_layers`` order."""
-    return ["logits"] + [attention_output(n) for n in model.attention_layers]
+    """``logits``, one attention output per layer in ``model.attention_layers`` order, then ``embedding``."""
+    return ["logits"] + [attention_output(n) for n in model.attention_layers] + [EMBEDDING_OUTPUT]
 
 
 def export_classifier_onnx(model: nn.Module, path: Path, example: Tensor) -> list[str]:
-    """ONNX graph returning logits and every layer's attention, dynamic in batch, height and width.
+    """ONNX graph returning logits, every layer's attention and the embedding, dynamic in batch, height and width.
 
     The attention gates are rewritten into the form ONNX Runtime runs cheapest (`eca_serve.export.gates`).
 

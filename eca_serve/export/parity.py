@@ -9,16 +9,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# (logits [N, K], {layer: weights [N, C]}) as numpy arrays
-ClassifierRun = tuple[np.ndarray, dict[str, np.ndarray]]
+from eca_serve.repository import EMBEDDING_OUTPUT, attention_output
+
+# (logits [N, K], {layer: weights [N, C]}, embedding [N, D] or None) as numpy arrays
+ClassifierRun = tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]
 
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Largest accepted absolute differences against eager."""
+    """Largest accepted absolute differences against eager (``embedding``: relative to the largest
+    |value| of eager's embedding when that exceeds 1, since pooled features are not normalised)."""
 
     probabilities: float = 1e-4
     attention: float = 1e-4
+    embedding: float = 1e-4
     box_pixels: float = 0.5
     score: float = 1e-3
     mask: float = 1e-3
@@ -33,6 +37,7 @@ class ParityRow:
     max_abs_logits: float | None = None
     max_abs_probabilities: float | None = None
     max_abs_attention: float | None = None
+    max_abs_embedding: float | None = None
     detections: dict[str, float | int] | None = None
     passed: bool = True
     problems: list[str] = field(default_factory=list)
@@ -61,9 +66,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def compare_classifier(backend: str, x: Tensor, reference: ClassifierRun, candidate: ClassifierRun, tol: Tolerance) -> ParityRow:
-    """Max abs differences of logits, probabilities and attention between eager and a backend."""
-    ref_logits, ref_attn = reference
-    logits, attn = candidate
+    """Max abs differences of logits, probabilities, attention and embedding between eager and a backend."""
+    ref_logits, ref_attn, ref_embedding = reference
+    logits, attn, embedding = candidate
     row = ParityRow(backend, list(x.shape))
     row.max_abs_logits = float(np.abs(ref_logits - logits).max())
     row.max_abs_probabilities = float(np.abs(softmax(ref_logits) - softmax(logits)).max())
@@ -76,21 +81,35 @@ def compare_classifier(backend: str, x: Tensor, reference: ClassifierRun, candid
         row.problems.append(f"probabilities differ by {row.max_abs_probabilities:.2e} > {tol.probabilities:.0e}")
     if row.max_abs_attention > tol.attention:
         row.problems.append(f"attention differs by {row.max_abs_attention:.2e} > {tol.attention:.0e}")
+    if ref_embedding is not None:
+        _compare_embedding(row, ref_embedding, embedding, tol.embedding)
     row.passed = not row.problems
     return row
 
 
-def run_torch_classifier(fn: Callable[[Tensor], tuple[Tensor, dict[str, Tensor]]], x: Tensor) -> ClassifierRun:
-    """Call a ``forward_with_attention``-like function and convert to numpy."""
+def _compare_embedding(row: ParityRow, reference: np.ndarray, candidate: np.ndarray | None, tol: float) -> None:
+    if candidate is None or candidate.shape != reference.shape:
+        row.problems.append(f"embedding {None if candidate is None else list(candidate.shape)}, expected {list(reference.shape)}")
+        return
+    row.max_abs_embedding = float(np.abs(reference - candidate).max())
+    limit = tol * max(1.0, float(np.abs(reference).max()))
+    if row.max_abs_embedding > limit:
+        row.problems.append(f"embedding differs by {row.max_abs_embedding:.2e} > {limit:.1e}")
+
+
+def run_torch_classifier(fn: Callable[[Tensor], tuple[Tensor, Tensor, dict[str, Tensor]]], x: Tensor) -> ClassifierRun:
+    """Call a ``forward_with_embedding``-like function and convert to numpy."""
     with torch.inference_mode():
-        logits, attn = fn(x)
-    return logits.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in attn.items()}
+        logits, embedding, attn = fn(x)
+    return (logits.float().cpu().numpy(), {k: v.float().cpu().numpy() for k, v in attn.items()},
+            embedding.float().cpu().numpy())
 
 
 def run_onnx_classifier(session: object, x: Tensor, output_names: Sequence[str], layers: Sequence[str]) -> ClassifierRun:
-    """Run an ONNX Runtime session whose outputs are ``[logits, attention...]``."""
-    outputs = session.run(list(output_names), {session.get_inputs()[0].name: x.numpy()})
-    return outputs[0], dict(zip(layers, outputs[1:]))
+    """Run an ONNX Runtime session with outputs ``logits``, ``attention/<layer>`` per layer and ``embedding``."""
+    outputs = dict(zip(output_names, session.run(list(output_names), {session.get_inputs()[0].name: x.numpy()})))
+    return (outputs["logits"], {layer: outputs[attention_output(layer)] for layer in layers},
+            outputs.get(EMBEDDING_OUTPUT))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

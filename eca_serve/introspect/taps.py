@@ -61,13 +61,13 @@ def _short(path: str) -> str:
 
 
 class AttentionOutputs(nn.Module):
-    """Wraps a classifier so that ``forward`` returns logits and every attention layer's weights.
+    """Wraps a classifier so that ``forward`` returns logits, every attention layer's weights and the embedding.
 
-    Used for export: the ONNX graph gets ``logits`` [B, num_classes] followed by one output
-    [B, C_i] per layer, in ``names`` order.
+    Used for export: the ONNX graph gets ``logits`` [B, num_classes], one output [B, C_i] per layer in
+    ``names`` order, then ``embedding`` [B, D] (the pooled features the final layer maps to logits).
 
     Args:
-        model: A classifier with ``forward_with_attention(x) -> (logits, {name: weights})``.
+        model: A classifier with ``forward_with_embedding(x) -> (logits, embedding, {name: weights})``.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -76,6 +76,6 @@ class AttentionOutputs(nn.Module):
         self.names = list(model.attention_layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        """(logits [B, K], weights_1 [B, C_1], ..., weights_L [B, C_L]) for images [B, 3, H, W]."""
-        logits, weights = self.model.forward_with_attention(x)
-        return (logits, *[weights[name] for name in self.names])
+        """(logits [B, K], weights_1 [B, C_1], ..., weights_L [B, C_L], embedding [B, D]) for images [B, 3, H, W]."""
+        logits, embedding, weights = self.model.forward_with_embedding(x)
+        return (logits, *[weights[name] for name in self.names], embedding)

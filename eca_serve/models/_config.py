@@ -6,29 +6,29 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pydantic import AliasChoices, Field, PositiveInt
+
+from eca_serve.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How an RGB image becomes the model's input tensor.
+class PreprocessConfig(Preprocessing):
+    """A model's `Preprocessing` record with the ImageNet classifier defaults: a 224 px crop of a 256 px resize.
 
-    Attributes:
-        input_size: (H, W) of the tensor the model sees (the crop for classifiers).
-        resize: Shorter side after resizing, before the center crop; None = no resize.
-        crop: Whether a center crop of ``input_size`` follows the resize.
-        interpolation: Pillow/torchvision interpolation name ("bilinear" or "bicubic").
-        mean: Per-channel mean of [0, 1] RGB values.
-        std: Per-channel standard deviation.
+    Export writes these fields as they are into config.json's ``input`` (`eca_serve.repository.InputSpec`)
+    and into the weights' metadata, under ``input_size`` there (the name older weights carry).
     """
 
-    input_size: tuple[int, int] = (224, 224)
-    resize: int | None = 256
+    size: tuple[PositiveInt, PositiveInt] = Field((224, 224), validation_alias=AliasChoices("input_size", "size"),
+                                  serialization_alias="input_size", description="(H, W) the model sees")
+    resize: PositiveInt | None = 256
     crop: bool = True
-    interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``size``: (H, W) of the tensor the model sees."""
+        return self.size
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (tuples become lists)."""
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "preprocess": self.preprocess.model_dump(mode="json", by_alias=True)}
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed."""

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import DynamicMultiHeadConv
+from eca_serve.models.pooled import PooledClassifier
 from eca_serve.models.resnet import Stage, init_conv_bn
 
 READOUTS = ("saliency", "keep")
@@ -27,13 +28,6 @@ READOUTS = ("saliency", "keep")
 def dgc_readout_names(model: nn.Module) -> list[str]:
     """``<path>.saliency`` and ``<path>.keep`` of every DGC convolution, in forward order."""
     return [f"{n}.{r}" for n, m in model.named_modules() if isinstance(m, DynamicMultiHeadConv) for r in READOUTS]
-
-
-def _named(names: list[str], weights: list[Tensor]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for i in range(len(weights)):
-        out[names[i]] = weights[i]
-    return out
 
 
 class NormOnly(nn.Module):
@@ -79,7 +73,7 @@ class DgcBasicBlock(nn.Module):
         return self.forward_collect(x, [])
 
 
-class DgcResNet(nn.Module):
+class DgcResNet(PooledClassifier, nn.Module):
     """ResNet of `DgcBasicBlock` s with the standard 7x7 stem.
 
     Args:
@@ -117,16 +111,17 @@ class DgcResNet(nn.Module):
         x = self.layer1.forward_collect(self.maxpool(self.relu(self.bn1(self.conv1(x)))), weights)
         return self.layer4.forward_collect(self.layer3.forward_collect(self.layer2.forward_collect(x, weights), weights), weights)
 
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits [B, num_classes] of the embedding [B, num_features]."""
+        return self.fc(embedding)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.fc(torch.flatten(self.avgpool(self.forward_features_collect(x, [])), 1))
+        return self.classify(self.pool(self.forward_features_collect(x, [])))
 
-    @torch.jit.export
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits [B, K] and ``{<dgc path>.saliency | .keep: [B, heads, C_in]}`` in ``attention_layers`` order."""
-        weights: list[Tensor] = []
-        feats = self.forward_features_collect(x, weights)
-        return self.fc(torch.flatten(self.avgpool(feats), 1)), _named(self.attention_layers, weights)
+    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Embedding [B, num_features]; appends ``{<dgc path>.saliency | .keep: [B, heads, C_in]}`` read-outs."""
+        return self.pool(self.forward_features_collect(x, weights))
 
 
 class InitConv(nn.Conv2d):
@@ -180,7 +175,7 @@ class DenseBlock(nn.Sequential):
         return x
 
 
-class DgcCondenseNet(nn.Module):
+class DgcCondenseNet(PooledClassifier, nn.Module):
     """The authors' DGC network on CondenseNet: dense blocks of 1x1 DGC + grouped 3x3 layers.
 
     Args:
@@ -224,16 +219,17 @@ class DgcCondenseNet(nn.Module):
             x = module.forward_collect(x, weights)
         return self.relu(self.bn_last(x))
 
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits [B, num_classes] of the embedding [B, num_features]."""
+        return self.classifier(embedding)
+
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.classifier(torch.flatten(self.avgpool(self.forward_features_collect(x, [])), 1))
+        return self.classify(self.pool(self.forward_features_collect(x, [])))
 
-    @torch.jit.export
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits [B, K] and ``{<dgc path>.saliency | .keep: [B, heads, C_in]}`` in ``attention_layers`` order."""
-        weights: list[Tensor] = []
-        feats = self.forward_features_collect(x, weights)
-        return self.classifier(torch.flatten(self.avgpool(feats), 1)), _named(self.attention_layers, weights)
+    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Embedding [B, num_features]; appends ``{<dgc path>.saliency | .keep: [B, heads, C_in]}`` read-outs."""
+        return self.pool(self.forward_features_collect(x, weights))
 
 
 def set_inactive_channels(model: nn.Module, progress: float) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -86,11 +85,9 @@ def _stored_preprocess(stored: dict[str, Any], name: str) -> PreprocessConfig | 
     raw = stored.get("preprocess") if stored.get("name") == name else None
     if not isinstance(raw, dict):
         return None
-    known = {f.name for f in dataclasses.fields(PreprocessConfig)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
     try:
-        return PreprocessConfig(**values)
-    except TypeError as exc:
+        return PreprocessConfig.model_validate(raw)
+    except ValueError as exc:
         raise CheckpointError(f"the weights' stored preprocessing is not valid: {exc}") from exc
 
 

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import EcaModule
-from eca_serve.models.resnet import _name_weights, attention_layer_names
+from eca_serve.models.pooled import PooledClassifier
+from eca_serve.models.resnet import attention_layer_names
 
 # (expand ratio t, nominal output channels c, repeats n, first stride s), as in the MobileNetV2 paper.
 INVERTED_RESIDUAL_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -108,7 +109,7 @@ class InvertedResidual(nn.Module):
         return out
 
 
-class EcaMobileNetV2(nn.Module):
+class EcaMobileNetV2(PooledClassifier, nn.Module):
     """ECA-MobileNetV2.
 
     Args:
@@ -145,21 +146,19 @@ class EcaMobileNetV2(nn.Module):
         _init_weights(self)
         self.attention_layers = attention_layer_names(self)
 
-    def head(self, x: Tensor) -> Tensor:
-        """Features [B, C, h, w] -> logits [B, num_classes]."""
-        return self.classifier(x.mean(dim=(2, 3)))
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits [B, num_classes] of the embedding [B, num_features] (dropout, then the linear layer)."""
+        return self.classifier(embedding)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.head(self.features(x))
+        return self.classify(self.features(x).mean(dim=(2, 3)))
 
-    @torch.jit.export
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits [B, num_classes] and ``{layer path: ECA weights [B, C]}`` from one pass."""
-        weights: list[Tensor] = []
+    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Embedding [B, num_features] (globally pooled features) of ``x`` [B, 3, H, W]; appends ECA weights."""
         for layer in self.features:
             x = layer.forward_collect(x, weights)
-        return self.head(x), _name_weights(self.attention_layers, weights)
+        return x.mean(dim=(2, 3))
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import SplitAttnConv2d
+from eca_serve.models.pooled import PooledClassifier
 from eca_serve.models.resnet import Stage, init_conv_bn
 
 
@@ -61,7 +62,7 @@ class ResNeStBottleneck(nn.Module):
         return self.forward_collect(x, [])
 
 
-class ResNeSt(nn.Module):
+class ResNeSt(PooledClassifier, nn.Module):
     """ResNeSt classifier.
 
     Args:
@@ -112,23 +113,17 @@ class ResNeSt(nn.Module):
         x = self.layer1.forward_collect(self.maxpool(self.relu(self.bn1(self.conv1(x)))), weights)
         return self.layer4.forward_collect(self.layer3.forward_collect(self.layer2.forward_collect(x, weights), weights), weights)
 
-    def head(self, x: Tensor) -> Tensor:
-        """Logits [B, num_classes] of features [B, C, h, w]."""
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits [B, num_classes] of the embedding [B, num_features]."""
+        return self.fc(embedding)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.head(self.forward_features_collect(x, []))
+        return self.classify(self.pool(self.forward_features_collect(x, [])))
 
-    @torch.jit.export
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits [B, K] and ``{block path.conv2: split weights [B, radix, C]}`` (r-softmax over radix)."""
-        weights: list[Tensor] = []
-        logits = self.head(self.forward_features_collect(x, weights))
-        out: dict[str, Tensor] = {}
-        for i in range(len(weights)):
-            out[self.attention_layers[i]] = weights[i]
-        return logits, out
+    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Embedding [B, num_features]; appends each block's split weights [B, radix, C] (r-softmax over radix)."""
+        return self.pool(self.forward_features_collect(x, weights))
 
 
 def _deep_stem(width: int) -> nn.Sequential:

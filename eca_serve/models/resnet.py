@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import create_attn, eca_kernel_size
+from eca_serve.models.pooled import PooledClassifier
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -150,7 +151,7 @@ def _stage_kernel_sizes(k_size: int | Sequence[int] | None, stage_channels: Sequ
     return ks
 
 
-class ResNet(nn.Module):
+class ResNet(PooledClassifier, nn.Module):
     """ResNet with optional per-block channel attention.
 
     Args:
@@ -221,9 +222,9 @@ class ResNet(nn.Module):
         """Stem: [B, 3, H, W] -> [B, stem_width, H/4, W/4]."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def head(self, x: Tensor) -> Tensor:
-        """Classifier: features [B, C, h, w] -> logits [B, num_classes]."""
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def classify(self, embedding: Tensor) -> Tensor:
+        """Logits [B, num_classes] of the embedding [B, num_features]."""
+        return self.fc(embedding)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Last feature map [B, num_features, H/32, W/32] of an image batch [B, 3, H, W]."""
@@ -232,7 +233,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.head(self.forward_features(x))
+        return self.classify(self.pool(self.forward_features(x)))
 
     def forward_features_collect(self, x: Tensor, weights: list[Tensor]) -> list[Tensor]:
         """Stage outputs [layer1..layer4] of ``x`` [B, 3, H, W]; appends attention weights to ``weights``."""
@@ -241,20 +242,9 @@ class ResNet(nn.Module):
         c4 = self.layer3.forward_collect(c3, weights)
         return [c2, c3, c4, self.layer4.forward_collect(c4, weights)]
 
-    @torch.jit.export
-    def forward_with_attention(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits and per-layer attention weights from one forward pass.
-
-        Args:
-            x: Normalised image batch [B, 3, H, W].
-
-        Returns:
-            ``(logits [B, num_classes], {layer path: weights [B, C_layer]})`` in ``attention_layers``
-            order, e.g. ``layer1.0.eca`` first. Logits equal ``forward(x)``.
-        """
-        weights: list[Tensor] = []
-        feats = self.forward_features_collect(x, weights)
-        return self.head(feats[3]), _name_weights(self.attention_layers, weights)
+    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Embedding [B, num_features] of ``x`` [B, 3, H, W]; appends attention weights to ``weights``."""
+        return self.pool(self.forward_features_collect(x, weights)[3])
 
 
 def _attn_kwargs(attn_layer: str | None, k: int, se_reduction: int) -> dict[str, Any]:
@@ -291,9 +281,3 @@ def attention_layer_names(model: nn.Module) -> list[str]:
 
     return [name for name, m in model.named_modules() if isinstance(m, (EcaModule, SEModule))]
 
-
-def _name_weights(names: list[str], weights: list[Tensor]) -> dict[str, Tensor]:
-    out: dict[str, Tensor] = {}
-    for i in range(len(weights)):
-        out[names[i]] = weights[i]
-    return out

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from eca_serve.errors import ConfigError
 from eca_serve.pipelines.base import ModelPipeline, Ran
 from eca_serve.pipelines.contract import Detection, DetectionResult, DetectParams
 from eca_serve.pipelines.images import DecodedImage
 from eca_serve.pipelines.masks import encode_mask
 from eca_serve.pipelines.preprocess import preprocess_detection
-from eca_serve.repository import model_input_size
+from eca_serve.repository import DetectionSpec, InputSpec
 
 
-def detector_input(image: Image.Image, spec: Any, detection: dict[str, Any]) -> np.ndarray:
+def detector_input(image: Image.Image, spec: InputSpec, detection: DetectionSpec) -> np.ndarray:
     """RGB image -> float32 [3, H, W] already at the model's working size.
 
     NOTE: resizing here (Pillow, antialiased) instead of inside the model keeps TorchScript and ONNX
     Runtime identical (their internal upsampling rounds sizes differently) and makes large photos cheap.
     """
-    size = model_input_size(*image.size, detection["min_size"], detection["max_size"])
+    size = detection.input_size(*image.size)
     if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     return preprocess_detection(image, spec)
@@ -35,11 +35,17 @@ class DetectionPipeline(ModelPipeline):
     action = "detect"
 
     def decode_target(self) -> tuple[int, int] | None:
-        side = self.config.detection["min_size"]
+        side = self._detection.min_size
         return (side, side)
 
     def preprocess(self, decoded: DecodedImage) -> np.ndarray:
-        return detector_input(decoded.image, self.config.input, self.config.detection)
+        return detector_input(decoded.image, self.config.input, self._detection)
+
+    @property
+    def _detection(self) -> DetectionSpec:
+        if self.config.detection is None:  # export writes it for every detector; a hand-made config may not
+            raise ConfigError(f"{self.config.name}/{self.config.version}: a detector's config.json needs a detection block")
+        return self.config.detection
 
     def infer_batch(self, tensors: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         return self.backend.infer(tensors)

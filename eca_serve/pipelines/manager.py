@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from eca_serve.batching import BatchPolicy
 from eca_serve.errors import ConfigError, NotReadyError, UnknownModelError
+from eca_serve.kinds import Device
 from eca_serve.repository import EntryConfig, check_safe_name, list_entries, parse_config, verify_artifacts
 from eca_serve.pipelines.base import ModelPipeline
 from eca_serve.pipelines.control import ModelControl, Mode
@@ -49,7 +50,7 @@ class ServingOptions:
     preprocessing: str = "reference"  # "fast" | "reference": entries without input.preprocessing
 
 
-def policy_for(config: EntryConfig, device: str, defaults: dict[str, Any]) -> BatchPolicy:
+def policy_for(config: EntryConfig, device: Device | str, defaults: dict[str, Any]) -> BatchPolicy:
     """The batching policy of one entry, decided field by field, first match wins.
 
     1. the entry's ``serving`` block in config.json (if it applies to ``device``), as Triton's
@@ -82,7 +83,7 @@ def backend_options_for(options: BackendOptions, policy: BatchPolicy) -> Backend
     together use every core once instead of oversubscribing them; a batch running alone gets every
     core (``solo_threads``, honoured by the ONNX Runtime backend).
     """
-    if options.threads > 0 or not options.device.startswith("cpu"):
+    if options.threads > 0 or options.device.is_cuda:
         return options
     cores = available_cores()
     return dataclasses.replace(options, threads=max(1, cores // policy.instances), solo_threads=cores)

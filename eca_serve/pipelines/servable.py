@@ -6,10 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from eca_serve.kinds import ENGINES, Device
+
 log = logging.getLogger(__name__)
 
 
-def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") -> str | None:
+def unservable_reason(config: Any, device: Device | str, backend: str = "onnxruntime") -> str | None:
     """Why ``config`` cannot be served by ``backend`` on ``device``; None when it can.
 
     INT8 entries run on CPU only, by ONNX Runtime or OpenVINO (both read the QDQ graph). Their QDQ graph on the CUDA
@@ -22,14 +24,14 @@ def unservable_reason(config: Any, device: str, backend: str = "onnxruntime") ->
         return None
     parent = config.quantization.parent_version if config.quantization is not None else None
     serve_instead = f"; serve its FP32 parent {config.name}:{parent} instead" if parent else ""
-    if backend not in ("onnxruntime", "openvino", "auto"):
+    if backend not in (*ENGINES, "auto"):
         return f"{config.name}:{config.version} is INT8 (ONNX only): serve it with onnxruntime or openvino{serve_instead}"
-    if not device.startswith("cpu"):
+    if Device(device).is_cuda:
         return f"{config.name}:{config.version} is INT8, served on CPU only, not on {device}{serve_instead}"
     return None
 
 
-def servable_entries(entries: list[tuple[str, int, Path]], device: str, backend: str,
+def servable_entries(entries: list[tuple[str, int, Path]], device: Device | str, backend: str,
                      read: Callable[[Path], Any] | None = None) -> list[tuple[str, int, Path]]:
     """``entries`` ((name, version, folder) as `list_entries` gives them) minus those that cannot run there.
 

@@ -224,7 +224,7 @@ def load_scenes(files: Sequence[Path], config: EntryConfig) -> list[tuple[np.nda
 
     if config.detection is None:
         raise ConfigError(f"{config.name}:{config.version} has no detection block")
-    side = config.detection["min_size"]
+    side = config.detection.min_size
     scenes = []
     for file in files:
         decoded = decode_image(Path(file).read_bytes(), limits=DecodeLimits(), target=(side, side))

@@ -6,12 +6,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from eca_serve.errors import ConfigError, with_article
 from eca_serve.quantize.graph import Method, cpu_session, quantize_graph, run_graph
 from eca_serve.quantize.images import image_files, labels_of, load_inputs
 from eca_serve.quantize.report import Comparison, compare
 from eca_serve.repository import (
-    CONFIG_FILE, EntryConfig, QuantizationSpec, artifact_spec, list_entries, read_config, write_config,
+    CONFIG_FILE, EngineAccuracy, EntryConfig, QuantizationSpec, artifact_spec, list_entries, read_config, write_config,
 )
 
 INT8_FILE = "model.onnx"
@@ -61,8 +63,9 @@ def quantize_entry(repository: Path, name: str, version: int | None, options: Qu
 
     The INT8 graph and ``quantization.json`` are written first; ``config.json`` (artifact ``onnx``
     only, ``precision: "int8"``, the report under ``quantization`` and ``metrics["quantization"]``)
-    is written last and only when the top-1 drop is within ``options.max_drop``. Otherwise the
-    INT8 graph is removed and only the report stays.
+    is written last and only when the top-1 drop is within ``options.max_drop``, on ONNX Runtime and,
+    where openvino is installed, on OpenVINO too: the one INT8 file is served by either engine, which
+    round it differently. Otherwise the INT8 graph is removed and only the report stays.
 
     Raises:
         ConfigError: unknown entry, not an FP32 ONNX classifier, target version taken, bad images.
@@ -83,7 +86,8 @@ def quantize_entry(repository: Path, name: str, version: int | None, options: Qu
     fp32 = run_graph(cpu_session(parent_folder / parent.artifacts["onnx"].file), inputs)
     int8 = run_graph(cpu_session(folder / INT8_FILE), inputs)
     measured = compare(fp32, int8, labels, attention_outputs)
-    report = _report(parent, options, measured, excluded, len(calibration_files), eval_root)
+    on_openvino = openvino_accuracy(folder / INT8_FILE, inputs, fp32, labels, attention_outputs)
+    report = _report(parent, options, measured, excluded, len(calibration_files), eval_root, on_openvino)
     (folder / REPORT_FILE).write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
     if not report.accepted:
         (folder / INT8_FILE).unlink(missing_ok=True)
@@ -131,8 +135,29 @@ def target_folder(repository: Path, name: str, out_version: int | None) -> Path:
     return folder
 
 
+def openvino_accuracy(int8_file: Path, inputs: np.ndarray, fp32: dict[str, np.ndarray], labels: np.ndarray | None,
+                      attention_outputs: list[str]) -> EngineAccuracy | None:
+    """The INT8 graph compiled by OpenVINO (as its backend serves it) against ``fp32``'s outputs on ``inputs``
+    [N, 3, H, W]; None where openvino is not installed."""
+    from eca_serve.runtime.engines import openvino_installed
+
+    if not openvino_installed():
+        return None
+    import openvino
+
+    from eca_serve.runtime.base import BackendOptions
+    from eca_serve.runtime.openvino_backend import create_openvino_session
+
+    session = create_openvino_session(int8_file, BackendOptions("openvino", "cpu", precision="int8"), "quantize")
+    c = compare(fp32, run_graph(session, inputs), labels, attention_outputs)
+    return EngineAccuracy(engine="openvino", version=openvino.__version__, top1_int8=c.top1_int8, top1_drop=c.drop,
+                          agreement=c.agreement, max_abs_prob_diff=c.max_abs_prob_diff,
+                          max_abs_attention_diff=c.max_abs_attention_diff, mean_abs_attention_diff=c.mean_abs_attention_diff,
+                          attention_diff_per_layer=c.attention_per_layer)
+
+
 def _report(parent: EntryConfig, options: QuantizeOptions, measured: Comparison, excluded: list[str],
-            calibration_images: int, eval_root: Path) -> QuantizationSpec:
+            calibration_images: int, eval_root: Path, on_openvino: EngineAccuracy | None) -> QuantizationSpec:
     import onnxruntime
 
     return QuantizationSpec(
@@ -144,7 +169,8 @@ def _report(parent: EntryConfig, options: QuantizeOptions, measured: Comparison,
         max_abs_attention_diff=measured.max_abs_attention_diff,
         mean_abs_attention_diff=measured.mean_abs_attention_diff,
         attention_diff_per_layer=measured.attention_per_layer,
-        accepted=measured.drop <= options.max_drop, onnxruntime=onnxruntime.__version__,
+        accepted=max(measured.drop, on_openvino.top1_drop if on_openvino else measured.drop) <= options.max_drop,
+        onnxruntime=onnxruntime.__version__, openvino=on_openvino,
     )
 
 

@@ -7,7 +7,10 @@ from typing import Protocol
 
 import numpy as np
 
-# Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C]}.
+from eca_serve.kinds import BackendChoice, Device, Precision
+
+# Classifier outputs: {"logits": [N, K], "attention/<layer>": [N, C], "embedding": [N, D]} (no "embedding"
+# from entries exported before classifiers had that output).
 # Detector outputs per image: {"boxes": [D, 4], "labels": [D], "scores": [D], "masks"?: [D, 1, H, W],
 # "attention/<layer>": [1, C]}.
 Outputs = dict[str, np.ndarray]
@@ -18,8 +21,9 @@ class BackendOptions:
     """How to run a model.
 
     Attributes:
-        kind: ``onnxruntime``, ``openvino``, ``torchscript`` or ``eager``.
-        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        kind: ``onnxruntime``, ``openvino``, ``torchscript`` or ``eager`` (``auto`` until
+            `eca_serve.runtime.engines.entry_options` resolves it for an entry).
+        device: ``cpu``, ``cuda`` or ``cuda:N``; a plain string is parsed into a `Device`.
         fp16: Half precision on CUDA (torch backends; ignored on CPU).
         threads: Intra-op threads of one run (0 = library default).
         solo_threads: CPU, ONNX Runtime only: when greater than ``threads``, a second session with
@@ -31,13 +35,16 @@ class BackendOptions:
         cache_dir: OpenVINO's compiled-blob cache folder (a sub-folder per entry); "" = no cache.
     """
 
-    kind: str = "onnxruntime"
-    device: str = "cpu"
+    kind: BackendChoice = "onnxruntime"
+    device: Device = Device("cpu")
     fp16: bool = False
     threads: int = 0
     solo_threads: int = 0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device", Device(self.device))
 
 
 class ClassifierBackend(Protocol):
@@ -47,7 +54,7 @@ class ClassifierBackend(Protocol):
     device: str
 
     def infer(self, batch: np.ndarray) -> Outputs:
-        """Outputs for ``batch`` [N, 3, H, W] float32: logits [N, K] and each layer's attention [N, C]."""
+        """Outputs for ``batch`` [N, 3, H, W] float32: logits [N, K], each layer's attention [N, C], embedding [N, D]."""
         ...
 
 

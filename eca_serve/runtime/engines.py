@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from eca_serve.errors import ConfigError
+from eca_serve.kinds import ENGINES, PRECISIONS, Device
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("onnxruntime", "openvino")  # engines that serve an entry's model.onnx
-PRECISIONS = ("fp32", "bf16", "int8")
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 WIDE_FLAGS = frozenset({"avx512f", "amx_tile", "amx_bf16", "amx_int8"})
 
@@ -66,16 +65,42 @@ def openvino_installed() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def default_engine(device: str, flags: frozenset[str], openvino_available: bool) -> str:
+def default_engine(device: Device | str, flags: frozenset[str], openvino_available: bool) -> str:
     """The engine the rule picks for an entry without one (see the module docstring)."""
-    if device.strip().lower().startswith("cuda"):
+    if Device(device).is_cuda:
         return "onnxruntime"
     if openvino_available and flags & WIDE_FLAGS:
         return "openvino"
     return "onnxruntime"
 
 
-def choose_engine(requested: str, entry_engine: str | None, device: str) -> tuple[str, str]:
+def serving_device(kind: str, device: Device | str) -> Device:
+    """The device a server of backend ``kind`` serves on: ``device``, or CPU where no GPU is reachable here.
+
+    ONNX Runtime without its CUDA provider (or torch without CUDA) would run every session on the CPU;
+    deciding that once, with a warning, gives those sessions the CPU batching policy, thread split and
+    INT8 entries, not a GPU's batches of 32 on the CPU provider. The openvino kind keeps its own error.
+    """
+    device = Device(device)
+    if not device.is_cuda or kind == "openvino" or _cuda_reachable(kind):
+        return device
+    log.warning("device %s asked for, but %s has no CUDA here (onnxruntime-gpu / a CUDA build of torch): serving on "
+                "cpu, with the CPU batching defaults", device, "torch" if kind in ("torchscript", "eager") else "onnxruntime")
+    return Device("cpu")
+
+
+def _cuda_reachable(kind: str) -> bool:
+    """True when backend ``kind`` can run on a GPU in this process."""
+    if kind in ("torchscript", "eager"):
+        import torch
+
+        return torch.cuda.is_available()
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def choose_engine(requested: str, entry_engine: str | None, device: Device | str) -> tuple[str, str]:
     """(engine, why) for one entry.
 
     Args:

@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 
 from eca_serve.errors import ConfigError
+from eca_serve.kinds import BACKEND_KINDS
 from eca_serve.runtime.base import BackendOptions
 
 log = logging.getLogger(__name__)
-KINDS = ("onnxruntime", "openvino", "torchscript", "eager")
+KINDS = BACKEND_KINDS
 _ARTIFACT = {"onnxruntime": "onnx", "openvino": "onnx", "torchscript": "torchscript", "eager": "weights"}
 
 
@@ -76,7 +77,7 @@ def warm_up(backend: Any, config: Any, batch_sizes: tuple[int, ...] = (1,), roun
 
 def _sample_size(config: Any) -> tuple[int, int]:
     """(H, W) of sample inputs: the classifier's input size, or the detector's warm-up size."""
-    return tuple(config.input.size or (config.detection or {}).get("warmup_size", (320, 320)))
+    return tuple(config.warmup_size())
 
 
 def _run(backend: Any, config: Any, batch: np.ndarray) -> None:

@@ -23,7 +23,7 @@ def create_session(path: Path, options: BackendOptions, fixed_shapes: bool = Tru
         fixed_shapes: False for a graph whose inputs change size from run to run (detectors: one
             image at its own size), which turns off ONNX Runtime's per-shape memory patterns.
     """
-    if options.solo_threads > max(options.threads, 1) and not options.device.startswith("cuda"):
+    if options.solo_threads > max(options.threads, 1) and not options.device.is_cuda:
         solo = _create_session(path, dataclasses.replace(options, threads=options.solo_threads), fixed_shapes)
         return LoadAwareSession(solo, _create_session(path, options, fixed_shapes))
     return _create_session(path, options, fixed_shapes)
@@ -97,10 +97,9 @@ def _create_session(path: Path, options: BackendOptions, fixed_shapes: bool = Tr
         so.intra_op_num_threads = options.threads
         so.inter_op_num_threads = 1
     providers = ["CPUExecutionProvider"]
-    if options.device.startswith("cuda"):
+    if options.device.is_cuda:
         if "CUDAExecutionProvider" in ort.get_available_providers():
-            device_id = int(options.device.split(":")[1]) if ":" in options.device else 0
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": options.device.index}))
         else:
             log.warning("onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu); using CPU for %s", path)
     session = ort.InferenceSession(str(path), so, providers=providers)

@@ -76,7 +76,7 @@ def create_openvino_session(path: Path, options: BackendOptions, entry: str) -> 
     from eca_serve.errors import ConfigError
     from eca_serve.runtime.onnx_backend import LoadAwareSession
 
-    if not options.device.startswith("cpu"):
+    if options.device.is_cuda:
         raise ConfigError(f"the openvino backend serves on CPU only, not {options.device} (use onnxruntime there)")
     threads = options.threads
     if options.solo_threads > max(threads, 1):

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from eca_serve.repository import attention_output
+from eca_serve.export.formats import readout_methods
+from eca_serve.repository import EMBEDDING_OUTPUT, attention_output
 from eca_serve.runtime.base import BackendOptions, Outputs
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ def load_torchscript(path: Path, options: BackendOptions) -> Any:
     module = torch.jit.load(str(path), map_location=options.device).eval()
     if options.fp16 and _is_cuda(options):
         module = module.half()
-    return torch.jit.freeze(module, preserved_attrs=["forward_with_attention"])
+    return torch.jit.freeze(module, preserved_attrs=readout_methods(module))
 
 
 def load_eager(config: Any, folder: Path, options: BackendOptions) -> nn.Module:
@@ -52,12 +53,21 @@ class _TorchBase:
 
 
 class TorchClassifier(_TorchBase):
-    """Classifier through ``forward_with_attention`` (one pass yields logits and attention)."""
+    """Classifier through ``forward_with_embedding`` (one pass yields logits, embedding and attention), or
+    ``forward_with_attention`` for a ``model.pt`` exported before classifiers had the embedding output."""
+
+    def __init__(self, module: Any, options: BackendOptions, name: str) -> None:
+        super().__init__(module, options, name)
+        self.embeds = hasattr(module, "forward_with_embedding")
 
     def infer(self, batch: np.ndarray) -> Outputs:
         with torch.inference_mode():
-            logits, attention = self.module.forward_with_attention(self._to_device(batch))
-        out = {"logits": _numpy(logits)}
+            if self.embeds:
+                logits, embedding, attention = self.module.forward_with_embedding(self._to_device(batch))
+                out = {"logits": _numpy(logits), EMBEDDING_OUTPUT: _numpy(embedding)}
+            else:
+                logits, attention = self.module.forward_with_attention(self._to_device(batch))
+                out = {"logits": _numpy(logits)}
         out.update({attention_output(k): _numpy(v) for k, v in attention.items()})
         return out
 
@@ -84,4 +94,4 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _is_cuda(options: BackendOptions) -> bool:
-    return options.device.startswith("cuda")
+    return options.device.is_cuda

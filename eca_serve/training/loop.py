@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from eca_serve.errors import CheckpointError, ConfigError
+from eca_serve.kinds import Device
 
 # A step maps one batch to (loss, number of images in it).
 StepFn = Callable[[nn.Module, Any, torch.device], tuple[Tensor, int]]
@@ -53,11 +54,12 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.device = str(Device(self.device))  # canonical, and a plain str: checkpoints hold plain containers only
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
         if self.optimizer not in ("sgd", "adamw") or self.schedule not in ("cosine", "step"):
             raise ConfigError("optimizer must be sgd|adamw and schedule cosine|step")
-        if self.amp and not self.device.startswith("cuda"):
+        if self.amp and not Device(self.device).is_cuda:
             raise ConfigError("--amp needs --device cuda (mixed precision is a GPU feature here)")
 
 
@@ -193,7 +195,7 @@ def run_training(
     from torch.utils.data import DataLoader
 
     loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator,
-                        collate_fn=collate_fn, num_workers=cfg.workers, pin_memory=cfg.device.startswith("cuda"),
+                        collate_fn=collate_fn, num_workers=cfg.workers, pin_memory=Device(cfg.device).is_cuda,
                         persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise ConfigError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")

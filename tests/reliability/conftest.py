@@ -19,7 +19,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Repository:
 @pytest.fixture(scope="session")
 def server(repository: Repository) -> Iterator[Served]:
     """The shared server: default input limits, both models, small CPU batches."""
-    settings = Settings(model_repository=repository.root, max_batch_size=4, max_queue_delay_ms=2, request_timeout_s=30)
+    settings = Settings(model_repository=repository.root, max_batch_size=4, max_queue_delay_ms=2, timeout_s=30)
     with serve(settings) as served:
         yield served
 

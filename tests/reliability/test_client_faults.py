@@ -26,7 +26,7 @@ CLASSIFY = f"/v1/models/{CLASSIFIER}/classify?top_k=8"
 @pytest.fixture(scope="module")
 def faulty_clients_server(repository: Repository) -> Iterator[Served]:
     settings = Settings(model_repository=repository.root, models=[CLASSIFIER], body_timeout_s=BODY_TIMEOUT_S,
-                        max_batch_size=8, max_queue_delay_ms=BATCH_WINDOW_MS, request_timeout_s=30)
+                        max_batch_size=8, max_queue_delay_ms=BATCH_WINDOW_MS, timeout_s=30)
     with serve(settings) as served:
         yield served
 

@@ -39,7 +39,7 @@ class Outcome:
 @pytest.fixture(scope="module")
 def overload_server(repository: Repository) -> Iterator[Served]:
     settings = Settings(model_repository=repository.root, models=[CLASSIFIER], max_batch_size=2, max_queue_size=QUEUE,
-                        max_queue_delay_ms=0, max_inflight_requests=INFLIGHT, request_timeout_s=60,
+                        max_queue_delay_ms=0, max_inflight_requests=INFLIGHT, timeout_s=60,
                         max_inflight=INFLIGHT)  # the model's own limit (tests/test_admission.py) would keep the queue from filling
     with serve(settings) as served:
         yield served

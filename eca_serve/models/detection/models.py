@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 
-from eca_serve.models.resnet import _name_weights
+from eca_serve.models.pooled import name_weights
 
 
 def _image_sizes(images: list[Tensor]) -> list[tuple[int, int]]:
@@ -56,7 +56,7 @@ class _RCNNAttention:
         proposals, _ = self.rpn(batch, features, None)
         detections, _ = self.roi_heads(features, proposals, batch.image_sizes, None)
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
-        return detections, _name_weights(self.attention_layers, weights)
+        return detections, name_weights(self.attention_layers, weights)
 
 
 class EcaFasterRCNN(_RCNNAttention, FasterRCNN):
@@ -99,7 +99,7 @@ class EcaRetinaNet(RetinaNet):
         anchors = self.anchor_generator(batch, features)
         detections = self._detect(features, head_outputs, anchors, batch.image_sizes)
         detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
-        return detections, _name_weights(self.attention_layers, weights)
+        return detections, name_weights(self.attention_layers, weights)
 
     def _detect(
         self,

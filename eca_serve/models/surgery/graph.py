@@ -2,9 +2,10 @@
 
 The original modules stay where they are, so every original state-dict key is unchanged; each
 inserted module is a child of its convolution (``layer1.0.conv1.eca``) and adds keys under that path.
-The rewritten model is a ``torch.fx.GraphModule`` with two methods generated from the traced graph:
-``forward`` (the network with attention) and ``forward_with_attention`` (the same computation, also
-returning every attention module's weights), both scriptable and exportable to ONNX.
+The rewritten model is a ``torch.fx.GraphModule`` with methods generated from the traced graph:
+``forward`` (the network with attention), ``forward_with_attention`` (the same computation, also
+returning every attention module's weights) and, for a classifier, ``forward_with_embedding`` (also
+returning the classification layer's input), all scriptable and exportable to ONNX.
 """
 
 from __future__ import annotations
@@ -36,19 +37,22 @@ class _Tracer(fx.Tracer):
     the branch would be frozen at trace time.
     """
 
-    def __init__(self, root: nn.Module) -> None:
+    def __init__(self, root: nn.Module, head: str | None = None) -> None:
         super().__init__()
         self._with_conv = {id(m) for m in root.modules() if any(isinstance(c, nn.Conv2d) for c in m.modules())}
+        self._head = head
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self._head is not None and self._head.startswith(f"{module_qualified_name}."):
+            return False  # traced into down to ``head`` (e.g. ``classifier`` to reach ``classifier.1``)
         if isinstance(m, (EcaModule, SEModule)) or id(m) not in self._with_conv:
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def _trace(module: nn.Module) -> fx.Graph:
+def _trace(module: nn.Module, head: str | None = None) -> fx.Graph:
     try:
-        return _Tracer(module).trace(module)
+        return _Tracer(module, head).trace(module)
     except Exception as exc:  # torch.fx raises many kinds (TraceError, TypeError, ...) on dynamic code
         raise ConfigError(f"cannot trace {type(module).__name__} for surgery: {exc}") from exc
 
@@ -95,10 +99,11 @@ def _rewrite(graph: fx.Graph, module: nn.Module, gates: list[str], collect: bool
 
 
 class SurgeryGraphModule(fx.GraphModule):
-    """A GraphModule with a generated ``forward_with_attention`` that survives ``copy.deepcopy``.
+    """A GraphModule with generated ``forward_with_attention`` (and, for classifiers, ``forward_with_embedding``)
+    that survive ``copy.deepcopy``.
 
     NOTE: GraphModule's own deepcopy regenerates only ``forward`` and drops other attributes, so the
-    attention method, ``config``, ``attention_layers`` and ``surgery_spec`` are carried over here.
+    generated methods, ``config``, ``attention_layers`` and ``surgery_spec`` are carried over here.
     """
 
     _CARRIED = ("config", "attention_layers", "surgery_spec")
@@ -108,45 +113,75 @@ class SurgeryGraphModule(fx.GraphModule):
         for name in self._CARRIED:
             if name in self.__dict__:
                 setattr(copied, name, copy.deepcopy(self.__dict__[name], memo))
-        _install_forward_with_attention(copied, *self._attention_code)
+        for name, (src, globals_) in self._generated.items():
+            _install_method(copied, name, src, globals_)
         return copied
 
 
-def _install_forward_with_attention(gm: fx.GraphModule, src: str, globals_: dict[str, Any]) -> None:
+def _install_method(gm: fx.GraphModule, name: str, src: str, globals_: dict[str, Any]) -> None:
+    """Compile ``src`` (a graph's ``def forward(...)``) as the TorchScript-exported method ``name`` of ``gm``."""
     # NOTE: the private helper GraphModule.recompile itself uses: it registers the source with linecache,
     # which TorchScript needs to compile the method.
     from torch.fx.graph_module import _method_from_src
 
-    method = _method_from_src("forward_with_attention", src, globals_)
+    src = src.replace("def forward(", f"def {name}(", 1)
+    method = _method_from_src(name, src, globals_)
     # the class is private to this instance (GraphModule makes one per instance); the code is kept there
     # too, out of the instance's __dict__, which deepcopy copies (its globals hold modules)
-    type(gm).forward_with_attention = torch.jit.export(method)
-    type(gm)._attention_code = (src, globals_)
+    cls = type(gm)
+    setattr(cls, name, torch.jit.export(method))
+    cls._generated = {**cls.__dict__.get("_generated", {}), name: (src, globals_)}
 
 
-def rewrite(module: nn.Module, gates: list[str]) -> fx.GraphModule:
+def _return_embedding(graph: fx.Graph, head: str) -> None:
+    """Make a collecting graph (traced down to ``head``) return ``(output, embedding [B, D], weights)``: the
+    embedding is the input of the call of ``head``, flattened."""
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == head]
+    if len(calls) != 1:
+        raise ConfigError(f"classification layer {head!r} is called {len(calls)} times in the forward, not once")
+    output = next(n for n in graph.nodes if n.op == "output")
+    with graph.inserting_before(output):
+        embedding = graph.call_function(torch.flatten, (calls[0].args[0], 1))
+    logits, weights = output.args[0]
+    output.args = ((logits, embedding, weights),)
+    graph.lint()
+
+
+def rewrite(module: nn.Module, gates: list[str], head: str | None = None) -> fx.GraphModule:
     """``module`` traced and rewritten to call ``gates`` (relative paths of already attached modules).
 
+    Args:
+        head: A classifier's final layer (registry ``head``); None for a module without one (a backbone).
+
     Returns:
-        A GraphModule with ``forward`` (as ``module`` plus attention) and ``forward_with_attention``
-        (``(output, {gate path: weights [B, C]})``); it shares every parameter with ``module``.
+        A GraphModule with ``forward`` (as ``module`` plus attention), ``forward_with_attention``
+        (``(output, {gate path: weights [B, C]})``) and, with ``head``, ``forward_with_embedding``
+        (``(logits, embedding [B, D], weights)``); it shares every parameter with ``module``.
     """
     plain, collecting = _trace(module), _trace(module)
     _rewrite(plain, module, gates, collect=False)
     _rewrite(collecting, module, gates, collect=True)
     gm = SurgeryGraphModule(module, plain, class_name=type(module).__name__)
     code = collecting.python_code(root_module="self")
-    _install_forward_with_attention(gm, code.src.replace("def forward(", "def forward_with_attention(", 1), code.globals)
+    _install_method(gm, "forward_with_attention", code.src, code.globals)
+    if head is not None:
+        embedding = _trace(module, head)
+        _rewrite(embedding, module, gates, collect=True)
+        _return_embedding(embedding, head)
+        code = embedding.python_code(root_module="self")
+        _install_method(gm, "forward_with_embedding", code.src, code.globals)
     gm.train(module.training)
     return gm
 
 
-def apply_surgery(model: nn.Module, spec: SurgerySpec | None) -> nn.Module:
+def apply_surgery(model: nn.Module, spec: SurgerySpec | None, head: str | None = None) -> nn.Module:
     """Insert ``spec``'s attention into ``model`` (its modules are reused, not copied).
 
     Args:
         model: A network whose forward (or whose ``spec.root`` submodule's forward) torch.fx can trace.
         spec: What to insert; None rewrites nothing but still adds ``forward_with_attention``.
+        head: The classifier's final layer (registry ``head``): adds ``forward_with_embedding``. Only
+            without ``spec.root`` (a rewritten backbone has no classification layer).
 
     Returns:
         The rewritten model: a GraphModule, or ``model`` itself with ``spec.root`` replaced by one.
@@ -167,7 +202,7 @@ def apply_surgery(model: nn.Module, spec: SurgerySpec | None) -> nn.Module:
             raise ConfigError(f"{target!r} already has a {spec.kind!r} module")
         conv.add_module(spec.kind, spec.make_gate(conv.out_channels))
         gates.append(spec.module_path(target[len(prefix):]))
-    gm = rewrite(root, gates)
+    gm = rewrite(root, gates, None if spec.root else head)
     if spec.root:
         parent, _, leaf = spec.root.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, leaf, gm)

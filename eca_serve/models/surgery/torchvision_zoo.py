@@ -43,14 +43,14 @@ def build_torchvision(arch: str, *, num_classes: int = 1000, surgery: Mapping[st
         surgery: A `SurgerySpec` as a dict, with ``targets`` or with ``min_channels``/``paths`` to choose them.
 
     Returns:
-        A GraphModule with ``forward``, ``forward_with_attention``, ``attention_layers``, ``config`` and
+        A GraphModule with ``forward``, ``forward_with_attention``, ``forward_with_embedding``, ``attention_layers``, ``config`` and
         ``surgery_spec`` (None without surgery); state-dict keys are torchvision's plus ``<conv>.<kind>.*``.
     """
     import torchvision
 
     net = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
     spec = resolve_spec(net, surgery) if surgery else None
-    model = apply_surgery(net, spec)
+    model = apply_surgery(net, spec, head=TORCHVISION_HEADS[arch])
     extra = {"surgery": spec.to_dict()} if spec else {}
     model.config = ModelConfig(name=PREFIX + arch, task="classification", architecture=arch, num_classes=num_classes,
                                categories=default_categories(num_classes), attention=spec.kind if spec else None,
