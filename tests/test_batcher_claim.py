@@ -197,3 +197,28 @@ def test_try_claim_declines_while_busy_and_a_failing_prepare_answers_only_its_ca
         assert (stats.execution_count, stats.failed_execution_count) == (2, 0)  # the failed prepare ran no batch
 
     run(body)
+
+
+def test_a_claim_whose_caller_left_during_prepare_is_not_inferred() -> None:
+    async def body() -> None:
+        rec = Recorder()
+        entered, release = threading.Event(), threading.Event()
+
+        def prepare() -> str:  # a decode the client walks away from
+            entered.set()
+            assert release.wait(LIMIT_S)
+            return "decoded"
+
+        async with DynamicBatcher(rec, BatchPolicy(max_batch_size=4, max_queue_delay_ms=0)) as b:
+            future = b.try_claim(prepare)
+            assert future is not None
+            assert await asyncio.to_thread(entered.wait, LIMIT_S)
+            future.cancel()  # what a disconnect does to the awaiting request
+            release.set()
+            await idle(b)
+            assert await b.submit("next") == ("next", 0)
+            stats = b.stats()
+        assert rec.batches == [["next"]]  # the left request's item never reached the handler
+        assert (stats.cancelled_count, stats.execution_count, stats.claimed_count) == (1, 1, 2)
+
+    run(body)

@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routes_admin.check_admin_settings(settings)
     app = FastAPI(title="eca-serve", version=eca_serve.__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # FastAPI's pages load from a CDN: ours are local (api/docs.py)
+                  # Spans are ours (api/tracing.py). FastAPI's native telemetry would look up OpenTelemetry's
+                  # global providers on every request (~20 us, a sixth of a 503 refusal) and duplicate our spans.
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="Classification, detection and per-layer channel attention of ECA-Net models.")
     app.state.settings = settings
     options = serving_options(settings)

@@ -108,7 +108,8 @@ class IdleClaims:
         if prepare is None:
             run = self._loop.run_in_executor(self._executor, call_handler, self._handler, [item], self._name)
         else:
-            run = self._loop.run_in_executor(self._executor, _prepare_and_call, prepare, self._handler, self._name)
+            run = self._loop.run_in_executor(self._executor, _prepare_and_call, prepare, self._handler, self._name,
+                                             req.future.done)
         self._claims[run] = (slot, req)
         run.add_done_callback(self._claim_done)
         return req
@@ -155,11 +156,21 @@ class IdleClaims:
 
 
 
-def _prepare_and_call(prepare: Callable[[], Any], handler: Callable[[list[Any]], Iterable[Any]],
-                      name: str) -> tuple[list[Any], Exception | None, float | None]:
-    """In the executor: ``call_handler`` on ``[prepare()]``; a failing ``prepare`` gives its error and None seconds."""
+def _prepare_and_call(prepare: Callable[[], Any], handler: Callable[[list[Any]], Iterable[Any]], name: str,
+                      given_up: Callable[[], bool]) -> tuple[list[Any], Exception | None, float | None]:
+    """In the executor: ``call_handler`` on ``[prepare()]``; a failing ``prepare`` gives its error and None seconds.
+
+    ``given_up()`` is asked before the decode and again before the inference: a request whose caller
+    left (a client that disconnected, a timeout) meanwhile runs neither, and counts as no batch (None
+    seconds). It reads the request future's state from this thread; a stale answer costs at most
+    the work it would have saved.
+    """
+    if given_up():
+        return [], None, None
     try:
         item = prepare()
     except Exception as exc:  # noqa: BLE001 - the request's own error (e.g. a corrupt upload), answered to it
         return [], exc, None
+    if given_up():
+        return [], None, None
     return call_handler(handler, [item], name)
