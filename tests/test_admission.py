@@ -164,12 +164,14 @@ def test_a_flood_beyond_the_model_limit_is_refused_before_its_body_is_read(tmp_p
         held = hold_one_running_one_queued(served)
         assert served.app.state.admission.admitted(CLS) == 2
         assert metric(served.metrics(), "eca_serve_admitted_requests", model=CLS) == 2
-        # Headers only: the 100 kB body is never sent, so an answer proves it was not waited for.
-        head = (f"POST /v1/models/{CLS}/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                f"Content-Length: 100000\r\nConnection: close\r\n\r\n").encode()
-        answer = raw_exchange(served.base, head)
-        assert answer.startswith(b"HTTP/1.1 503"), answer[:200]
-        assert b"retry-after:" in answer.lower()
+        # Headers only: the 100 kB body is never sent, so an answer proves it was not waited for. Every v1
+        # action of the model is admitted the same way (embed is a task registered after the first two).
+        for action in ("classify", "embed", "attention"):
+            head = (f"POST /v1/models/{CLS}/{action} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                    f"Content-Length: 100000\r\nConnection: close\r\n\r\n").encode()
+            answer = raw_exchange(served.base, head)
+            assert answer.startswith(b"HTTP/1.1 503"), (action, answer[:200])
+            assert b"retry-after:" in answer.lower()
         v2 = httpx.post(f"{served.base}/v2/models/{CLS}/infer", json={"inputs": []}, timeout=30)
         assert v2.status_code == 503 and v2.headers["retry-after"] and "limit of 2" in v2.json()["error"]
         with pytest.raises(InferenceServerException) as refused:

@@ -175,13 +175,17 @@ def test_a_request_in_flight_on_the_retired_version_completes(tmp_path: Path, ex
         await manager.load_all()
         old = manager.get(NAME)
         gate = asyncio.Event()
-        postprocess = old.postprocess
+        task = old.tasks[0]
 
-        async def held(ran, params):  # the request has run the model and waits here, inside `run`
-            await gate.wait()
-            return await postprocess(ran, params)
+        class Held:  # the entry's task, whose postprocessing waits: the request has run the model, inside `run`
+            def __getattr__(self, name: str) -> object:
+                return getattr(task, name)
 
-        old.postprocess = held
+            async def postprocess(self, *args: object) -> object:
+                await gate.wait()
+                return await task.postprocess(*args)
+
+        old.tasks[0] = Held()
         request = asyncio.create_task(old.run([np.zeros((3, 64, 64), np.float32)], ClassifyParams()))
         while old.active == 0:
             await asyncio.sleep(0.01)

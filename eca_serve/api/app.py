@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_tracing(app, settings.tracing)  # before RequestTracking: runs inside it, the request id set
     app.add_middleware(RequestTracking)
+    app.include_router(routes_v1.router)
     app.include_router(routes_v1.build_router())
     app.include_router(routes_v2.router)
     app.include_router(routes_admin.router)

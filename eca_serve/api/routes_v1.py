@@ -40,7 +40,7 @@ def _query_names(dependant: Any) -> set[str]:
     return {p.alias for p in dependant.query_params}.union(*(_query_names(d) for d in dependant.dependencies))
 
 
-router = APIRouter()  # the routes every model has; `build_router` adds the task routes
+router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(_known_query)])  # the routes every model has
 ERRORS = {s: {"model": schemas.ErrorBody} for s in (400, 404, 413, 415, 422, 503, 504)}
 IMAGE_BODY = {
     "requestBody": {
@@ -57,9 +57,12 @@ Version = Annotated[int | None, Query(ge=1, description="model version (default:
 
 
 def build_router() -> APIRouter:
-    """The v1 API: the routes of `router` plus ``POST /models/{name}/{action}`` for every registered task."""
+    """``POST /v1/models/{name}/{action}`` for every registered task (the app includes `router` beside it).
+
+    Separate routers, not `router` included in this one: a route of a nested router names only its own
+    part of the path (``/models/{name}/attention``), and the metrics' endpoint label is that path.
+    """
     v1 = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(_known_query)])
-    v1.include_router(router)
     routed: set[str] = set()
     for task in all_tasks():
         if task.action in routed:  # tasks sharing an action (detection, instance segmentation) share its route

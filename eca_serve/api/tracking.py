@@ -31,8 +31,9 @@ from eca_serve.dataplane import DataPlane, InflightLimitError
 from eca_serve.errors import ShuttingDownError
 
 log = logging.getLogger("eca_serve.api")
-# The routes that queue work for a model: v1 classify/detect/attention, v2 infer (optionally versioned).
-INFERENCE_PATH = re.compile(r"/v1/models/([^/]+)/(?:classify|detect|attention)|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+# The routes that queue work for a model: every v1 POST under a model (each task's action and attention;
+# not a list of actions, so a newly registered task is admitted like the others), v2 infer (optionally versioned).
+INFERENCE_PATH = re.compile(r"/v1/models/([^/]+)/[^/]+|/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
 UNTRACKED = ("/metrics", "/healthz", "/v2/health/live", "/v2/health/ready")  # probes: never refused, not in-flight work
 
 
