@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import DynamicMultiHeadConv
-from eca_serve.models.pooled import PooledClassifier
+from eca_serve.models.pooled import FeatureMapClassifier
 from eca_serve.models.resnet import Stage, init_conv_bn
 
 READOUTS = ("saliency", "keep")
@@ -73,7 +73,7 @@ class DgcBasicBlock(nn.Module):
         return self.forward_collect(x, [])
 
 
-class DgcResNet(PooledClassifier, nn.Module):
+class DgcResNet(FeatureMapClassifier, nn.Module):
     """ResNet of `DgcBasicBlock` s with the standard 7x7 stem.
 
     Args:
@@ -115,13 +115,6 @@ class DgcResNet(PooledClassifier, nn.Module):
         """Logits [B, num_classes] of the embedding [B, num_features]."""
         return self.fc(embedding)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.classify(self.pool(self.forward_features_collect(x, [])))
-
-    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
-        """Embedding [B, num_features]; appends ``{<dgc path>.saliency | .keep: [B, heads, C_in]}`` read-outs."""
-        return self.pool(self.forward_features_collect(x, weights))
 
 
 class InitConv(nn.Conv2d):
@@ -175,7 +168,7 @@ class DenseBlock(nn.Sequential):
         return x
 
 
-class DgcCondenseNet(PooledClassifier, nn.Module):
+class DgcCondenseNet(FeatureMapClassifier, nn.Module):
     """The authors' DGC network on CondenseNet: dense blocks of 1x1 DGC + grouped 3x3 layers.
 
     Args:
@@ -223,13 +216,6 @@ class DgcCondenseNet(PooledClassifier, nn.Module):
         """Logits [B, num_classes] of the embedding [B, num_features]."""
         return self.classifier(embedding)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.classify(self.pool(self.forward_features_collect(x, [])))
-
-    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
-        """Embedding [B, num_features]; appends ``{<dgc path>.saliency | .keep: [B, heads, C_in]}`` read-outs."""
-        return self.pool(self.forward_features_collect(x, weights))
 
 
 def set_inactive_channels(model: nn.Module, progress: float) -> None:

@@ -50,6 +50,19 @@ class PooledClassifier:
         return logits, attention
 
 
+class FeatureMapClassifier(PooledClassifier):
+    """A `PooledClassifier` whose ``forward_features_collect(x, weights)`` returns the last feature map
+    [B, D, h, w] itself (DGC, ResNeSt): ``forward`` and ``embed_collect`` pool it; the family keeps ``classify``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
+        return self.classify(self.pool(self.forward_features_collect(x, [])))  # type: ignore[attr-defined]
+
+    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """Embedding [B, D] of ``x`` [B, 3, H, W]; appends the family's attention read-outs to ``weights``."""
+        return self.pool(self.forward_features_collect(x, weights))  # type: ignore[attr-defined]
+
+
 def name_weights(names: list[str], weights: list[Tensor]) -> dict[str, Tensor]:
     """``{names[i]: weights[i]}`` (TorchScript has no ``dict(zip(...))``)."""
     out: dict[str, Tensor] = {}

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from eca_serve.errors import ConfigError
 from eca_serve.layers import SplitAttnConv2d
-from eca_serve.models.pooled import PooledClassifier
+from eca_serve.models.pooled import FeatureMapClassifier
 from eca_serve.models.resnet import Stage, init_conv_bn
 
 
@@ -62,7 +62,7 @@ class ResNeStBottleneck(nn.Module):
         return self.forward_collect(x, [])
 
 
-class ResNeSt(PooledClassifier, nn.Module):
+class ResNeSt(FeatureMapClassifier, nn.Module):
     """ResNeSt classifier.
 
     Args:
@@ -117,13 +117,6 @@ class ResNeSt(PooledClassifier, nn.Module):
         """Logits [B, num_classes] of the embedding [B, num_features]."""
         return self.fc(embedding)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Logits [B, num_classes] of a normalised image batch [B, 3, H, W]."""
-        return self.classify(self.pool(self.forward_features_collect(x, [])))
-
-    def embed_collect(self, x: Tensor, weights: list[Tensor]) -> Tensor:
-        """Embedding [B, num_features]; appends each block's split weights [B, radix, C] (r-softmax over radix)."""
-        return self.pool(self.forward_features_collect(x, weights))
 
 
 def _deep_stem(width: int) -> nn.Sequential:
