@@ -96,7 +96,7 @@ def task_parameters(task: Task) -> Callable[..., RunParams]:
     params_type = task.params_type
     own = {n: f for n, f in params_type.model_fields.items() if n not in RunParams.model_fields}
 
-    def parse(**values: Any) -> RunParams:
+    async def parse(**values: Any) -> RunParams:  # async: FastAPI runs a plain `def` dependency in a worker thread (a hop per request)
         return params_type.parse(values)
 
     parse.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
